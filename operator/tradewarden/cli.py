@@ -1,0 +1,89 @@
+"""The `tradewarden` command: crd, testenv, sim, run, demo."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from importlib import resources
+
+
+def _script(name: str) -> str:
+    return str(resources.files("tradewarden") / "scripts" / name)
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .crd import crd_yaml
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def cmd_testenv(args: argparse.Namespace) -> int:
+    return subprocess.call(["bash", _script("controlplane.sh"), args.action])
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from .sim.__main__ import main as sim_main
+    argv = ["--host", args.host, "--port", str(args.port)]
+    if args.accounts:
+        argv += ["--accounts", args.accounts]
+    if args.no_control:
+        argv += ["--no-control"]
+    return sim_main(argv)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .controller.main import run
+    return run(namespaces=args.namespace, all_namespaces=args.all_namespaces,
+               standalone=args.standalone, metrics_port=args.metrics_port,
+               liveness=args.liveness, peering=args.peering, verbose=args.verbose)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+    return demo_main(keep=args.keep, fast=args.fast)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tradewarden", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("crd", help="print the TradingAccount CRD (generated from the models)")
+    s.set_defaults(func=cmd_crd)
+
+    s = sub.add_parser("testenv", help="a real local kube-apiserver + etcd on 127.0.0.1")
+    s.add_argument("action", choices=["setup", "start", "stop", "status"])
+    s.set_defaults(func=cmd_testenv)
+
+    s = sub.add_parser("sim", help="the Binance-compatible exchange simulator")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--accounts", help="YAML file of accounts to create")
+    s.add_argument("--no-control", action="store_true", help="disable the /sim/v1 control API")
+    s.set_defaults(func=cmd_sim)
+
+    s = sub.add_parser("run", help="run the operator (kopf)")
+    s.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    s.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    s.add_argument("--standalone", action="store_true", help="no peering (a single operator)")
+    s.add_argument("--peering", default=os.environ.get("TRADEWARDEN_PEERING", "tradewarden"),
+                   help="kopf peering object name (one active replica)")
+    s.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRADEWARDEN_METRICS_PORT", "9464")))
+    s.add_argument("--liveness", default=os.environ.get("TRADEWARDEN_LIVENESS", "http://0.0.0.0:8080/healthz"))
+    s.add_argument("-v", "--verbose", action="store_true")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="the whole mission in one command (control plane, simulator, operator)")
+    s.add_argument("--keep", action="store_true", help="keep everything running at the end")
+    s.add_argument("--fast", action="store_true", help="shorter pauses between steps")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

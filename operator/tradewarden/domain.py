@@ -1,0 +1,232 @@
+"""The domain vocabulary shared by every layer of tradewarden.
+
+Plain, immutable data: no kopf, no ccxt, no clock. Quantities are ``Decimal`` (never float:
+a reconciler that rounds is a reconciler that invents discrepancies). Times are integer
+milliseconds since the epoch, as exchanges report them.
+
+Layers:
+- ``tradewarden.gateway`` translates an exchange (through ccxt) into these types and the
+  error vocabulary below;
+- ``tradewarden.core`` is pure: (ledger, snapshot, policy, now) -> discrepancies and actions;
+- ``tradewarden.controller`` (kopf) parses the resource, drives the core, writes status.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import AsyncIterator, Generic, Mapping, Protocol, Sequence, TypeVar
+
+ZERO = Decimal(0)
+
+
+def dec(value: object) -> Decimal:
+    """Decimal from an exchange value (str, int, float, Decimal or None -> 0), exactly as printed."""
+    if value is None or value == "":
+        return ZERO
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return Decimal(str(value))
+
+
+class OrderState(str, enum.Enum):
+    OPEN = "open"                      # accepted, nothing filled
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"              # may carry fills (partially filled, then cancelled)
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    LOST = "lost"                      # neither we nor the exchange can find it after bounded retries
+
+    @property
+    def active(self) -> bool:
+        return self in (OrderState.OPEN, OrderState.PARTIALLY_FILLED)
+
+    @property
+    def finished(self) -> bool:
+        return not self.active
+
+
+class Side(str, enum.Enum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class Policy(str, enum.Enum):
+    CORRECT = "Correct"          # correct local state and act on the exchange (stale cancels)
+    OBSERVE_ONLY = "ObserveOnly"  # detect and report; never write to the exchange
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One order as the exchange (or the ledger) knows it."""
+    client_order_id: str
+    exchange_order_id: str
+    symbol: str                  # unified ccxt symbol, e.g. "BTC/USDT" or "BTC/USDT:USDT"
+    side: Side
+    type: str                    # "limit", "market", "limit_maker", "stop", ...
+    price: Decimal
+    amount: Decimal              # original quantity
+    filled: Decimal
+    state: OrderState
+    created_ms: int
+    updated_ms: int              # the exchange's last update time of this order
+    algo: bool = False           # USD-M conditional order living in the Algo Service
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.amount - self.filled
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    asset: str
+    free: Decimal
+    locked: Decimal
+    updated_ms: int = 0
+
+    @property
+    def total(self) -> Decimal:
+        return self.free + self.locked
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A net position. Spot positions are derived from base-asset holdings by the core;
+    USD-M positions come from the venue (one-way mode: signed amount)."""
+    symbol: str
+    amount: Decimal              # signed: > 0 long, < 0 short
+    entry_price: Decimal = ZERO
+    updated_ms: int = 0
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Section(Generic[T]):
+    """One section of a snapshot: its value, or the error that kept it from us.
+    A failed section never discards the others."""
+    value: T | None = None
+    error: "GatewayError | None" = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the exchange says, fetched concurrently, section by section."""
+    taken_ms: int
+    balances: Section[Mapping[str, Balance]]
+    open_orders: Section[Sequence[Order]]
+    positions: Section[Sequence[Position]]   # USD-M: the venue's; spot: empty list (derived by the core)
+
+
+# ---- stream events -------------------------------------------------------------------------
+
+class ConnectionState(str, enum.Enum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    RECONNECTED = "reconnected"      # after a gap: events may have been lost, reconcile now
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    order: Order
+    event_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceEvent:
+    balances: Mapping[str, Balance]  # only the assets the event carries
+    event_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PositionEvent:
+    positions: Sequence[Position]
+    event_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    state: ConnectionState
+    reason: str = ""
+    event_ms: int = 0
+
+
+StreamEvent = OrderEvent | BalanceEvent | PositionEvent | ConnectionEvent
+
+
+# ---- the gateway's error vocabulary ---------------------------------------------------------
+
+class GatewayError(Exception):
+    """Base of the small error vocabulary the core acts on. Messages never carry secrets."""
+    retryable = False
+
+
+class Temporary(GatewayError):
+    """Network trouble, a 5xx on a read, a timeout: try again later."""
+    retryable = True
+
+
+class RateLimited(Temporary):
+    """429/418 or our own budget: nothing may be sent before ``retry_after`` seconds."""
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthenticationFailed(GatewayError):
+    pass
+
+
+class OrderNotFound(GatewayError):
+    pass
+
+
+class UnknownOutcome(GatewayError):
+    """A write whose result is not known (5xx or timeout on a cancel): query, never assume."""
+    retryable = True
+
+
+class Invalid(GatewayError):
+    """Bad symbol, bad parameters: retrying the same request will not help."""
+
+
+class Unsupported(GatewayError):
+    """The exchange lacks a capability tradewarden needs ("unsupported: <capability>")."""
+
+
+# ---- what the core needs from an exchange ---------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CancelAllResult:
+    cancelled: int                    # orders the exchange reported cancelled
+    remaining: Sequence[Order]        # still open after the verifying query (empty = verified gone)
+    errors: Mapping[str, str] = field(default_factory=dict)   # symbol -> error text
+
+
+class Gateway(Protocol):
+    """The one layer that talks to an exchange (implemented over ccxt in tradewarden.gateway)."""
+
+    exchange_id: str
+
+    async def snapshot(self, symbols: Sequence[str]) -> Snapshot: ...
+
+    async def fetch_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "") -> Order:
+        """The exchange's current state of one order; raises OrderNotFound when it does not know it."""
+
+    async def cancel_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "") -> Order | None:
+        """Cancel one order. Raises OrderNotFound, UnknownOutcome, ..."""
+
+    async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult: ...
+
+    def stream(self, symbols: Sequence[str]) -> AsyncIterator[StreamEvent]:
+        """User-data events in order, with ConnectionEvent transitions; reconnects by itself."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,276 @@
+"""The TradingAccount resource (tradewarden.io/v1alpha1): the single source of truth.
+
+The CRD in ``manifests/crd.yaml`` and the chart is generated from these models
+(``tradewarden crd``); a test fails when the committed copy drifts. Every field has a
+description so that ``kubectl explain ta.spec`` teaches the resource.
+
+Only what Kubernetes 1.20 can enforce goes into the schema (types, enums, bounds, patterns,
+required); the rest (e.g. symbols the exchange does not list) is validated by the operator
+and reported as a condition.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "tradewarden.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TradingAccount"
+PLURAL = "tradingaccounts"
+SINGULAR = "tradingaccount"
+SHORT_NAMES = ["ta"]
+CATEGORIES = ["tradewarden"]
+
+ANNOTATION_EMERGENCY_STOP = f"{GROUP}/emergency-stop"
+ANNOTATION_RECONCILE_REQUESTED_AT = f"{GROUP}/reconcile-requested-at"
+
+SUPPORTED_EXCHANGES = ("binance", "binanceusdm")
+
+# Bounds that keep status well under the 1.5 MiB object limit however large the account.
+MAX_STATUS_OPEN_ORDERS = 50
+MAX_STATUS_BALANCES = 100
+MAX_STATUS_POSITIONS = 100
+
+DESCRIPTION = (
+    "A TradingAccount declares one exchange account that tradewarden keeps honest: it syncs "
+    "balances, open orders and positions, reconciles them periodically against the exchange, "
+    "cancels its own stale orders and reports every discrepancy. Annotations: "
+    f"'{ANNOTATION_EMERGENCY_STOP}' (value: the reason) opens the circuit breaker and cancels "
+    f"every open order on every symbol of the account; remove it to resume. "
+    f"'{ANNOTATION_RECONCILE_REQUESTED_AT}' (any new value) asks for a reconciliation now."
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_enum_values=True)
+
+
+class AccountPolicy(str, enum.Enum):
+    CORRECT = "Correct"
+    OBSERVE_ONLY = "ObserveOnly"
+
+
+class CredentialsSecretRef(_Model):
+    """Where the API credentials live."""
+    name: Annotated[str, Field(
+        description="Name of a Secret in the account's namespace holding the API key and secret.",
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    apiKeyKey: Annotated[str, Field(
+        description="Key in the Secret's data holding the API key.", min_length=1, max_length=253)] = "apiKey"
+    secretKey: Annotated[str, Field(
+        description="Key in the Secret's data holding the API secret.", min_length=1, max_length=253)] = "secret"
+
+
+class ReconciliationSpec(_Model):
+    """Periodic REST reconciliation of balances, orders and positions."""
+    intervalSeconds: Annotated[int, Field(
+        description="Seconds between reconciliation runs (minimum 30: reconciling more often burns "
+                    "the exchange's rate limit). Runs of many accounts are spread with jitter.",
+        ge=30, le=86400)] = 300
+    balanceTolerance: Annotated[float, Field(
+        description="Relative tolerance for balance and position comparisons (0.0001 = 0.01%).",
+        ge=0, le=1)] = 0.0001
+    dustThreshold: Annotated[float, Field(
+        description="Absolute floor below which a balance or position difference is dust and ignored.",
+        ge=0)] = 1e-8
+    missingOrderRetries: Annotated[int, Field(
+        description="Runs in which an active local order may be unknown to the exchange before it is "
+                    "declared lost (reported, never silently dropped).",
+        ge=1, le=100)] = 3
+
+
+class StaleOrdersSpec(_Model):
+    """Cancellation of tradewarden-owned orders left open too long."""
+    timeoutSeconds: Annotated[int, Field(
+        description="An owned order open longer than this is cancelled (policy Correct) or reported.",
+        ge=1, le=31536000)] = 3600
+    checkIntervalSeconds: Annotated[int, Field(
+        description="Seconds between stale-order checks.", ge=5, le=86400)] = 60
+    ownedClientOrderIdPrefix: Annotated[str, Field(
+        description="Only orders whose client order id starts with this prefix are owned and ever "
+                    "cancelled as stale; all others are foreign and never cancelled.",
+        min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._:-]+$")] = "tw-"
+
+
+class RetentionSpec(_Model):
+    """How long finished orders are kept in the ledger."""
+    finishedOrdersSeconds: Annotated[int, Field(
+        description="Finished orders (filled, cancelled, expired, rejected, lost) older than this are "
+                    "purged so memory stays bounded.",
+        ge=0, le=31536000)] = 86400
+
+
+class StreamSpec(_Model):
+    """The exchange's user-data stream, which keeps state live between runs."""
+    enabled: Annotated[bool, Field(
+        description="Consume the user-data stream; every reconnect triggers a reconciliation.")] = True
+
+
+class TradingAccountSpec(_Model):
+    """The desired state: which account, and how tradewarden keeps it honest."""
+    exchange: Annotated[str, Field(
+        description="ccxt exchange id. Supported first: 'binance' (spot) and 'binanceusdm' (USD-M "
+                    "futures); others work where ccxt declares the capabilities tradewarden needs.",
+        min_length=1, max_length=64, pattern=r"^[a-z0-9]+$")]
+    credentialsSecretRef: Annotated[CredentialsSecretRef, Field(
+        description="The Secret with the account's API credentials.")]
+    endpoint: Annotated[str | None, Field(
+        description="Optional base URL replacing the exchange's REST and WebSocket hosts (keeping each "
+                    "path), e.g. the tradewarden simulator or a testnet.",
+        max_length=2048, pattern=r"^(https?|wss?)://[^\s]+$")] = None
+    symbols: Annotated[list[Annotated[str, Field(
+        pattern=r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}(:[A-Z0-9]{1,20})?$", max_length=64)]], Field(
+        description="Unified ccxt symbols the account trades, e.g. 'BTC/USDT' (spot) or "
+                    "'BTC/USDT:USDT' (USD-M).",
+        min_length=1, max_length=500)]
+    policy: Annotated[AccountPolicy, Field(
+        description="'Correct' corrects local state and cancels stale owned orders; 'ObserveOnly' "
+                    "detects and reports, and never writes to the exchange (an emergency stop still "
+                    "applies: a human asked for it).")] = AccountPolicy.CORRECT
+    reconciliation: Annotated[ReconciliationSpec, Field(
+        description="Periodic reconciliation settings.")] = ReconciliationSpec()
+    staleOrders: Annotated[StaleOrdersSpec, Field(
+        description="Stale-order cleanup settings.")] = StaleOrdersSpec()
+    retention: Annotated[RetentionSpec, Field(
+        description="Retention of finished orders.")] = RetentionSpec()
+    stream: Annotated[StreamSpec, Field(
+        description="User-data stream settings.")] = StreamSpec()
+
+
+# ---- status ---------------------------------------------------------------------------------
+
+class Condition(_Model):
+    """A metav1.Condition: lastTransitionTime changes only when status flips."""
+    type: Annotated[str, Field(description="Condition type, e.g. Ready.", max_length=316)]
+    status: Annotated[Literal["True", "False", "Unknown"], Field(description="True, False or Unknown.")]
+    reason: Annotated[str, Field(description="CamelCase reason.", max_length=1024)] = ""
+    message: Annotated[str, Field(description="Human-readable detail.", max_length=32768)] = ""
+    lastTransitionTime: Annotated[str | None, Field(
+        description="When status last flipped (RFC 3339).")] = None
+    observedGeneration: Annotated[int | None, Field(
+        description="The spec generation the condition was computed for.")] = None
+
+
+class BalanceStatus(_Model):
+    """One asset's balance as last reconciled."""
+    asset: Annotated[str, Field(description="Asset code, e.g. USDT.")]
+    free: Annotated[str, Field(description="Free amount (decimal string).")]
+    locked: Annotated[str, Field(description="Locked amount (decimal string).")]
+
+
+class OrderStatus(_Model):
+    """One open order."""
+    clientOrderId: Annotated[str, Field(description="Client order id.")]
+    orderId: Annotated[str, Field(description="The exchange's order id.")] = ""
+    symbol: Annotated[str, Field(description="Unified symbol.")]
+    side: Annotated[str, Field(description="buy or sell.")]
+    price: Annotated[str, Field(description="Limit price (decimal string).")] = "0"
+    amount: Annotated[str, Field(description="Original quantity (decimal string).")]
+    filled: Annotated[str, Field(description="Executed quantity (decimal string).")]
+    owned: Annotated[bool, Field(description="True when the client order id carries the owned prefix.")]
+    createdAt: Annotated[str | None, Field(description="Creation time (RFC 3339).")] = None
+
+
+class OpenOrdersStatus(_Model):
+    """Open orders: the full count and a bounded list."""
+    count: Annotated[int, Field(description="Number of open orders.")] = 0
+    owned: Annotated[int, Field(description="Number of open orders owned by tradewarden.")] = 0
+    truncated: Annotated[bool, Field(description="True when 'items' lists only the oldest orders.")] = False
+    items: Annotated[list[OrderStatus], Field(
+        description=f"Up to {MAX_STATUS_OPEN_ORDERS} open orders.")] = []
+
+
+class PositionStatus(_Model):
+    """A net position (spot: base-asset holdings; USD-M: the venue's, signed)."""
+    symbol: Annotated[str, Field(description="Unified symbol.")]
+    amount: Annotated[str, Field(description="Signed amount (decimal string).")]
+    entryPrice: Annotated[str, Field(description="Entry price (decimal string).")] = "0"
+
+
+class LastReconciliation(_Model):
+    """The last completed reconciliation run."""
+    time: Annotated[str | None, Field(description="When the run finished (RFC 3339).")] = None
+    durationMs: Annotated[int, Field(description="How long the run took, in milliseconds.")] = 0
+    trigger: Annotated[str, Field(
+        description="What started it: initial, timer, stream-reconnect, annotation, resume.")] = ""
+    discrepancyCount: Annotated[int, Field(description="Discrepancies found in the run.")] = 0
+    discrepancies: Annotated[dict[str, int], Field(
+        description="Discrepancies by kind: balance, fill, missing, lost, orphan, position, stale.")] = {}
+    staleSections: Annotated[list[str], Field(
+        description="Snapshot sections whose query failed (their local state was kept).")] = []
+    error: Annotated[str, Field(description="Why the run failed, when it did.")] = ""
+
+
+class MetricsStatus(_Model):
+    """Monitoring counters (also exported as OpenTelemetry metrics)."""
+    runs: Annotated[int, Field(description="Completed reconciliation runs.")] = 0
+    failures: Annotated[int, Field(description="Failed reconciliation runs.")] = 0
+    discrepanciesTotal: Annotated[int, Field(description="Discrepancies found, all runs.")] = 0
+    balanceMismatches: Annotated[int, Field(description="Balance mismatches found, all runs.")] = 0
+    orderMismatches: Annotated[int, Field(description="Order mismatches (fill, missing, lost, orphan).")] = 0
+    staleOrdersCancelled: Annotated[int, Field(description="Stale owned orders cancelled.")] = 0
+    consecutiveFailures: Annotated[int, Field(description="Failed runs in a row.")] = 0
+    lastSuccessTime: Annotated[str | None, Field(description="Last successful run (RFC 3339).")] = None
+
+
+class StreamStatus(_Model):
+    """The user-data stream."""
+    state: Annotated[str, Field(description="connected, disconnected, reconnecting or disabled.")] = "disabled"
+    since: Annotated[str | None, Field(description="When the state last changed (RFC 3339).")] = None
+    reconnects: Annotated[int, Field(description="Reconnections since the operator started.")] = 0
+    tradingSafe: Annotated[bool, Field(
+        description="False while the stream is down: local state may lag the exchange, bots should pause.")] = False
+    lastEventTime: Annotated[str | None, Field(description="Time of the last event received (RFC 3339).")] = None
+
+
+class EmergencyStopStatus(_Model):
+    """The circuit breaker opened by the emergency-stop annotation."""
+    active: Annotated[bool, Field(description="True while the annotation is set.")] = False
+    reason: Annotated[str, Field(description="The annotation's value.")] = ""
+    requestedBy: Annotated[str, Field(
+        description="Who set the annotation, where the API tells (managedFields manager).")] = ""
+    requestedAt: Annotated[str | None, Field(description="When the stop was first seen (RFC 3339).")] = None
+    completedAt: Annotated[str | None, Field(description="When every order was verified gone (RFC 3339).")] = None
+    ordersCancelled: Annotated[int, Field(description="Orders cancelled by the stop.")] = 0
+    remaining: Annotated[int, Field(description="Orders still open after the stop's bounded retries.")] = 0
+    state: Annotated[str, Field(description="Cancelling, Completed, Incomplete.")] = ""
+
+
+class TradingAccountStatus(_Model):
+    """The observed state, written by the operator."""
+    model_config = ConfigDict(populate_by_name=True, extra="allow", use_enum_values=True)
+
+    phase: Annotated[str, Field(
+        description="Pending, Syncing, Ready, Degraded, Error or EmergencyStopped.")] = "Pending"
+    observedGeneration: Annotated[int | None, Field(
+        description="The spec generation last acted on.")] = None
+    conditions: Annotated[list[Condition], Field(description="Standard conditions.")] = []
+    balances: Annotated[list[BalanceStatus], Field(
+        description=f"Non-zero balances (up to {MAX_STATUS_BALANCES}).")] = []
+    openOrders: Annotated[OpenOrdersStatus, Field(description="Open orders.")] = OpenOrdersStatus()
+    positions: Annotated[list[PositionStatus], Field(
+        description=f"Net positions (up to {MAX_STATUS_POSITIONS}).")] = []
+    lastReconciliation: Annotated[LastReconciliation, Field(
+        description="The last reconciliation run.")] = LastReconciliation()
+    lastHandledReconcileAt: Annotated[str, Field(
+        description=f"The last value of the {ANNOTATION_RECONCILE_REQUESTED_AT} annotation handled.")] = ""
+    metrics: Annotated[MetricsStatus, Field(description="Monitoring counters.")] = MetricsStatus()
+    stream: Annotated[StreamStatus, Field(description="The user-data stream.")] = StreamStatus()
+    emergencyStop: Annotated[EmergencyStopStatus, Field(
+        description="The emergency stop.")] = EmergencyStopStatus()
+    ledger: Annotated[dict[str, Any], Field(
+        description="The operator's compact ledger, kept here so a restart loses nothing. Internal.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})] = {}
+
+
+class TradingAccount(_Model):
+    """A whole TradingAccount object (metadata kept as a plain mapping)."""
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", use_enum_values=True)
+    apiVersion: Literal["tradewarden.io/v1alpha1"] = API_VERSION  # type: ignore[assignment]
+    kind: Literal["TradingAccount"] = KIND  # type: ignore[assignment]
+    metadata: dict[str, Any] = {}
+    spec: TradingAccountSpec
+    status: TradingAccountStatus | None = None
