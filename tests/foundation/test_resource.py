@@ -154,3 +154,10 @@ def test_api_server_rejects_a_resource_without_credentials(crd_installed, namesp
     del body["spec"]["credentialsSecretRef"]
     r = kubectl(crd_installed, "-n", namespace, "create", "-f", "-", input=json.dumps(body), check=False)
     assert r.returncode != 0 and "credentialsSecretRef" in r.stderr
+
+
+def test_reference_doc_is_current():
+    from tradewarden.reference import reference_markdown
+    committed = (ROOT / "docs" / "trading-account.md").read_text()
+    assert committed == reference_markdown(), "docs/trading-account.md drifted: regenerate it (see its first line)"
+    assert "spec.reconciliation.intervalSeconds" in committed and "status.conditions[].lastTransitionTime" in committed
