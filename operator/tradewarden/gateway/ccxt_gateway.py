@@ -1,0 +1,301 @@
+"""The gateway: one account on one exchange, over ccxt, speaking only domain types and errors."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+import ccxt
+
+from ..domain import (CancelAllResult, GatewayError, Invalid, Order, OrderNotFound, Section, Snapshot,
+                      Unsupported)
+from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheaper
+from .errors import map_error, scrub
+from .exchanges import forget_secrets, new_exchange, scrubbing_logger
+from .translate import balances_from_ccxt, order_from_ccxt, positions_from_ccxt
+
+log = logging.getLogger("tradewarden.gateway")
+T = TypeVar("T")
+
+# what tradewarden needs from an exchange, as ccxt's `has` names them
+REQUIRED_REST = ("fetchBalance", "fetchOpenOrders", "fetchOrder", "cancelOrder")
+REQUIRED_STREAM = ("watchOrders", "watchBalance")
+BINANCE_IDS = ("binance", "binanceusdm")
+
+
+class CcxtGateway:
+    """domain.Gateway over ccxt.async_support (REST) and ccxt.pro (user-data stream)."""
+
+    def __init__(self, exchange_id: str, api_key: str, secret: str, endpoint: str | None = None, *,
+                 budgets: RateBudgets | None = None, owned_prefix: str = "tw-",
+                 concurrency: int = 8, stream_options: dict | None = None):
+        if not api_key or not secret:
+            raise Invalid("api key and secret are required")
+        self.exchange_id = exchange_id
+        self.endpoint = endpoint
+        self.owned_prefix = owned_prefix
+        self.budgets = budgets if budgets is not None else default_budgets()
+        self._secrets = (api_key, secret)
+        self._logger = scrubbing_logger(self._secrets)
+        self._rest = new_exchange(exchange_id, api_key, secret, endpoint, self.budgets, pro=False,
+                                  logger=self._logger)
+        self.futures = exchange_id == "binanceusdm" or \
+            str(self._rest.options.get("defaultType", "spot")) in ("swap", "future", "linear")
+        self.binance = exchange_id in BINANCE_IDS
+        self._check_capabilities()
+        self._sem = asyncio.Semaphore(concurrency)
+        self._streams: set = set()
+        self._stream_options = dict(stream_options or {})
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"CcxtGateway(exchange={self.exchange_id!r}, endpoint={self.endpoint!r})"
+
+    __str__ = __repr__
+
+    # ---- construction ------------------------------------------------------------------------------
+
+    def _check_capabilities(self) -> None:
+        has = self._rest.has
+        for cap in REQUIRED_REST:
+            if not has.get(cap):
+                raise Unsupported(f"unsupported: {cap}")
+        if self.futures and not has.get("fetchPositions"):
+            raise Unsupported("unsupported: fetchPositions")
+        import ccxt.pro as pro
+        pro_cls = getattr(pro, self.exchange_id, None)
+        if pro_cls is None:
+            raise Unsupported("unsupported: watchOrders")
+        pro_has = pro_cls().has if not self.binance else {"watchOrders": True, "watchBalance": True}
+        for cap in REQUIRED_STREAM:
+            if not pro_has.get(cap):
+                raise Unsupported(f"unsupported: {cap}")
+
+    def new_pro(self) -> Any:
+        """A fresh ccxt.pro instance sharing this gateway's markets, clock offset and budget."""
+        pro = new_exchange(self.exchange_id, *self._secrets, self.endpoint, self.budgets, pro=True,
+                           logger=self._logger)
+        if self._rest.markets:
+            pro.set_markets_from_exchange(self._rest)
+        if "timeDifference" in self._rest.options:
+            pro.options["timeDifference"] = self._rest.options["timeDifference"]
+        return pro
+
+    @property
+    def rest_family(self) -> str:
+        return "fapi" if self.futures else "api"
+
+    def map_error(self, exc: BaseException, *, write: bool = False, what: str = "") -> GatewayError:
+        return map_error(exc, write=write, secrets=self._secrets,
+                         retry_after=getattr(exc, "tw_retry_after", None), what=what)
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]], *, write: bool = False) -> T:
+        if self._closed:
+            raise Invalid("gateway is closed")
+        try:
+            async with self._sem:
+                return await fn()
+        except GatewayError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except ccxt.InvalidNonce as exc:
+            # our clock is off the venue's: re-measure the offset for the next request
+            try:
+                await self._rest.load_time_difference()
+            except Exception:
+                pass
+            raise self.map_error(exc, write=write, what=what) from None
+        except Exception as exc:
+            raise self.map_error(exc, write=write, what=what) from None
+
+    async def start(self, symbols: Sequence[str] = ()) -> None:
+        """Load markets, check every symbol is listed and the credentials work."""
+        await self._call("load markets", lambda: self._rest.load_markets())
+        unknown = [s for s in symbols if s not in self._rest.markets]
+        if unknown:
+            raise Invalid("unknown symbol: " + ", ".join(unknown))
+        await self._call("check credentials", lambda: self._rest.fetch_balance())
+        self._started = True
+
+    async def _ensure_markets(self) -> None:
+        if not self._rest.markets:
+            await self._call("load markets", lambda: self._rest.load_markets())
+
+    def _check_symbols(self, symbols: Sequence[str]) -> None:
+        unknown = [s for s in symbols if s not in self._rest.markets]
+        if unknown:
+            raise Invalid("unknown symbol: " + ", ".join(unknown))
+
+    # ---- snapshot ----------------------------------------------------------------------------------
+
+    async def snapshot(self, symbols: Sequence[str]) -> Snapshot:
+        """Balances, open orders and positions, fetched concurrently, each with its own outcome."""
+        await self._ensure_markets()
+        self._check_symbols(symbols)
+        taken_ms = int(time.time() * 1000)
+        balances, orders, positions = await asyncio.gather(
+            self._section(self.fetch_balances()),
+            self._section(self.fetch_open_orders(symbols)),
+            self._section(self.fetch_positions(symbols)) if self.futures else _empty_list(),
+        )
+        return Snapshot(taken_ms=taken_ms, balances=balances, open_orders=orders, positions=positions)
+
+    @staticmethod
+    async def _section(coro: Awaitable[T]) -> Section[T]:
+        try:
+            return Section(value=await coro)
+        except GatewayError as exc:
+            return Section(error=exc)
+
+    async def fetch_balances(self) -> dict:
+        raw = await self._call("balances", lambda: self._rest.fetch_balance())
+        return balances_from_ccxt(raw)
+
+    async def fetch_open_orders(self, symbols: Sequence[str]) -> list[Order]:
+        """Every open order of ``symbols`` (USD-M: conditional algo orders included), listed the cheaper
+        way: one query per symbol, or one for all symbols filtered here. All or nothing: a partial
+        list would make orders look vanished."""
+        if not symbols:
+            return []
+        wanted = set(symbols)
+        per_symbol = per_symbol_is_cheaper(len(symbols), self.rest_family)
+
+        async def listing(params: dict, algo: bool) -> list[Order]:
+            if per_symbol:
+                parts = await asyncio.gather(*(
+                    self._call(f"open orders {s}", lambda s=s: self._rest.fetch_open_orders(s, None, None, dict(params)))
+                    for s in symbols))
+                raw = [o for part in parts for o in part]
+            else:
+                raw = await self._call("open orders", lambda: self._rest.fetch_open_orders(None, None, None, dict(params)))
+            return [order_from_ccxt(o, algo=algo) for o in raw if o.get("symbol") in wanted]
+
+        if self.futures and self.binance:
+            plain, algo = await asyncio.gather(listing({}, False), listing({"trigger": True}, True))
+            return plain + algo
+        return await listing({}, False)
+
+    async def fetch_positions(self, symbols: Sequence[str]) -> list:
+        raw = await self._call("positions", lambda: self._rest.fetch_positions())
+        return positions_from_ccxt(raw, symbols)
+
+    # ---- single orders -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _ids(exchange_order_id: str, client_order_id: str) -> tuple[str | None, dict]:
+        if not exchange_order_id and not client_order_id:
+            raise Invalid("an exchange order id or a client order id is required")
+        if exchange_order_id:
+            return exchange_order_id, {}
+        return None, {"clientOrderId": client_order_id}
+
+    async def fetch_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "",
+                          *, algo: bool = False) -> Order:
+        """The venue's current state of one order (OrderNotFound when it does not know it).
+        ``algo``: a USD-M conditional order, kept by the Algo Service (``Order.algo``)."""
+        await self._ensure_markets()
+        self._check_symbols([symbol])
+        oid, params = self._ids(exchange_order_id, client_order_id)
+        if algo:
+            params = {"trigger": True} if oid else {"trigger": True, "clientAlgoId": client_order_id}
+        raw = await self._call("fetch order", lambda: self._rest.fetch_order(oid, symbol, params))
+        return order_from_ccxt(raw, algo=algo)
+
+    async def cancel_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "",
+                           *, algo: bool = False) -> Order | None:
+        """Cancel one order. OrderNotFound when the venue does not know it (or it is already final);
+        UnknownOutcome when the answer is lost (5xx, timeout): query it, never assume."""
+        await self._ensure_markets()
+        self._check_symbols([symbol])
+        oid, params = self._ids(exchange_order_id, client_order_id)
+        if algo:
+            params = {**params, "trigger": True}
+            if not oid:
+                params = {"trigger": True, "clientAlgoId": client_order_id}
+        raw = await self._call("cancel order", lambda: self._rest.cancel_order(oid, symbol, params), write=True)
+        if not isinstance(raw, dict) or (raw.get("id") is None and not raw.get("clientOrderId")):
+            return None
+        return order_from_ccxt(raw, algo=algo)
+
+    # ---- cancel everything -------------------------------------------------------------------------
+
+    async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult:
+        """Cancel every open order on every symbol, concurrently within the budget, then verify with a
+        fresh open-orders query. ``remaining`` lists what is still open; ``errors`` (symbol -> text)
+        non-empty means the result is not verified for those symbols."""
+        await self._ensure_markets()
+        self._check_symbols(symbols)
+        errors: dict[str, str] = {}
+
+        async def one(symbol: str, params: dict, label: str) -> int:
+            try:
+                raw = await self._call(f"cancel all {label}", lambda: self._rest.cancel_all_orders(symbol, dict(params)),
+                                       write=True)
+            except OrderNotFound:
+                return 0  # spot -2011 on an empty book: nothing to cancel
+            except GatewayError as exc:
+                errors[label] = f"{type(exc).__name__}: {exc}"
+                return 0
+            if not isinstance(raw, list):
+                return 0
+            return sum(1 for o in raw if isinstance(o, dict) and o.get("id") is not None)
+
+        jobs = [one(s, {}, s) for s in symbols]
+        if self.futures and self.binance:
+            jobs += [one(s, {"trigger": True}, f"{s} (algo)") for s in symbols]
+        counts = await asyncio.gather(*jobs)
+        try:
+            remaining = await self.fetch_open_orders(symbols)
+        except GatewayError as exc:
+            errors["verify"] = f"{type(exc).__name__}: {exc}"
+            remaining = []
+        return CancelAllResult(cancelled=sum(counts), remaining=remaining, errors=errors)
+
+    # ---- user-data stream --------------------------------------------------------------------------
+
+    def stream(self, symbols: Sequence[str] = ()):
+        """User-data events in order, with ConnectionEvent transitions; reconnects by itself.
+        Close it with ``await it.aclose()`` (or ``gateway.close()``)."""
+        from .stream import UserDataStream
+        s = UserDataStream(self, symbols, **self._stream_options)
+        self._streams.add(s)
+        return s
+
+    def _stream_closed(self, s) -> None:
+        self._streams.discard(s)
+
+    def budget_snapshot(self) -> list[dict]:
+        return self.budgets.snapshot()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for s in list(self._streams):
+            await s.aclose()
+        try:
+            await self._rest.close()
+        finally:
+            forget_secrets(self._secrets)
+
+    async def __aenter__(self) -> "CcxtGateway":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+async def _empty_list() -> Section:
+    return Section(value=[])
+
+
+def create_gateway(exchange: str, api_key: str, secret: str, endpoint: str | None = None, *,
+                   budgets: RateBudgets | None = None, owned_prefix: str = "tw-", **kwargs: Any) -> CcxtGateway:
+    """The gateway of one account (see module doc). ``endpoint`` rewrites every REST and WS URL."""
+    return CcxtGateway(exchange, api_key, secret, endpoint, budgets=budgets, owned_prefix=owned_prefix, **kwargs)
+
+
+__all__ = ["CcxtGateway", "create_gateway", "scrub", "family_of"]

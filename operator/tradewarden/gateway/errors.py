@@ -1,0 +1,98 @@
+"""ccxt exceptions -> tradewarden's error vocabulary, with every secret scrubbed.
+
+ccxt puts the full request URL (query string with ``signature=`` and ``timestamp=``) into the text
+of HTTP-status and network errors, the body of the venue's answer into the rest, and logs request
+headers (``X-MBX-APIKEY``) at DEBUG. Nothing of that may reach a log line, a status field or an
+exception message, so every text that leaves this package goes through :func:`scrub`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Iterable
+
+import ccxt
+
+from ..domain import (AuthenticationFailed, GatewayError, Invalid, OrderNotFound, RateLimited, Temporary,
+                      UnknownOutcome, Unsupported)
+
+_URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?\"'<>]+)\?[^\s\"'<>]*")
+_SIG = re.compile(r"(signature|listenKey|apiKey|X-MBX-APIKEY)([\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9%+/=_\-]+",
+                  re.IGNORECASE)
+_LISTENKEY_PATH = re.compile(r"(/ws/)[A-Za-z0-9]{20,}")
+REDACTED = "<redacted>"
+
+
+def scrub(text: object, secrets: Iterable[str] = ()) -> str:
+    """``text`` without query strings, signatures, listen keys and the given secrets."""
+    out = str(text)
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            out = out.replace(secret, REDACTED)
+    out = _URL_QUERY.sub(lambda m: m.group(1) + "?" + REDACTED, out)
+    out = _SIG.sub(lambda m: m.group(1) + m.group(2) + REDACTED, out)
+    out = _LISTENKEY_PATH.sub(lambda m: m.group(1) + REDACTED, out)
+    if len(out) > 500:
+        out = out[:500] + "..."
+    return out
+
+
+class ScrubFilter(logging.Filter):
+    """Rewrites a record's message so it carries no secret; attached to the loggers ccxt writes to."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: keep only its format string
+            message = str(record.msg)
+        record.msg = scrub(message, self.secrets)
+        record.args = None
+        return True
+
+
+def _http_status(exc: BaseException) -> int | None:
+    m = re.search(r"\b(5\d\d|429|418|403|404)\b", str(exc))
+    return int(m.group(1)) if m else None
+
+
+def map_error(exc: BaseException, *, write: bool = False, secrets: Iterable[str] = (),
+              retry_after: float | None = None, what: str = "") -> GatewayError:
+    """The domain error for a ccxt (or network) exception.
+
+    ``write``: the request may have changed state at the venue (a cancel): a 5xx or timeout then
+    means the outcome is unknown, never "it failed".
+    """
+    if isinstance(exc, GatewayError):
+        return exc
+    prefix = f"{what}: " if what else ""
+    text = prefix + scrub(f"{type(exc).__name__}: {exc}", secrets)
+    if isinstance(exc, ccxt.DDoSProtection) or isinstance(exc, ccxt.RateLimitExceeded):
+        return RateLimited(text, retry_after if retry_after is not None else 60.0)
+    if isinstance(exc, ccxt.AuthenticationError) or isinstance(exc, ccxt.PermissionDenied) \
+            or isinstance(exc, ccxt.AccountSuspended):
+        return AuthenticationFailed(text)
+    if isinstance(exc, ccxt.OrderNotFound):
+        return OrderNotFound(text)
+    if isinstance(exc, ccxt.InvalidNonce):
+        # clock skew outside recvWindow: the request was rejected before it was processed
+        return Temporary(text)
+    if isinstance(exc, ccxt.NotSupported):
+        return Unsupported(text)
+    if isinstance(exc, (ccxt.BadSymbol, ccxt.BadRequest, ccxt.InvalidOrder, ccxt.ArgumentsRequired,
+                        ccxt.InsufficientFunds)):
+        return Invalid(text)
+    if isinstance(exc, (ccxt.NetworkError, TimeoutError, OSError)):
+        # ExchangeNotAvailable (5xx, 403, connection refused), RequestTimeout (504, client timeout)
+        return UnknownOutcome(text) if write else Temporary(text)
+    if isinstance(exc, ccxt.OperationFailed):
+        return UnknownOutcome(text) if write else Temporary(text)
+    if isinstance(exc, ccxt.ExchangeError):
+        status = _http_status(exc)
+        if status is not None and status >= 500:
+            return UnknownOutcome(text) if write else Temporary(text)
+        return Invalid(text)
+    return UnknownOutcome(text) if write else Temporary(text)

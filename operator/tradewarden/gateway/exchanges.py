@@ -1,0 +1,217 @@
+"""ccxt exchange classes with tradewarden's hooks, and their per-account construction.
+
+One mixin is put in front of any ccxt ``async_support`` / ``pro`` exchange class:
+
+- ``fetch``: every REST request first spends its documented weight from the shared egress budget
+  (waiting, or refusing with RateLimited while a Retry-After is running), and its exception text is
+  scrubbed of the signed query string at the source;
+- ``on_rest_response``: feeds ``X-MBX-USED-WEIGHT-1M`` and 429/418 ``Retry-After`` into the budget
+  (ccxt's REST layer itself ignores Retry-After);
+- ``get_exceptions_by_url``: Binance's spot / futures error table chosen from the URL *path*, so a
+  local endpoint maps errors exactly as production does (ccxt picks it from the host name);
+- ``delay`` / ``spawn``: ccxt's background timers (the USD-M listenKey keepalive) and tasks are
+  tracked, so closing the exchange cancels them instead of letting them reopen a session later;
+- ``handle_message`` (ccxt.pro): every user-data payload is handed, in socket order, to a sink
+  before ccxt's own handlers run.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import ccxt
+import ccxt.async_support as ccxt_async
+import ccxt.pro as ccxt_pro
+from ccxt.async_support.base.ws.future import Future as CcxtFuture
+
+from ..domain import Invalid, Unsupported
+from .budget import RateBudgets, _strip_prefix, family_of, request_weight
+from .errors import ScrubFilter, scrub
+
+log = logging.getLogger("tradewarden.gateway")
+
+_SENT = contextvars.ContextVar("tw_sent", default=None)
+
+# path family -> Binance market type of ccxt's error tables
+_ERROR_TABLE_BY_FAMILY = {"api": "spot", "sapi": "spot", "fapi": "linear", "dapi": "inverse",
+                          "eapi": "option", "papi": "portfolioMargin"}
+
+# options that keep ccxt off endpoints a spot / USD-M account does not need (see binance-and-ccxt notes)
+BINANCE_OPTIONS: dict[str, dict[str, Any]] = {
+    "binance": {
+        "defaultType": "spot",
+        "fetchCurrencies": False,
+        "fetchMargins": False,
+        "fetchMarkets": {"types": ["spot"]},
+        "fetchOpenOrders": {"warnWithoutSymbol": False},
+        "adjustForTimeDifference": True,
+    },
+    "binanceusdm": {
+        "fetchCurrencies": False,
+        "fetchMargins": False,
+        "fetchMarkets": {"types": ["linear"]},
+        "fetchOpenOrders": {"warnWithoutSymbol": False},
+        "watchPositions": {"fetchPositionsSnapshot": False},
+        "watchBalance": {"fetchBalanceSnapshot": False},
+        "adjustForTimeDifference": True,
+    },
+}
+
+
+class TradewardenExchangeMixin:
+    tw_budgets: RateBudgets
+    tw_secrets: tuple[str, ...] = ()
+    tw_sink: Callable[[Any, Any], None] | None = None
+
+    # -- REST: rate budget and scrubbing --
+    async def fetch(self, url, method="GET", headers=None, body=None):
+        budget = self.tw_budgets.for_url(url)
+        await budget.acquire(request_weight(method, url, body if isinstance(body, str) else None))
+        token = _SENT.set((budget, budget.window()))
+        try:
+            result = await super().fetch(url, method, headers, body)
+        except ccxt.BaseError as exc:
+            if isinstance(exc, ccxt.DDoSProtection):
+                exc.tw_retry_after = max(budget.blocked_for(), 0.0)
+            exc.args = (scrub(str(exc), self.tw_secrets),)
+            raise
+        finally:
+            _SENT.reset(token)
+        if isinstance(result, dict) and "rateLimits" in result:
+            budget.apply_rate_limits(result.get("rateLimits"))
+        return result
+
+    def on_rest_response(self, code, reason, url, method, response_headers, response_body,
+                         request_headers, request_body):
+        sent = _SENT.get()
+        budget, window = sent if sent else (self.tw_budgets.for_url(url), None)
+        budget.observe(int(code or 0), response_headers or {}, window)
+        return super().on_rest_response(code, reason, url, method, response_headers, response_body,
+                                        request_headers, request_body)
+
+    # -- Binance: error table by path --
+    def get_exceptions_by_url(self, url, exactOrBroad):
+        if url is None:
+            return {}
+        market_type = _ERROR_TABLE_BY_FAMILY.get(family_of(_strip_prefix(urlsplit(url).path)))
+        if market_type is None:
+            return {}
+        table = self.safe_dict(self.exceptions, market_type, {})
+        return self.safe_dict(table, exactOrBroad, {})
+
+    # -- background work that must die with the exchange --
+    def delay(self, timeout, method, *args):
+        handle = super().delay(timeout, method, *args)
+        self.__dict__.setdefault("tw_timers", []).append(handle)
+        return handle
+
+    def spawn(self, method, *args):
+        future = CcxtFuture()
+        task = self.asyncio_loop.create_task(method(*args))
+        tasks = self.__dict__.setdefault("tw_tasks", set())
+        tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            tasks.discard(t)
+            if t.cancelled():
+                if not future.done():
+                    future.cancel()
+                return
+            exc = t.exception()
+            if exc is None:
+                future.resolve(t.result())
+            else:
+                future.reject(exc)
+        task.add_done_callback(done)
+        return future
+
+    async def close(self, *args, **kwargs):
+        for handle in self.__dict__.pop("tw_timers", []):
+            handle.cancel()
+        tasks = list(self.__dict__.pop("tw_tasks", set()))
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.tw_sink = None
+        return await super().close(*args, **kwargs)
+
+    # -- ccxt.pro: tap every payload in socket order --
+    def handle_message(self, client, message):
+        sink = self.tw_sink
+        if sink is not None:
+            try:
+                sink(client, message)
+            except Exception as exc:  # never let a translation error break ccxt's receive loop
+                log.warning("user-data payload not translated: %s", scrub(repr(exc), self.tw_secrets))
+        return super().handle_message(client, message)
+
+
+_CLASSES: dict[tuple[str, bool], type] = {}
+
+
+def exchange_class(exchange_id: str, pro: bool) -> type:
+    key = (exchange_id, pro)
+    cls = _CLASSES.get(key)
+    if cls is None:
+        lib = ccxt_pro if pro else ccxt_async
+        base = getattr(lib, exchange_id, None)
+        if base is None:
+            if pro:
+                raise Unsupported(f"unsupported: watchOrders (ccxt.pro has no {exchange_id})")
+            raise Invalid(f"unknown exchange: {exchange_id}")
+        cls = type(f"Tw{base.__name__}{'Pro' if pro else ''}", (TradewardenExchangeMixin, base), {})
+        _CLASSES[key] = cls
+    return cls
+
+
+def rewrite_urls(exchange: Any, endpoint: str) -> None:
+    """Point every REST and WebSocket URL of ``exchange`` at ``endpoint`` keeping each path."""
+    from ..sim.client import point_ccxt_at  # the one implementation of the rewrite in the project
+    point_ccxt_at(exchange, endpoint)
+
+
+def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | None, budgets: RateBudgets,
+                 *, pro: bool, logger: logging.Logger) -> Any:
+    cls = exchange_class(exchange_id, pro)
+    options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BINANCE_OPTIONS.get(exchange_id, {}).items()}
+    config = {
+        "apiKey": api_key,
+        "secret": secret,
+        # our shared egress budget replaces ccxt's per-instance throttle (which knows nothing of
+        # other accounts behind the same IP)
+        "enableRateLimit": False,
+        "options": options,
+        "logger": logger,
+        "timeout": 10000,
+    }
+    ex = cls(config)
+    ex.tw_budgets = budgets
+    ex.tw_secrets = tuple(s for s in (api_key, secret) if s)
+    if endpoint:
+        rewrite_urls(ex, endpoint)
+    return ex
+
+
+_CCXT_LOGGER = "tradewarden.gateway.ccxt"
+_FILTER = ScrubFilter()
+
+
+def scrubbing_logger(secrets: tuple[str, ...]) -> logging.Logger:
+    """The logger given to every ccxt instance: its records carry no signed URL, header key or secret."""
+    logger = logging.getLogger(_CCXT_LOGGER)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    _FILTER.secrets = tuple(dict.fromkeys((*_FILTER.secrets, *(s for s in secrets if s))))
+    return logger
+
+
+def forget_secrets(secrets: tuple[str, ...]) -> None:
+    _FILTER.secrets = tuple(s for s in _FILTER.secrets if s not in set(secrets))
+
+
+__all__ = ["BINANCE_OPTIONS", "TradewardenExchangeMixin", "exchange_class", "new_exchange", "rewrite_urls",
+           "scrubbing_logger", "forget_secrets"]

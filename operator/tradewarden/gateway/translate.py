@@ -1,0 +1,185 @@
+"""ccxt's unified structures (and Binance's raw stream payloads) -> tradewarden's domain types.
+
+Nothing ccxt-shaped leaves the gateway: these functions are the only place that knows ccxt's keys.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterable, Mapping
+
+from ..domain import ZERO, Balance, Order, OrderState, Position, Side, dec
+
+# Binance's order status (REST "status", stream "X") -> domain state
+BINANCE_STATUS = {
+    "NEW": OrderState.OPEN,
+    "PENDING_NEW": OrderState.OPEN,
+    "PARTIALLY_FILLED": OrderState.PARTIALLY_FILLED,
+    "FILLED": OrderState.FILLED,
+    "CANCELED": OrderState.CANCELED,
+    "PENDING_CANCEL": OrderState.OPEN,
+    "REJECTED": OrderState.REJECTED,
+    "EXPIRED": OrderState.EXPIRED,
+    "EXPIRED_IN_MATCH": OrderState.EXPIRED,
+    # USD-M Algo Service
+    "TRIGGERING": OrderState.OPEN,
+    "TRIGGERED": OrderState.FILLED,
+    "FINISHED": OrderState.FILLED,
+}
+# ccxt's unified status -> domain state (for exchanges other than Binance)
+CCXT_STATUS = {
+    "open": OrderState.OPEN,
+    "closed": OrderState.FILLED,
+    "canceled": OrderState.CANCELED,
+    "cancelled": OrderState.CANCELED,
+    "expired": OrderState.EXPIRED,
+    "rejected": OrderState.REJECTED,
+}
+
+
+def _d(value: Any) -> Decimal:
+    try:
+        return dec(value)
+    except (InvalidOperation, ValueError, TypeError):
+        return ZERO
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value) if value is not None and value != "" else default
+    except (TypeError, ValueError):
+        return default
+
+
+def order_state(order: Mapping[str, Any]) -> OrderState:
+    info = order.get("info") or {}
+    raw = None
+    if isinstance(info, Mapping):
+        raw = info.get("status") or info.get("X") or info.get("algoStatus")
+        if raw is None and isinstance(info.get("o"), Mapping):
+            raw = info["o"].get("X")
+    state = BINANCE_STATUS.get(str(raw).upper()) if raw is not None else None
+    if state is None:
+        state = CCXT_STATUS.get(str(order.get("status") or "").lower(), OrderState.OPEN)
+    filled = _d(order.get("filled"))
+    if state == OrderState.OPEN and filled > 0:
+        state = OrderState.PARTIALLY_FILLED
+    return state
+
+
+def order_from_ccxt(order: Mapping[str, Any], *, algo: bool = False) -> Order:
+    """A ccxt unified order -> domain Order."""
+    info = order.get("info") if isinstance(order.get("info"), Mapping) else {}
+    created = _int(order.get("timestamp")) or _int(info.get("time")) or _int(info.get("createTime")) \
+        or _int(info.get("O"))
+    updated = _int(order.get("lastUpdateTimestamp")) or _int(info.get("updateTime")) \
+        or _int(info.get("E")) or _int(info.get("T")) or created
+    side = str(order.get("side") or info.get("side") or "buy").lower()
+    price = order.get("price")
+    if price is None:
+        price = info.get("price") or info.get("p")
+    raw_type = info.get("type") or info.get("orderType") or (info.get("o") if isinstance(info.get("o"), str) else None)
+    otype = raw_type or order.get("type") or ""   # the venue's own type: LIMIT_MAKER stays limit_maker
+    is_algo = algo or bool(info.get("algoId") or info.get("aid"))
+    exchange_id = order.get("id")
+    if exchange_id is None:
+        exchange_id = info.get("orderId") or info.get("algoId") or ""
+    client_id = order.get("clientOrderId") or info.get("clientOrderId") or info.get("clientAlgoId") or ""
+    return Order(
+        client_order_id=str(client_id),
+        exchange_order_id=str(exchange_id),
+        symbol=str(order.get("symbol") or ""),
+        side=Side.SELL if side == "sell" else Side.BUY,
+        type=str(otype).lower(),
+        price=_d(price),
+        amount=_d(order.get("amount")),
+        filled=_d(order.get("filled")),
+        state=order_state(order),
+        created_ms=created,
+        updated_ms=max(updated, created),
+        algo=is_algo,
+    )
+
+
+def balances_from_ccxt(balance: Mapping[str, Any]) -> dict[str, Balance]:
+    """A ccxt balance structure -> {asset: Balance}; zero balances are kept only if the venue lists them."""
+    info = balance.get("info") if isinstance(balance.get("info"), Mapping) else {}
+    account_ms = _int(balance.get("timestamp")) or _int(info.get("updateTime"))
+    per_asset_ms: dict[str, int] = {}
+    for entry in info.get("assets") or []:          # USD-M: per-asset update times
+        if isinstance(entry, Mapping) and entry.get("asset"):
+            per_asset_ms[str(entry["asset"])] = _int(entry.get("updateTime"))
+    free = balance.get("free") or {}
+    used = balance.get("used") or {}
+    total = balance.get("total") or {}
+    out: dict[str, Balance] = {}
+    for asset in set(free) | set(used) | set(total):
+        f, u = free.get(asset), used.get(asset)
+        if f is None and u is None:
+            f = total.get(asset)
+        fd, ud = _d(f), _d(u)
+        out[asset] = Balance(asset=asset, free=fd, locked=ud,
+                             updated_ms=per_asset_ms.get(asset) or account_ms)
+    return out
+
+
+def positions_from_ccxt(positions: Iterable[Mapping[str, Any]], symbols: Iterable[str] | None = None) -> list[Position]:
+    """ccxt positions -> signed one-way positions (only non-zero ones, optionally of given symbols)."""
+    wanted = set(symbols) if symbols is not None else None
+    out: list[Position] = []
+    for p in positions:
+        info = p.get("info") if isinstance(p.get("info"), Mapping) else {}
+        raw_amt = info.get("positionAmt")
+        if raw_amt is None:
+            raw_amt = info.get("pa")
+        if raw_amt is not None:
+            amount = _d(raw_amt)
+        else:
+            amount = _d(p.get("contracts")) * _d(p.get("contractSize") or 1)
+            if str(p.get("side") or "").lower() == "short":
+                amount = -amount
+        if amount == 0:
+            continue
+        symbol = str(p.get("symbol") or "")
+        if wanted is not None and symbol not in wanted:
+            continue
+        out.append(Position(symbol=symbol, amount=amount,
+                            entry_price=_d(p.get("entryPrice") if p.get("entryPrice") is not None else info.get("entryPrice")),
+                            updated_ms=_int(p.get("timestamp")) or _int(info.get("updateTime"))))
+    return out
+
+
+# ---- raw Binance user-data payloads -------------------------------------------------------------
+
+def balances_from_account_position(message: Mapping[str, Any], currency_code) -> dict[str, Balance]:
+    """Spot ``outboundAccountPosition``: absolute free/locked of the assets it carries."""
+    at = _int(message.get("u")) or _int(message.get("E"))
+    out = {}
+    for entry in message.get("B") or []:
+        asset = currency_code(entry.get("a"))
+        out[asset] = Balance(asset=asset, free=_d(entry.get("f")), locked=_d(entry.get("l")), updated_ms=at)
+    return out
+
+
+def balances_from_futures_account_update(message: Mapping[str, Any], currency_code) -> dict[str, Balance]:
+    """USD-M ``ACCOUNT_UPDATE``: the wallet balance of the assets it carries (the stream has no
+    free/locked split, so the wallet balance is reported as free and locked as zero)."""
+    data = message.get("a") or {}
+    at = _int(message.get("T")) or _int(message.get("E"))
+    out = {}
+    for entry in data.get("B") or []:
+        asset = currency_code(entry.get("a"))
+        out[asset] = Balance(asset=asset, free=_d(entry.get("wb")), locked=ZERO, updated_ms=at)
+    return out
+
+
+def positions_from_futures_account_update(message: Mapping[str, Any], symbol_of) -> list[Position]:
+    """USD-M ``ACCOUNT_UPDATE``: positions it carries (zero amounts included: a closed position)."""
+    data = message.get("a") or {}
+    at = _int(message.get("T")) or _int(message.get("E"))
+    out = []
+    for entry in data.get("P") or []:
+        if str(entry.get("ps") or "BOTH") not in ("BOTH",):
+            continue  # hedge-mode legs are not tracked (one-way mode only)
+        out.append(Position(symbol=symbol_of(entry.get("s")), amount=_d(entry.get("pa")),
+                            entry_price=_d(entry.get("ep")), updated_ms=at))
+    return out
