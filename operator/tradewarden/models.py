@@ -127,9 +127,10 @@ class TradingAccountSpec(_Model):
                     "'BTC/USDT:USDT' (USD-M).",
         min_length=1, max_length=500)]
     policy: Annotated[AccountPolicy, Field(
-        description="'Correct' corrects local state and cancels stale owned orders; 'ObserveOnly' "
+        description="'Correct' acts on the exchange: stale owned orders are cancelled. 'ObserveOnly' "
                     "detects and reports, and never writes to the exchange (an emergency stop still "
-                    "applies: a human asked for it).")] = AccountPolicy.CORRECT
+                    "applies: a human asked for it). Under both, the local ledger follows the exchange "
+                    "after each run, so every difference is reported once.")] = AccountPolicy.CORRECT
     reconciliation: Annotated[ReconciliationSpec, Field(
         description="Periodic reconciliation settings.")] = ReconciliationSpec()
     staleOrders: Annotated[StaleOrdersSpec, Field(

@@ -195,3 +195,13 @@ def test_linear_positions_translate(static_cases):
     assert [(p.symbol, p.amount) for p in pos] == [("BTC/USDT:USDT", Decimal("0.009"))]
     assert pos[0].entry_price == Decimal("67445.9") and pos[0].updated_ms == 1722161166529
     assert positions_from_ccxt(raw, ["ETH/USDT:USDT"]) == []
+
+
+def test_cancel_answer_keeps_the_orders_own_client_order_id():
+    """Binance answers a cancel with the cancel request's clientOrderId; the order's is origClientOrderId."""
+    from tradewarden.gateway.translate import order_from_ccxt
+    raw = {"id": "42", "clientOrderId": "web_cancel_x1", "symbol": "BTC/USDT", "side": "buy", "amount": 1,
+           "filled": 0, "price": 10, "status": "canceled",
+           "info": {"orderId": 42, "clientOrderId": "web_cancel_x1", "origClientOrderId": "tw-abc", "status": "CANCELED"}}
+    order = order_from_ccxt(raw)
+    assert order.client_order_id == "tw-abc" and order.exchange_order_id == "42"

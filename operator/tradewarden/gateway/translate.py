@@ -83,7 +83,9 @@ def order_from_ccxt(order: Mapping[str, Any], *, algo: bool = False) -> Order:
     exchange_id = order.get("id")
     if exchange_id is None:
         exchange_id = info.get("orderId") or info.get("algoId") or ""
-    client_id = order.get("clientOrderId") or info.get("clientOrderId") or info.get("clientAlgoId") or ""
+    # A Binance cancel answers with the cancel request's own clientOrderId; the order's is origClientOrderId.
+    client_id = info.get("origClientOrderId") or order.get("clientOrderId") or info.get("clientOrderId") \
+        or info.get("clientAlgoId") or ""
     return Order(
         client_order_id=str(client_id),
         exchange_order_id=str(exchange_id),

@@ -1,0 +1,134 @@
+"""Per-account settings of the core, and the reports it returns."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Sequence
+
+from tradewarden.domain import Order, Policy, dec
+
+KINDS = ("balance", "fill", "missing", "lost", "orphan", "position", "stale")
+SECTIONS = ("balances", "orders", "positions")
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """What the core needs to know about one account (built from the TradingAccount spec).
+
+    The first eleven fields are the shared contract; the rest are tuning knobs with safe
+    defaults (not exposed in the resource)."""
+    symbols: Sequence[str]
+    policy: Policy = Policy.CORRECT
+    balance_tolerance: Decimal = Decimal("0.0001")
+    dust: Decimal = Decimal("1e-8")
+    stale_timeout_s: int = 3600
+    owned_prefix: str = "tw-"
+    retention_s: int = 86400
+    missing_retries: int = 3
+    interval_s: int = 300
+    futures: bool = False
+    # An active order with activity (creation, update, local change) this close to the
+    # snapshot is not yet "missing": it may not have reached the venue's list.
+    missing_grace_s: float = 5.0
+    # Single-order queries and cancels per run (the rest wait for the next run).
+    max_requests_per_run: int = 100
+    # Finished orders kept at most, whatever the retention (memory bound).
+    max_finished_orders: int = 20000
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "symbols", tuple(self.symbols))
+        set_(self, "policy", Policy(self.policy))
+        set_(self, "balance_tolerance", dec(self.balance_tolerance))
+        set_(self, "dust", dec(self.dust))
+        if not self.symbols:
+            raise ValueError("AccountConfig: at least one symbol is required")
+        if self.balance_tolerance < 0 or self.dust < 0:
+            raise ValueError("AccountConfig: balance_tolerance and dust must be >= 0")
+        if self.missing_retries < 1:
+            raise ValueError("AccountConfig: missing_retries must be >= 1")
+        if self.stale_timeout_s < 1 or self.retention_s < 0 or self.interval_s < 1:
+            raise ValueError("AccountConfig: stale_timeout_s >= 1, retention_s >= 0, interval_s >= 1")
+        if self.max_requests_per_run < 1 or self.max_finished_orders < 0:
+            raise ValueError("AccountConfig: max_requests_per_run >= 1, max_finished_orders >= 0")
+
+    @property
+    def observe_only(self) -> bool:
+        return self.policy is Policy.OBSERVE_ONLY
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "AccountConfig":
+        """From a ``models.TradingAccountSpec``. Floats of the resource become Decimals as printed."""
+        return cls(
+            symbols=list(spec.symbols),
+            policy=Policy(spec.policy),
+            balance_tolerance=dec(spec.reconciliation.balanceTolerance),
+            dust=dec(spec.reconciliation.dustThreshold),
+            stale_timeout_s=spec.staleOrders.timeoutSeconds,
+            owned_prefix=spec.staleOrders.ownedClientOrderIdPrefix,
+            retention_s=spec.retention.finishedOrdersSeconds,
+            missing_retries=spec.reconciliation.missingOrderRetries,
+            interval_s=spec.reconciliation.intervalSeconds,
+            futures=spec.exchange.endswith("usdm") or any(":" in s for s in spec.symbols),
+        )
+
+
+def base_asset(symbol: str) -> str:
+    """'BTC/USDT' -> 'BTC' (unified ccxt symbol)."""
+    return symbol.split("/", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """One difference between the ledger and the exchange, and what was done about it."""
+    kind: str          # one of KINDS
+    entity: str        # asset, client order id or symbol
+    local: str
+    exchange: str
+    action: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "entity": self.entity, "local": self.local,
+                "exchange": self.exchange, "action": self.action}
+
+
+@dataclass(slots=True)
+class RunReport:
+    """The summary of one run (reconciliation or stale cleanup)."""
+    trigger: str
+    started_ms: int
+    finished_ms: int = 0
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+    stale_sections: list[str] = field(default_factory=list)
+    error: str | None = None
+    requests: int = 0      # single-order queries and cancels sent
+    deferred: int = 0      # queries/cancels left for the next run (per-run request bound)
+    purged: int = 0        # finished orders purged
+
+    @property
+    def duration_ms(self) -> int:
+        return max(0, self.finished_ms - self.started_ms)
+
+    @property
+    def ok(self) -> bool:
+        """A run is good when nothing failed: every section was reconciled."""
+        return self.error is None and not self.stale_sections
+
+    def counts_by_kind(self) -> dict[str, int]:
+        return dict(Counter(d.kind for d in self.discrepancies))
+
+    def to_dict(self, max_items: int = 50) -> dict[str, Any]:
+        return {"trigger": self.trigger, "startedMs": self.started_ms, "finishedMs": self.finished_ms,
+                "durationMs": self.duration_ms, "ok": self.ok, "error": self.error or "",
+                "staleSections": list(self.stale_sections), "discrepancies": self.counts_by_kind(),
+                "items": [d.to_dict() for d in self.discrepancies[:max_items]]}
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyStopReport:
+    cancelled: int
+    remaining: list[Order]
+    verified: bool          # the exchange confirmed nothing remains open on any symbol
+    attempts: int = 0
+    errors: dict[str, str] = field(default_factory=dict)

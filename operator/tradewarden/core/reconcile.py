@@ -1,0 +1,303 @@
+"""Reconciliation as pure functions: (ledger, snapshot, config, now_ms) -> a Plan.
+
+Nothing here talks to an exchange, reads a clock or mutates the ledger: ``reconcile`` reads
+the ledger and returns what differs (discrepancies), how the ledger must change
+(corrections) and which targeted queries the runner must make (fetches); the runner sends
+the queries and feeds the answers to ``resolve_fetches``, which is pure too. Every pass is
+O(n) in orders + assets + symbols, with dict lookups only.
+
+Policy and the ledger. The ledger is tradewarden's record of what the exchange says, not a
+desired state, so after a run it mirrors the exchange under BOTH policies: a ledger left
+diverging in ObserveOnly would re-report the same difference every run (hiding new ones),
+publish wrong balances in the status, and could never heal (no one else feeds it).
+The policies differ in what is done ON THE EXCHANGE: ``Correct`` cancels stale owned orders,
+``ObserveOnly`` never sends a write (it reports what Correct would have done). Every
+discrepancy is reported under both policies; its ``action`` says what happened.
+
+Never inferred: an active order absent from the open-orders list is queried by id; it is
+only declared ``lost`` after the exchange answered "not found" ``missing_retries + 1`` runs
+in a row (a failed query counts nothing). Never overwritten by older news: a REST value
+whose exchange update time is older than the ledger's (the stream raced ahead) is left
+alone, and an order with activity after the snapshot (minus a grace) is not "missing".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterable, Mapping
+
+from tradewarden.domain import (ZERO, Balance, GatewayError, Order, OrderNotFound, OrderState, Position,
+                                Snapshot)
+
+from .config import AccountConfig, Discrepancy, base_asset
+from .ledger import SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Ledger, replace_order, supersedes
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """One change to the ledger. ``op``: order (set, with flags) | flags | balance | position."""
+    op: str
+    key: str
+    value: Any = None
+    source: str = SOURCE_REST
+    misses: int = 0
+    recheck: bool = False
+
+
+@dataclass(slots=True)
+class Plan:
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+    corrections: list[Correction] = field(default_factory=list)
+    fetches: list[Order] = field(default_factory=list)     # targeted queries to send now
+    deferred: list[Order] = field(default_factory=list)    # over the per-run bound: next run
+    stale_sections: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)   # section -> error text
+
+    @property
+    def complete(self) -> bool:
+        return not self.stale_sections
+
+
+# ---- formatting (values are reported as strings: exact decimals, JSON-able) -----------------
+
+def fmt_balance(b: Balance | None) -> str:
+    return "free=0 locked=0" if b is None else f"free={b.free} locked={b.locked}"
+
+
+def fmt_order(o: Order | None) -> str:
+    return "absent" if o is None else f"{o.state.value} filled={o.filled}/{o.amount}"
+
+
+def fmt_position(p: Position | None) -> str:
+    return "0" if p is None else str(p.amount)
+
+
+def differs(a: Decimal, b: Decimal, tolerance: Decimal, dust: Decimal) -> bool:
+    """Outside tolerance: more than the dust floor AND more than ``tolerance`` relative to the
+    larger magnitude."""
+    diff = abs(a - b)
+    if diff <= dust:
+        return False
+    return diff > tolerance * max(abs(a), abs(b))
+
+
+def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms: int) -> None:
+    for c in corrections:
+        if c.op == "order":
+            ledger.put_order(c.value, c.source, now_ms, misses=c.misses, recheck=c.recheck, key=c.key)
+        elif c.op == "flags":
+            ledger.set_order_flags(c.key, misses=c.misses, recheck=c.recheck)
+        elif c.op == "balance":
+            ledger.put_balance(c.value, c.key, c.source, now_ms)
+        elif c.op == "position":
+            ledger.put_position(c.value, c.key, c.source, now_ms)
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unknown correction {c.op!r}")
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int) -> Plan:
+    """Compare every section that came back; keep (and name) the ones that did not."""
+    plan = Plan()
+    baseline = ledger.synced_ms == 0   # a never-synced ledger has no belief about balances/positions
+    balances_ok = snapshot.balances.ok and snapshot.balances.value is not None
+    if balances_ok:
+        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan)
+    else:
+        _stale(plan, "balances", snapshot.balances.error)
+    if config.futures:
+        if snapshot.positions.ok and snapshot.positions.value is not None:
+            exchange = {p.symbol: p for p in snapshot.positions.value}
+            _positions(ledger, exchange, ledger.positions.keys() | exchange.keys(), snapshot.taken_ms,
+                       config, baseline, plan)
+        else:
+            _stale(plan, "positions", snapshot.positions.error)
+    elif balances_ok:
+        exchange = spot_positions(snapshot.balances.value, config.symbols)
+        _positions(ledger, exchange, config.symbols, snapshot.taken_ms, config, baseline, plan)
+    else:
+        _stale(plan, "positions", snapshot.balances.error)
+    if snapshot.open_orders.ok and snapshot.open_orders.value is not None:
+        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, config, plan)
+    else:
+        _stale(plan, "orders", snapshot.open_orders.error)
+    return plan
+
+
+def _stale(plan: Plan, section: str, error: GatewayError | None) -> None:
+    plan.stale_sections.append(section)
+    plan.errors[section] = f"{type(error).__name__}: {error}" if error else "no data"
+
+
+def spot_positions(balances: Mapping[str, Balance], symbols: Iterable[str]) -> dict[str, Position]:
+    """Spot net position per symbol = free + locked of its base asset."""
+    out: dict[str, Position] = {}
+    for symbol in symbols:
+        b = balances.get(base_asset(symbol))
+        if b is not None and b.total != ZERO:
+            out[symbol] = Position(symbol, b.total, ZERO, b.updated_ms)
+    return out
+
+
+def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, config: AccountConfig,
+              baseline: bool, plan: Plan) -> None:
+    tol, dust = config.balance_tolerance, config.dust
+    local_entries = ledger.balances
+    for asset in local_entries.keys() | exchange.keys():
+        entry = local_entries.get(asset)
+        local = entry.balance if entry else None
+        ex = exchange.get(asset)
+        if ex is not None and ex.free == ZERO and ex.locked == ZERO:
+            ex = None                                   # zero = absent
+        rest_ms = ex.updated_ms if ex is not None and ex.updated_ms else taken_ms
+        if local is not None and local.updated_ms > rest_ms:
+            continue                                    # the stream told us something newer
+        if local == ex:
+            continue
+        lf, ll = (local.free, local.locked) if local else (ZERO, ZERO)
+        ef, el = (ex.free, ex.locked) if ex else (ZERO, ZERO)
+        value = None if ex is None else Balance(asset, ex.free, ex.locked, rest_ms)
+        if value is not None and local is not None and value == local:
+            continue
+        plan.corrections.append(Correction("balance", asset, value))
+        if not baseline and (differs(lf, ef, tol, dust) or differs(ll, el, tol, dust)):
+            plan.discrepancies.append(Discrepancy(
+                "balance", asset, fmt_balance(local), fmt_balance(ex),
+                "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else "")))
+
+
+def _positions(ledger: Ledger, exchange: Mapping[str, Position], symbols: Iterable[str], taken_ms: int,
+               config: AccountConfig, baseline: bool, plan: Plan) -> None:
+    tol, dust = config.balance_tolerance, config.dust
+    for symbol in symbols:
+        entry = ledger.positions.get(symbol)
+        local = entry.position if entry else None
+        ex = exchange.get(symbol)
+        if ex is not None and ex.amount == ZERO:
+            ex = None
+        rest_ms = ex.updated_ms if ex is not None and ex.updated_ms else taken_ms
+        if local is not None and local.updated_ms > rest_ms:
+            continue
+        value = None if ex is None else Position(symbol, ex.amount, ex.entry_price, rest_ms)
+        if value == local:
+            continue
+        plan.corrections.append(Correction("position", symbol, value))
+        la = local.amount if local else ZERO
+        ea = ex.amount if ex else ZERO
+        if not baseline and differs(la, ea, tol, dust):
+            plan.discrepancies.append(Discrepancy(
+                "position", symbol, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value"))
+
+
+def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, config: AccountConfig,
+            plan: Plan) -> None:
+    listed: dict[str, Order] = {}
+    for o in open_orders:
+        listed[Ledger.order_id(o)] = o
+    # Restored from a truncated dump: unknown listed orders are most likely ones the dump left
+    # out, so they are adopted without crying "orphan" (the runner clears ``truncated`` after).
+    silent_adopt = ledger.truncated > 0
+    local_orders = ledger.orders
+    for key, ex in listed.items():
+        entry = local_orders.get(key)
+        if entry is None:
+            plan.corrections.append(Correction("order", key, ex))
+            if not silent_adopt:
+                plan.discrepancies.append(Discrepancy(
+                    "orphan", key, "absent", fmt_order(ex),
+                    "adopted: " + ("owned" if ledger.is_owned(ex.client_order_id) else "foreign")
+                    + f" order {ex.exchange_order_id} on {ex.symbol}"))
+            continue
+        local = entry.order
+        if not supersedes(ex, local):
+            continue                     # the ledger holds newer news (stream raced ahead)
+        if local == ex:
+            if entry.misses or entry.recheck:
+                plan.corrections.append(Correction("flags", key))
+            continue
+        plan.corrections.append(Correction("order", key, ex))
+        if local.filled != ex.filled or local.state is not ex.state:
+            plan.discrepancies.append(Discrepancy(
+                "fill", key, fmt_order(local), fmt_order(ex), "ledger set to the exchange's order"))
+    scope = set(config.symbols)
+    horizon = taken_ms - int(config.missing_grace_s * 1000)
+    budget = config.max_requests_per_run
+    for key, entry in local_orders.items():
+        local = entry.order
+        if not local.state.active or key in listed or local.symbol not in scope:
+            continue
+        if local.created_ms > horizon or local.updated_ms > horizon or (
+                entry.source == SOURCE_STREAM and entry.changed_ms > horizon):
+            continue                     # too recent to be missing: may not be listed yet
+        if budget > 0:
+            plan.fetches.append(local)
+            budget -= 1
+        else:
+            plan.deferred.append(local)
+            plan.discrepancies.append(Discrepancy(
+                "missing", key, fmt_order(local), "not in open orders",
+                "query deferred to the next run (per-run request bound)"))
+
+
+def same_order(answer: Order, local: Order) -> Order | None:
+    """The exchange's answer about ``local``, under ``local``'s client order id. Binance answers a
+    cancel with the cancel request's own client id (the order's goes to origClientOrderId), so the
+    exchange order id decides; an answer about a different exchange order is None."""
+    if answer.exchange_order_id and local.exchange_order_id and answer.exchange_order_id != local.exchange_order_id:
+        return None
+    if answer.client_order_id != local.client_order_id:
+        answer = replace_order(answer, client_order_id=local.client_order_id)
+    return answer
+
+
+def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException"], config: AccountConfig,
+                    context: str = "missing", expected: frozenset[OrderState] = frozenset()) -> Plan:
+    """Apply the exchange's answers to targeted queries of orders the list did not show.
+
+    Order -> its state is applied (finished or, rarely, still open). OrderNotFound -> one more
+    miss; declared lost after ``missing_retries`` further misses. Any other error -> nothing is
+    counted, the order stays pending and is queried again next run. Answers in an ``expected``
+    state (e.g. cancelled, right after an emergency stop) are applied without a discrepancy."""
+    plan = Plan()
+    retries = config.missing_retries
+    for key, result in results.items():
+        entry = ledger.orders.get(key)
+        if entry is None:
+            continue
+        local = entry.order
+        if isinstance(result, Order):
+            result = same_order(result, local)
+            if result is None:
+                plan.discrepancies.append(Discrepancy(
+                    context, key, fmt_order(local), "answer for another order",
+                    "kept pending (the exchange answered with another order id); queried again next run"))
+                continue
+            if not supersedes(result, local):
+                continue                 # a stream event newer than the answer already arrived
+            plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
+            if result.state in expected:
+                continue
+            if result.state.active:
+                action = "queried: still open on the exchange (absent from its open-orders list); ledger updated"
+            else:
+                action = f"queried: final state {result.state.value}; ledger updated"
+            plan.discrepancies.append(Discrepancy(context, key, fmt_order(local), fmt_order(result), action))
+        elif isinstance(result, OrderNotFound):
+            misses = entry.misses + 1
+            if misses > retries:
+                lost = replace_order(local, state=OrderState.LOST)
+                plan.corrections.append(Correction("order", key, lost, SOURCE_LOCAL, misses=misses))
+                plan.discrepancies.append(Discrepancy(
+                    "lost", key, fmt_order(local), "unknown to the exchange",
+                    f"declared lost after {misses} not-found queries (kept in the ledger, reported)"))
+            else:
+                plan.corrections.append(Correction("flags", key, misses=misses, recheck=entry.recheck))
+                plan.discrepancies.append(Discrepancy(
+                    context, key, fmt_order(local), "unknown to the exchange",
+                    f"not found ({misses}/{retries + 1}); queried again next run"))
+        else:
+            plan.discrepancies.append(Discrepancy(
+                context, key, fmt_order(local), "query failed",
+                f"kept pending ({type(result).__name__}: {result}); queried again next run"))
+    return plan

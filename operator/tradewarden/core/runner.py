@@ -1,0 +1,273 @@
+"""The per-account runner: drives the pure core through a ``domain.Gateway``.
+
+It fetches the snapshot, hands it to ``reconcile``, applies the corrections, sends the
+planned targeted queries and cancels, and feeds the answers back to the pure core. One
+``asyncio.Lock`` per account serializes runs and stream events, so the ledger is changed by
+one thing at a time; network calls of a run happen under the lock (events queue meanwhile and
+are applied after, newest-wins by exchange update time).
+
+Policies: under ObserveOnly the runner never sends a cancel (stale orders are reported) and
+the ledger still mirrors the exchange (see ``reconcile``'s module doc for why). The emergency
+stop is the one write ObserveOnly allows: a human asked for it. It sends ``cancel_all``
+WITHOUT waiting for the lock (a long run must not delay it), retries until the exchange shows
+nothing open or the deadline passes, then takes the lock and asks each formerly open order's
+final state (a "cancelled" order may have filled first). ``cancel_all`` cancels foreign orders
+too: that is what an emergency stop means; stale cleanup never touches them.
+
+Request bounds: at most ``config.max_requests_per_run`` single-order queries / cancels per run
+(the gateway's shared rate budget paces them); the rest wait for the next run and are reported.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from typing import Callable, Awaitable, Iterable, Sequence
+
+from tradewarden.domain import (ZERO, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
+                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent)
+
+from .config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, base_asset
+from .ledger import SOURCE_REST, SOURCE_STREAM, Ledger
+from .monitor import MonitoringState
+from .reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
+from .stale import is_owned, needs_query, plan_stale, purge, report_only, resolve_cancel
+
+log = logging.getLogger("tradewarden.core")
+
+EMERGENCY_FOLLOWUP_REQUESTS = 1000
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class AccountRunner:
+    def __init__(self, gateway: Gateway, config: AccountConfig, ledger: Ledger | None = None,
+                 clock: Callable[[], float] = time.time, *, monitor: MonitoringState | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, concurrency: int = 4) -> None:
+        self.gateway = gateway
+        self.config = config
+        self.ledger = ledger if ledger is not None else Ledger(config.owned_prefix)
+        self.ledger.owned_prefix = config.owned_prefix
+        self._clock = clock
+        self._sleep = sleep
+        self._concurrency = max(1, concurrency)
+        self.lock = asyncio.Lock()
+        self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
+        self.last_report: RunReport | None = None
+        self._symbols_by_base: dict[str, list[str]] = {}
+        if not config.futures:
+            for symbol in config.symbols:
+                self._symbols_by_base.setdefault(base_asset(symbol), []).append(symbol)
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # ---- reconciliation ----------------------------------------------------------------------
+
+    async def initial_sync(self) -> RunReport:
+        """Balances, open orders (unknown ones adopted as orphans), positions, and every order a
+        restored ledger believed open that the exchange no longer lists, queried for its final
+        state."""
+        return await self.reconcile(trigger="initial")
+
+    async def reconcile(self, trigger: str = "timer") -> RunReport:
+        async with self.lock:
+            return await self._reconcile_locked(trigger)
+
+    async def _reconcile_locked(self, trigger: str, max_requests: int | None = None,
+                                expected: frozenset[OrderState] = frozenset()) -> RunReport:
+        report = RunReport(trigger=trigger, started_ms=self.now_ms())
+        config = self.config
+        if max_requests is not None:
+            config = replace(config, max_requests_per_run=max_requests)
+        try:
+            snapshot = await self.gateway.snapshot(config.symbols)
+        except Exception as exc:     # the whole snapshot failed: every section keeps its local state
+            report.error = describe(exc)
+            report.stale_sections = list(SECTIONS)
+            return self._finish_run(report)
+        now = self.now_ms()
+        plan = reconcile(self.ledger, snapshot, config, now)
+        apply_corrections(self.ledger, plan.corrections, now)
+        report.discrepancies.extend(plan.discrepancies)
+        report.stale_sections = list(plan.stale_sections)
+        if plan.stale_sections:
+            report.error = "; ".join(f"{s}: {plan.errors.get(s, '')}" for s in plan.stale_sections)
+        if plan.fetches:
+            results = await self._query(plan.fetches)
+            report.requests += len(plan.fetches)
+            self._apply(resolve_fetches(self.ledger, results, config, expected=expected), report)
+        report.deferred = len(plan.deferred)
+        if "orders" not in plan.stale_sections:
+            self.ledger.truncated = 0
+        if plan.complete:
+            self.ledger.synced_ms = now
+        report.purged = purge(self.ledger, config, self.now_ms())
+        return self._finish_run(report)
+
+    def _finish_run(self, report: RunReport) -> RunReport:
+        report.finished_ms = self.now_ms()
+        self.monitor.record_run(report)
+        self.last_report = report
+        if report.discrepancies or not report.ok:
+            log.info("reconciliation %s: %s discrepancies %s, stale sections %s, error %s", report.trigger,
+                     len(report.discrepancies), report.counts_by_kind(), report.stale_sections, report.error)
+        return report
+
+    def _apply(self, plan: Plan, report: RunReport) -> None:
+        apply_corrections(self.ledger, plan.corrections, self.now_ms())
+        report.discrepancies.extend(plan.discrepancies)
+
+    async def _query(self, orders: Iterable[Order]) -> dict[str, Order | Exception]:
+        sem = asyncio.Semaphore(self._concurrency)
+
+        async def one(order: Order) -> tuple[str, Order | Exception]:
+            async with sem:
+                try:
+                    return Ledger.order_id(order), await self.gateway.fetch_order(
+                        order.symbol, order.exchange_order_id, order.client_order_id)
+                except Exception as exc:   # kept pending: nothing is inferred from a failed query
+                    return Ledger.order_id(order), exc
+
+        return dict(await asyncio.gather(*(one(o) for o in orders)))
+
+    async def _cancel(self, orders: Sequence[Order]) -> list[Order | Exception | None]:
+        sem = asyncio.Semaphore(self._concurrency)
+        prefix = self.config.owned_prefix
+
+        async def one(order: Order) -> Order | Exception | None:
+            if not is_owned(order, prefix):     # defence in depth: foreign orders are never cancelled
+                raise AssertionError(f"refusing to cancel foreign order {order.client_order_id!r}")
+            async with sem:
+                try:
+                    return await self.gateway.cancel_order(order.symbol, order.exchange_order_id,
+                                                           order.client_order_id)
+                except Exception as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(o) for o in orders)))
+
+    # ---- stale cleanup ---------------------------------------------------------------------------
+
+    async def stale_cleanup(self) -> RunReport:
+        """Cancel owned active orders older than the stale timeout (Correct) or report them
+        (ObserveOnly); re-check cancels whose outcome was unknown; purge finished orders."""
+        async with self.lock:
+            report = RunReport(trigger="stale-cleanup", started_ms=self.now_ms())
+            plan = plan_stale(self.ledger, self.config, self.now_ms())
+            report.deferred = plan.deferred
+            if plan.rechecks:
+                results = await self._query(plan.rechecks)
+                report.requests += len(plan.rechecks)
+                self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
+            cancelled = 0
+            if self.config.observe_only:
+                report.discrepancies.extend(report_only(plan.stale, self.now_ms()))
+            elif plan.stale:
+                outcomes = await self._cancel(plan.stale)
+                report.requests += len(plan.stale)
+                to_query: list[Order] = []
+                for order, outcome in zip(plan.stale, outcomes):
+                    if isinstance(outcome, Order) and same_order(outcome, order) is None:
+                        outcome = None           # an answer about another order: ask for this one
+                    self._apply(resolve_cancel(self.ledger, order, outcome), report)
+                    if isinstance(outcome, Order) and not outcome.state.active:
+                        cancelled += 1
+                    if needs_query(outcome):
+                        to_query.append(order)
+                if to_query:       # "not found" on a cancel: ask for the final state, never assume
+                    results = await self._query(to_query)
+                    report.requests += len(to_query)
+                    self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
+            report.purged = purge(self.ledger, self.config, self.now_ms())
+            report.finished_ms = self.now_ms()
+            self.monitor.record_stale(cancelled)
+            return report
+
+    # ---- emergency stop --------------------------------------------------------------------------
+
+    async def emergency_stop(self, deadline_s: float = 60.0) -> EmergencyStopReport:
+        """cancel_all over every symbol of the account, retried until the exchange shows nothing
+        open or the deadline passes; then the ledger learns each order's final state."""
+        deadline = self._clock() + deadline_s
+        cancelled = attempts = 0
+        remaining: list[Order] = []
+        errors: dict[str, str] = {}
+        delay = 0.5
+        verified = False
+        while True:
+            attempts += 1
+            try:
+                result = await self.gateway.cancel_all(self.config.symbols)
+                cancelled += result.cancelled
+                remaining = list(result.remaining)
+                errors = dict(result.errors)
+                verified = not remaining and not errors
+            except Exception as exc:
+                errors = {"*": describe(exc)}
+                if isinstance(exc, GatewayError) and not exc.retryable:
+                    break                    # bad credentials / symbols: retrying cannot help
+                if isinstance(exc, RateLimited):
+                    delay = max(delay, exc.retry_after)
+            if verified or self._clock() + delay > deadline:
+                break
+            await self._sleep(delay)
+            delay = min(delay * 2, 5.0)
+        log.warning("emergency stop: %s cancelled in %s attempts, %s remaining, verified=%s",
+                    cancelled, attempts, len(remaining), verified)
+        async with self.lock:
+            now = self.now_ms()
+            for order in remaining:
+                self.ledger.upsert_order(order, SOURCE_REST, now)
+            # Final states are asked for, not assumed: a "cancelled" order may have filled first.
+            # Orders found cancelled are what was asked for: applied, not reported as discrepancies.
+            await self._reconcile_locked("emergency-stop", max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
+                                         expected=frozenset({OrderState.CANCELED}))
+        return EmergencyStopReport(cancelled=cancelled, remaining=remaining, verified=verified,
+                                   attempts=attempts, errors=errors)
+
+    # ---- stream events ---------------------------------------------------------------------------
+
+    async def apply_event(self, event: StreamEvent) -> bool:
+        """Apply one user-data event to the ledger (newest-wins by exchange update time).
+        Returns True when the caller should reconcile now (the stream reconnected after a gap,
+        so events may have been lost); ConnectionEvents never touch the ledger."""
+        if isinstance(event, ConnectionEvent):
+            return event.state is ConnectionState.RECONNECTED
+        async with self.lock:
+            now = self.now_ms()
+            if isinstance(event, OrderEvent):
+                self.ledger.upsert_order(event.order, SOURCE_STREAM, now)
+            elif isinstance(event, BalanceEvent):
+                for asset, balance in event.balances.items():
+                    if not balance.updated_ms:
+                        balance = replace(balance, updated_ms=event.event_ms)
+                    if balance.asset != asset:
+                        balance = replace(balance, asset=asset)
+                    if self.ledger.upsert_balance(balance, SOURCE_STREAM, now):
+                        self._derive_spot_positions(asset, balance.updated_ms, now)
+            elif isinstance(event, PositionEvent):
+                for position in event.positions:
+                    if not position.updated_ms:
+                        position = replace(position, updated_ms=event.event_ms)
+                    self.ledger.upsert_position(position, SOURCE_STREAM, now)
+        return False
+
+    async def handle_event(self, event: StreamEvent) -> RunReport | None:
+        """apply_event, and on a reconnect the reconciliation it calls for."""
+        if await self.apply_event(event):
+            return await self.reconcile(trigger="stream-reconnect")
+        return None
+
+    def _derive_spot_positions(self, asset: str, updated_ms: int, now: int) -> None:
+        symbols = self._symbols_by_base.get(asset)
+        if not symbols:
+            return
+        balance = self.ledger.balance(asset)
+        total = balance.total if balance is not None else ZERO
+        for symbol in symbols:
+            self.ledger.put_position(Position(symbol, total, ZERO, updated_ms), symbol, SOURCE_STREAM, now)

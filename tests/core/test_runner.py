@@ -1,0 +1,394 @@
+"""The seed's scenarios and the issue's rules, through AccountRunner over an in-memory exchange."""
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from tradewarden.core import AccountConfig, AccountRunner, Ledger
+from tradewarden.domain import (AuthenticationFailed, Balance, BalanceEvent, ConnectionEvent, ConnectionState, OrderEvent, OrderState,
+                                Policy, Position, PositionEvent, Temporary, UnknownOutcome)
+
+from .fakes import Clock, FakeExchange, order
+
+HOUR_MS = 3600 * 1000
+
+
+def make(policy: Policy = Policy.CORRECT, **kw):
+    clock = Clock()
+    ex = FakeExchange(clock)
+    cfg = AccountConfig(symbols=kw.pop("symbols", ["BTC/USDT", "ETH/USDT"]), policy=policy, **kw)
+    runner = AccountRunner(ex, cfg, clock=clock, sleep=clock.sleep)
+    return clock, ex, runner
+
+
+def kinds(report) -> list[tuple[str, str]]:
+    return sorted((d.kind, d.entity) for d in report.discrepancies)
+
+
+async def synced(**kw):
+    """A runner whose ledger went through an initial sync of a small account."""
+    clock, ex, runner = make(**kw)
+    t0 = clock.ms() - 2 * HOUR_MS
+    ex.balance("USDT", "1000", "100")
+    ex.balance("BTC", "2", "0.5")
+    ex.put(order("tw-1", created_ms=t0), order("manual-1", symbol="ETH/USDT", created_ms=t0))
+    await runner.initial_sync()
+    clock.t += 60
+    return clock, ex, runner
+
+
+# ---- initial sync --------------------------------------------------------------------------
+
+async def test_initial_sync_loads_everything_and_reports_orphans_only():
+    clock, ex, runner = make()
+    t0 = clock.ms() - HOUR_MS
+    ex.balance("USDT", "1000", "100")
+    ex.balance("BTC", "2", "0.5")
+    ex.balance("DUST", "0", "0")
+    ex.put(order("tw-1", created_ms=t0), order("manual-1", symbol="ETH/USDT", created_ms=t0),
+           order("tw-old", created_ms=t0, state=OrderState.FILLED, filled="1"))
+    report = await runner.initial_sync()
+    assert report.ok and report.trigger == "initial"
+    # a fresh ledger has no belief about balances: they are the baseline, not mismatches
+    assert kinds(report) == [("orphan", "manual-1"), ("orphan", "tw-1")]
+    led = runner.ledger
+    assert led.balance_values().keys() == {"USDT", "BTC"}
+    assert led.balance("USDT").locked == Decimal("100")
+    assert led.position("BTC/USDT").amount == Decimal("2.5")      # spot: base-asset holdings
+    assert led.position("ETH/USDT") is None
+    assert {o.client_order_id for o in led.active_orders()} == {"tw-1", "manual-1"}
+    assert led.is_owned("tw-1") and not led.is_owned("manual-1")
+    assert led.synced_ms > 0 and runner.monitor.runs == 1 and runner.monitor.last_success_ms > 0
+    assert ex.writes == []
+
+
+async def test_initial_sync_from_restored_ledger_asks_the_final_state_of_vanished_orders():
+    clock, ex, runner = await synced()
+    dumped = runner.ledger.dump()
+    # while the operator was down, tw-1 filled on the exchange and left the open-orders list
+    ex.put(order("tw-1", filled="1", state=OrderState.FILLED, updated_ms=clock.ms()))
+    restarted = AccountRunner(ex, runner.config, ledger=Ledger.load(dumped), clock=clock)
+    report = await restarted.initial_sync()
+    assert kinds(report) == [("missing", "tw-1")]
+    assert ("fetch_order", "tw-1") in ex.calls
+    assert restarted.ledger.order("tw-1").state is OrderState.FILLED
+    assert restarted.ledger.order("tw-1").filled == Decimal("1")
+    assert "final state filled" in report.discrepancies[0].action
+
+
+# ---- balances --------------------------------------------------------------------------------
+
+async def test_balance_mismatch_detected_reported_and_corrected():
+    clock, ex, runner = await synced(balance_tolerance=Decimal("0.001"), dust=Decimal("0.01"))
+    ex.balance("USDT", "900", "100")          # 10 % off: a mismatch
+    ex.balance("BTC", "2.0001", "0.5")        # within relative tolerance: adopted silently
+    ex.balance("ETH", "0.005")                # below the dust floor: adopted silently
+    ex.balance("SOL", "3")                    # new asset
+    report = await runner.reconcile()
+    assert kinds(report) == [("balance", "SOL"), ("balance", "USDT")]
+    usdt = next(d for d in report.discrepancies if d.entity == "USDT")
+    assert usdt.local == "free=1000 locked=100" and usdt.exchange == "free=900 locked=100"
+    assert runner.ledger.balance("USDT").free == Decimal("900")
+    assert runner.ledger.balance("BTC").free == Decimal("2.0001")
+    assert runner.ledger.balance("ETH").free == Decimal("0.005")
+    assert runner.monitor.alerts(clock.ms(), 300)["balance_mismatch"] is True
+    assert runner.monitor.balance_mismatches == 2
+    again = await runner.reconcile()
+    assert again.discrepancies == [] and runner.monitor.alerts(clock.ms(), 300)["balance_mismatch"] is False
+
+
+async def test_vanished_asset_counts_as_mismatch():
+    clock, ex, runner = await synced()
+    del ex.balances["BTC"]
+    report = await runner.reconcile()
+    assert ("balance", "BTC") in kinds(report) and ("position", "BTC/USDT") in kinds(report)
+    assert runner.ledger.balance("BTC") is None and runner.ledger.position("BTC/USDT") is None
+    assert "gone" in next(d for d in report.discrepancies if d.kind == "balance").action
+
+
+async def test_observe_only_reports_mirrors_and_never_writes():
+    clock, ex, runner = await synced(policy=Policy.OBSERVE_ONLY, stale_timeout_s=60)
+    ex.balance("USDT", "1", "0")
+    report = await runner.reconcile()
+    cleanup = await runner.stale_cleanup()
+    assert ("balance", "USDT") in kinds(report)
+    assert kinds(cleanup) == [("stale", "tw-1")] and "ObserveOnly" in cleanup.discrepancies[0].action
+    assert runner.ledger.balance("USDT").free == Decimal("1")     # the ledger mirrors the exchange
+    assert runner.ledger.order("tw-1").state is OrderState.OPEN
+    assert ex.writes == []
+
+
+# ---- orders ----------------------------------------------------------------------------------
+
+async def test_fill_mismatch_corrected():
+    clock, ex, runner = await synced()
+    ex.put(order("tw-1", filled="0.4", state=OrderState.PARTIALLY_FILLED, updated_ms=clock.ms()))
+    report = await runner.reconcile()
+    assert kinds(report) == [("fill", "tw-1")]
+    d = report.discrepancies[0]
+    assert (d.local, d.exchange) == ("open filled=0/1", "partially_filled filled=0.4/1")
+    assert runner.ledger.order("tw-1").filled == Decimal("0.4")
+
+
+async def test_missing_order_detected_and_resolved_by_targeted_query():
+    clock, ex, runner = await synced()
+    ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))
+    report = await runner.reconcile()
+    assert kinds(report) == [("missing", "tw-1")]
+    assert ex.calls.count(("fetch_order", "tw-1")) == 1
+    assert runner.ledger.order("tw-1").state is OrderState.CANCELED
+    assert (await runner.reconcile()).discrepancies == []
+
+
+async def test_unknown_order_retried_then_declared_lost_never_dropped():
+    clock, ex, runner = await synced(missing_retries=2)
+    ex.forgotten.add("tw-1")
+    ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))   # not open, not findable
+    seen = []
+    for _ in range(3):
+        seen.append(kinds(await runner.reconcile()))
+        clock.t += 60
+    assert seen == [[("missing", "tw-1")], [("missing", "tw-1")], [("lost", "tw-1")]]
+    assert runner.ledger.order("tw-1").state is OrderState.LOST
+    assert (await runner.reconcile()).discrepancies == []          # reported once, kept in the ledger
+    assert runner.ledger.order("tw-1") is not None
+
+
+async def test_failed_query_keeps_order_pending_without_counting_a_miss():
+    clock, ex, runner = await synced(missing_retries=1)
+    ex.forgotten.add("tw-1")
+    ex.put(order("tw-1", state=OrderState.CANCELED))
+    ex.faults["fetch_order"] = [Temporary("502"), Temporary("502"), Temporary("502")]
+    for _ in range(3):
+        report = await runner.reconcile()
+        assert kinds(report) == [("missing", "tw-1")] and "Temporary" in report.discrepancies[0].action
+    assert runner.ledger.orders["tw-1"].misses == 0
+    assert runner.ledger.order("tw-1").state is OrderState.OPEN
+
+
+async def test_lost_order_that_reappears_is_adopted_back():
+    clock, ex, runner = await synced(missing_retries=1)
+    ex.forgotten.add("tw-1")
+    ex.put(order("tw-1", state=OrderState.CANCELED))
+    await runner.reconcile(); await runner.reconcile()
+    assert runner.ledger.order("tw-1").state is OrderState.LOST
+    ex.forgotten.clear()
+    ex.put(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED,
+                 created_ms=clock.ms() - 2 * HOUR_MS))
+    report = await runner.reconcile()
+    assert kinds(report) == [("fill", "tw-1")]
+    assert runner.ledger.order("tw-1").state is OrderState.PARTIALLY_FILLED
+
+
+async def test_stream_newer_than_snapshot_is_not_overwritten():
+    clock, ex, runner = await synced()
+    t = clock.ms()
+    # the stream already told us tw-1 filled at t; the REST list still shows it open (older)
+    await runner.apply_event(OrderEvent(order("tw-1", filled="1", state=OrderState.FILLED, updated_ms=t), t))
+    ex.put(order("tw-1", updated_ms=t - 1000))
+    # and a balance the stream updated after the exchange's last balance update time
+    await runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("999"), Decimal("0"), t)}, t))
+    ex.balance("USDT", "1000", "100", updated_ms=t - 1000)
+    report = await runner.reconcile()
+    assert report.discrepancies == []
+    assert runner.ledger.order("tw-1").state is OrderState.FILLED
+    assert runner.ledger.balance("USDT").free == Decimal("999")
+
+
+async def test_order_created_after_the_snapshot_is_not_missing():
+    clock, ex, runner = await synced()
+    # a brand-new order the stream reported, not yet in the venue's list
+    await runner.apply_event(OrderEvent(order("tw-new", created_ms=clock.ms()), clock.ms()))
+    report = await runner.reconcile()
+    assert report.discrepancies == [] and ("fetch_order", "tw-new") not in ex.calls
+
+
+async def test_partial_state_keeps_failed_section_and_reconciles_the_rest():
+    clock, ex, runner = await synced()
+    ex.faults["balances"] = Temporary("balances timed out")
+    ex.balance("USDT", "5", "0")
+    ex.put(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED, updated_ms=clock.ms()))
+    report = await runner.reconcile()
+    assert not report.ok and set(report.stale_sections) == {"balances", "positions"}
+    assert "balances timed out" in report.error
+    assert kinds(report) == [("fill", "tw-1")]                      # the good section still reconciled
+    assert runner.ledger.balance("USDT").free == Decimal("1000")     # the failed one kept
+    for _ in range(3):
+        await runner.reconcile()
+    assert runner.monitor.consecutive_failures == 4 and runner.monitor.alerts(clock.ms(), 300)["failing"]
+    del ex.faults["balances"]
+    ok = await runner.reconcile()
+    assert ok.ok and kinds(ok) == [("balance", "USDT")] and runner.monitor.consecutive_failures == 0
+
+
+async def test_snapshot_failure_keeps_everything():
+    clock, ex, runner = await synced()
+    before = runner.ledger.dump()
+    ex.faults["snapshot"] = Temporary("connection reset")
+    report = await runner.reconcile()
+    assert not report.ok and report.stale_sections == ["balances", "orders", "positions"]
+    assert runner.ledger.dump() == before and runner.monitor.failures == 1
+
+
+async def test_futures_positions_from_the_venue():
+    clock, ex, runner = make(symbols=["BTC/USDT:USDT"], futures=True)
+    ex.positions["BTC/USDT:USDT"] = Position("BTC/USDT:USDT", Decimal("-0.5"), Decimal("50000"))
+    await runner.initial_sync()
+    assert runner.ledger.position("BTC/USDT:USDT").amount == Decimal("-0.5")
+    ex.positions["BTC/USDT:USDT"] = Position("BTC/USDT:USDT", Decimal("0.25"), Decimal("50000"))
+    report = await runner.reconcile()
+    assert kinds(report) == [("position", "BTC/USDT:USDT")]
+    assert report.discrepancies[0].local == "-0.5" and report.discrepancies[0].exchange == "0.25"
+    del ex.positions["BTC/USDT:USDT"]
+    assert kinds(await runner.reconcile()) == [("position", "BTC/USDT:USDT")]
+    assert runner.ledger.position("BTC/USDT:USDT") is None
+
+
+# ---- stale cleanup and purge -------------------------------------------------------------------
+
+async def test_stale_order_cleanup_cancels_owned_only():
+    clock, ex, runner = await synced(stale_timeout_s=1800)
+    ex.put(order("tw-young", created_ms=clock.ms() - 60_000))
+    await runner.reconcile()
+    report = await runner.stale_cleanup()
+    assert kinds(report) == [("stale", "tw-1")]
+    assert [c for c in ex.writes] == [("cancel_order", "tw-1")]     # manual-1 is old too, but foreign
+    assert runner.ledger.order("tw-1").state is OrderState.CANCELED
+    assert runner.ledger.order("manual-1").state is OrderState.OPEN
+    assert runner.ledger.order("tw-young").state is OrderState.OPEN
+    assert runner.monitor.stale_cancelled == 1
+
+
+async def test_stale_cancel_not_found_asks_for_the_final_state():
+    clock, ex, runner = await synced(stale_timeout_s=1800)
+    # it filled on the exchange before our cancel arrived; the ledger does not know yet
+    ex.put(order("tw-1", filled="1", state=OrderState.FILLED, updated_ms=clock.ms()))
+    report = await runner.stale_cleanup()
+    assert ex.calls[-2:] == [("cancel_order", "tw-1"), ("fetch_order", "tw-1")]
+    assert runner.ledger.order("tw-1").state is OrderState.FILLED          # not "assumed cancelled"
+    assert any("final state filled" in d.action for d in report.discrepancies)
+    assert runner.monitor.stale_cancelled == 0
+
+
+async def test_stale_cancel_unknown_outcome_rechecked_next_run():
+    clock, ex, runner = await synced(stale_timeout_s=1800)
+    ex.faults["cancel_order"] = [UnknownOutcome("504 on cancel")]
+    first = await runner.stale_cleanup()
+    assert "outcome unknown" in first.discrepancies[0].action
+    assert runner.ledger.orders["tw-1"].recheck and runner.ledger.order("tw-1").state is OrderState.OPEN
+    ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))   # it did go through
+    second = await runner.stale_cleanup()
+    assert ex.calls[-1] == ("fetch_order", "tw-1")
+    assert runner.ledger.order("tw-1").state is OrderState.CANCELED
+    assert kinds(second) == [("stale", "tw-1")] and "final state canceled" in second.discrepancies[0].action
+
+
+async def test_terminal_orders_purged_after_retention_memory_bounded():
+    clock, ex, runner = await synced(retention_s=3600, max_finished_orders=5, stale_timeout_s=86400)
+    now = clock.ms()
+    for i in range(10):
+        ex.put(order(f"tw-f{i}", state=OrderState.FILLED, filled="1", created_ms=now - 100_000,
+                     updated_ms=now - 1000 * i))
+    ex.put(order("tw-ancient", state=OrderState.CANCELED, created_ms=now - 10 * HOUR_MS,
+                 updated_ms=now - 9 * HOUR_MS))
+    for key in [f"tw-f{i}" for i in range(10)] + ["tw-ancient"]:
+        runner.ledger.put_order(ex.orders[key], "stream", now - 9 * HOUR_MS if key == "tw-ancient" else now)
+    report = await runner.stale_cleanup()
+    assert report.purged == 6
+    assert runner.ledger.order("tw-ancient") is None
+    assert {k for k in runner.ledger.orders if k.startswith("tw-f")} == {f"tw-f{i}" for i in range(5)}
+    assert runner.ledger.order("tw-1") is not None and runner.ledger.order("manual-1") is not None
+
+
+# ---- emergency stop --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", [Policy.CORRECT, Policy.OBSERVE_ONLY])
+async def test_emergency_stop_cancels_everything_via_cancel_all(policy):
+    clock, ex, runner = await synced(policy=policy)
+    ex.put(order("tw-2", created_ms=clock.ms() - HOUR_MS), order("manual-2", created_ms=clock.ms() - HOUR_MS))
+    await runner.reconcile()
+    ex.cancel_all_leaves = [2]           # the first attempt leaves two open: retried
+    report = await runner.emergency_stop(deadline_s=30)
+    assert report.verified and report.remaining == [] and report.cancelled == 4 and report.attempts == 2
+    assert [c[0] for c in ex.writes] == ["cancel_all", "cancel_all"]
+    assert ex.writes[0][1] == ("BTC/USDT", "ETH/USDT")
+    assert list(runner.ledger.active_orders()) == []           # final states were asked for
+    assert runner.last_report.trigger == "emergency-stop" and runner.last_report.discrepancies == []
+    assert {c[1] for c in ex.calls if c[0] == "fetch_order"} == {"tw-1", "manual-1", "tw-2", "manual-2"}
+    assert {runner.ledger.order(k).state for k in ("tw-1", "manual-1", "tw-2", "manual-2")} == {OrderState.CANCELED}
+
+
+async def test_emergency_stop_stops_retrying_on_a_permanent_error():
+    clock, ex, runner = await synced()
+    ex.faults["cancel_all"] = AuthenticationFailed("invalid API key")
+    report = await runner.emergency_stop(deadline_s=60)
+    assert not report.verified and report.attempts == 1 and "AuthenticationFailed" in report.errors["*"]
+
+
+async def test_emergency_stop_gives_up_at_the_deadline_unverified():
+    clock, ex, runner = await synced()
+    ex.faults["cancel_all"] = Temporary("exchange down")
+    report = await runner.emergency_stop(deadline_s=5)
+    assert not report.verified and report.attempts >= 3 and "exchange down" in report.errors["*"]
+    assert runner.ledger.order("tw-1").state is OrderState.OPEN
+
+
+# ---- stream events and the lock ----------------------------------------------------------------
+
+async def test_reconnect_triggers_reconciliation():
+    clock, ex, runner = await synced()
+    n = ex.calls.count(("snapshot", ("BTC/USDT", "ETH/USDT")))
+    assert await runner.handle_event(ConnectionEvent(ConnectionState.CONNECTED)) is None
+    assert await runner.handle_event(ConnectionEvent(ConnectionState.DISCONNECTED)) is None
+    report = await runner.handle_event(ConnectionEvent(ConnectionState.RECONNECTED, "gap"))
+    assert report is not None and report.trigger == "stream-reconnect"
+    assert ex.calls.count(("snapshot", ("BTC/USDT", "ETH/USDT"))) == n + 1
+
+
+async def test_events_apply_newest_wins_and_derive_spot_positions():
+    clock, ex, runner = await synced()
+    t = clock.ms()
+    await runner.apply_event(OrderEvent(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED,
+                                              updated_ms=t), t))
+    await runner.apply_event(OrderEvent(order("tw-1", updated_ms=t - 5), t))             # late, older
+    assert runner.ledger.order("tw-1").filled == Decimal("0.5")
+    await runner.apply_event(BalanceEvent({"BTC": Balance("BTC", Decimal("3"), Decimal("1"))}, t))
+    assert runner.ledger.position("BTC/USDT").amount == Decimal("4")
+    await runner.apply_event(PositionEvent([Position("XRP/USDT:USDT", Decimal("7"))], t))
+    assert runner.ledger.position("XRP/USDT:USDT").updated_ms == t
+
+
+async def test_runs_and_events_are_serialized():
+    clock, ex, runner = await synced()
+    gate = asyncio.Event()
+    real = ex.snapshot
+
+    async def slow(symbols):
+        snap = await real(symbols)
+        await gate.wait()
+        return snap
+    ex.snapshot = slow
+    run = asyncio.create_task(runner.reconcile())
+    await asyncio.sleep(0)
+    event = asyncio.create_task(runner.apply_event(
+        OrderEvent(order("tw-ev", created_ms=clock.ms()), clock.ms())))
+    await asyncio.sleep(0.01)
+    assert runner.lock.locked() and not event.done() and runner.ledger.order("tw-ev") is None
+    gate.set()
+    await run
+    await event
+    assert runner.ledger.order("tw-ev") is not None
+
+
+# ---- monitoring ----------------------------------------------------------------------------------
+
+async def test_no_completed_run_alert_after_ten_minutes_or_two_intervals():
+    clock, ex, runner = await synced()
+    mon = runner.monitor
+    assert mon.alerts(clock.ms(), 300) == {"failing": False, "balance_mismatch": False, "stale": False}
+    later = mon.last_success_ms + 11 * 60 * 1000
+    assert mon.alerts(later, 300)["stale"] is True
+    assert mon.alerts(later, 600)["stale"] is False           # two intervals (20 min) is longer
+    assert mon.alerts(mon.last_success_ms + 21 * 60 * 1000, 600)["stale"] is True
