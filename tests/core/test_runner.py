@@ -246,6 +246,22 @@ async def test_futures_positions_from_the_venue():
     assert runner.ledger.position("BTC/USDT:USDT") is None
 
 
+async def test_futures_balances_compare_wallet_totals_not_the_split():
+    """USD-M events carry the wallet balance only (free=wallet, locked=0); REST splits it into
+    available and margin. The same wallet must not be a mismatch; a different wallet must."""
+    clock, ex, runner = make(symbols=["BTC/USDT:USDT"], futures=True)
+    ex.balance("USDT", "9000", "1000")
+    await runner.initial_sync()
+    clock.t += 1
+    await runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("10000"), Decimal("0"), clock.ms())},
+                                          clock.ms()))
+    clock.t += 60
+    assert kinds(await runner.reconcile()) == []
+    ex.balance("USDT", "8000", "1000")
+    clock.t += 60
+    assert kinds(await runner.reconcile()) == [("balance", "USDT")]
+
+
 # ---- stale cleanup and purge -------------------------------------------------------------------
 
 async def test_stale_order_cleanup_cancels_owned_only():

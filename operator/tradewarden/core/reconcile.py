@@ -161,7 +161,13 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
         if value is not None and local is not None and value == local:
             continue
         plan.corrections.append(Correction("balance", asset, value))
-        if not baseline and (differs(lf, ef, tol, dust) or differs(ll, el, tol, dust)):
+        if config.futures:
+            # USD-M user-data events carry only the wallet balance (free=wallet, locked=0) while REST
+            # splits it into available and margin: only the totals are comparable.
+            mismatch = differs(lf + ll, ef + el, tol, dust)
+        else:
+            mismatch = differs(lf, ef, tol, dust) or differs(ll, el, tol, dust)
+        if not baseline and mismatch:
             plan.discrepancies.append(Discrepancy(
                 "balance", asset, fmt_balance(local), fmt_balance(ex),
                 "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else "")))
