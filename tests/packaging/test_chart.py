@@ -1,0 +1,214 @@
+"""The Helm chart: lint, render (default, namespaced, monitoring on), schema, CRD copy, plain manifests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from .conftest import CHART, ROOT, find, helm
+
+ACCOUNT_RULES = [
+    {"apiGroups": ["tradewarden.io"], "resources": ["tradingaccounts"],
+     "verbs": ["get", "list", "watch", "patch", "update"]},
+    {"apiGroups": ["tradewarden.io"], "resources": ["tradingaccounts/status"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+]
+ALERTS = {"TradewardenReconciliationFailing", "TradewardenBalanceMismatch", "TradewardenReconciliationStale",
+          "TradewardenStreamDown", "TradewardenEmergencyStopActive"}
+
+
+def test_crd_in_chart_is_the_generated_one():
+    assert (CHART / "crds" / "tradingaccounts.yaml").read_bytes() == (ROOT / "manifests" / "crd.yaml").read_bytes(), \
+        "copy manifests/crd.yaml to charts/tradewarden/crds/tradingaccounts.yaml"
+
+
+def test_chart_versions_match_package():
+    import tomllib
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+
+
+def test_helm_lint_strict(helm_bin):
+    for sets in ([], ["--set", "watchNamespaces={a,b}", "--set", "serviceMonitor.enabled=true",
+                      "--set", "prometheusRule.enabled=true", "--set", "otel.endpoint=http://otel:4318"]):
+        r = helm(helm_bin, "lint", "--strict", str(CHART), *sets)
+        assert "0 chart(s) failed" in r.stdout
+
+
+def test_default_render(render):
+    objs = render()
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+                            "Service", "Deployment", "ClusterKopfPeering"])
+    (dep,) = find(objs, "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["run", "--all-namespaces", "--peering=tradewarden", "--metrics-port=9464",
+                         "--liveness=http://0.0.0.0:8080/healthz"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9464, "health": 8080}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert c["image"] == "ghcr.io/tradewarden/tradewarden:0.1.0"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+    assert pod["serviceAccountName"] == "tradewarden"
+    (svc,) = find(objs, "Service")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    # RBAC: exactly what the operator does, bound to its ServiceAccount
+    (role,) = find(objs, "ClusterRole", "tradewarden")
+    assert role["rules"] == ACCOUNT_RULES
+    (disc,) = find(objs, "ClusterRole", "tradewarden-discovery")
+    assert disc["rules"] == [
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+    ]
+    for b in find(objs, "ClusterRoleBinding"):
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "tradewarden", "namespace": "tradewarden"}]
+    assert find(objs, "ClusterKopfPeering", "tradewarden")
+    no_wildcards(objs)
+
+
+def no_wildcards(objs):
+    for o in objs:
+        for rule in o.get("rules", []):
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            assert not {"delete", "deletecollection", "create"} & set(rule["verbs"]) or rule["resources"] == ["events"]
+
+
+def test_namespaced_render(render):
+    objs = render("watchNamespaces={team-a,team-b}", "peering.name=tw", release="prod", namespace="ops")
+    (dep,) = find(objs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["args"][:4] == ["run", "--namespace=team-a", "--namespace=team-b", "--peering=tw"]
+    assert "--all-namespaces" not in c["args"]
+    # no cluster-wide access to secrets or accounts
+    (cluster_role,) = find(objs, "ClusterRole")
+    assert cluster_role["rules"] == [
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]
+    for ns in ("team-a", "team-b"):
+        (role,) = find(objs, "Role", namespace=ns)
+        assert role["rules"] == ACCOUNT_RULES + [
+            {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]}]
+        (binding,) = find(objs, "RoleBinding", namespace=ns)
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prod-tradewarden", "namespace": "ops"}]
+        assert find(objs, "KopfPeering", "tw", namespace=ns)
+    assert not find(objs, "ClusterKopfPeering")
+    no_wildcards(objs)
+
+
+def test_standalone_and_otel(render):
+    objs = render("peering.enabled=false", "otel.endpoint=http://collector:4318", "metrics.port=9100",
+                  "image.digest=sha256:" + "a" * 64, "verbose=true")
+    (dep,) = find(objs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--standalone" in c["args"] and not any(a.startswith("--peering") for a in c["args"])
+    assert "--metrics-port=9100" in c["args"] and "--verbose" in c["args"]
+    assert c["image"] == "ghcr.io/tradewarden/tradewarden@sha256:" + "a" * 64
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert not find(objs, "ClusterKopfPeering")
+
+
+def test_monitoring_objects(render):
+    objs = render("serviceMonitor.enabled=true", "serviceMonitor.labels.release=kps",
+                  "prometheusRule.enabled=true", "prometheusRule.additionalAlertLabels.team=trading")
+    (sm,) = find(objs, "ServiceMonitor")
+    (svc,) = find(objs, "Service")
+    assert sm["metadata"]["labels"]["release"] == "kps"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] == "metrics" and ep["path"] == "/metrics" and ep["honorLabels"] is True
+    (rule,) = find(objs, "PrometheusRule")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} == ALERTS
+    by = {r["alert"]: r for r in rules}
+    assert by["TradewardenReconciliationFailing"]["expr"] == "tradewarden_consecutive_failures > 3"
+    assert by["TradewardenReconciliationStale"]["expr"] == "time() - tradewarden_last_success_timestamp_seconds > 600"
+    for r in rules:
+        assert r["labels"]["team"] == "trading" and r["labels"]["severity"]
+        assert r["annotations"]["runbook_url"].endswith("#" + r["alert"].lower())
+        assert "{{ $labels.name }}" in r["annotations"]["summary"]
+    # each alert has a runbook section
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text().lower()
+    for alert in ALERTS:
+        assert f"## {alert.lower()}" in runbooks
+    assert objs == render("serviceMonitor.enabled=true", "serviceMonitor.labels.release=kps",
+                          "prometheusRule.enabled=true", "prometheusRule.additionalAlertLabels.team=trading")
+
+
+def test_monitoring_off_by_default(render):
+    assert not find(render(), "ServiceMonitor") and not find(render(), "PrometheusRule")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("replicaCount=-1", "replicaCount"),
+    ("watchNamespaces={Bad_NS}", "watchNamespaces"),
+    ("metrics.port=70000", "port"),
+    ("unknownTopLevel=1", "unknownTopLevel"),
+    ("serviceMonitor.interval=often", "interval"),
+])
+def test_schema_rejects_bad_values(helm_bin, bad, message):
+    r = helm(helm_bin, "template", "t", str(CHART), "--set", bad, check=False)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_schema_is_valid_json_schema():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) <= set(schema["properties"])
+
+
+def test_crds_in_chart(render):
+    objs = render(include_crds=True)
+    crds = {o["metadata"]["name"] for o in find(objs, "CustomResourceDefinition")}
+    assert crds == {"tradingaccounts.tradewarden.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+def test_notes_tell_how_to_create_and_stop(helm_bin):
+    r = helm(helm_bin, "install", "tw", str(CHART), "--dry-run=client", "--namespace", "ops")
+    notes = r.stdout.split("NOTES:", 1)[1]
+    assert "kind: TradingAccount" in notes and "credentialsSecretRef" in notes
+    assert 'annotate ta main tradewarden.io/emergency-stop="<reason>"' in notes
+
+
+def _manifest(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((ROOT / "manifests" / name).read_text()) if d]
+
+
+def test_plain_manifests_agree_with_chart(render):
+    chart = render()
+    plain = _manifest("rbac.yaml") + _manifest("operator.yaml")
+    for kind in ("ClusterRole",):
+        assert {o["metadata"]["name"]: o["rules"] for o in find(plain, kind)} == \
+               {o["metadata"]["name"]: o["rules"] for o in find(chart, kind)}
+    for kind in ("ClusterRoleBinding",):
+        assert {o["metadata"]["name"]: (o["roleRef"], o["subjects"]) for o in find(plain, kind)} == \
+               {o["metadata"]["name"]: (o["roleRef"], o["subjects"]) for o in find(chart, kind)}
+    (pdep,), (cdep,) = find(plain, "Deployment"), find(chart, "Deployment")
+    ppod, cpod = pdep["spec"]["template"]["spec"], cdep["spec"]["template"]["spec"]
+    assert pdep["spec"]["replicas"] == 1 and pdep["spec"]["strategy"] == {"type": "Recreate"}
+    assert ppod["securityContext"] == cpod["securityContext"]
+    (pc,), (cc,) = ppod["containers"], cpod["containers"]
+    for key in ("args", "securityContext", "ports", "livenessProbe", "volumeMounts", "resources"):
+        assert pc[key] == cc[key], key
+    assert ppod["serviceAccountName"] == cpod["serviceAccountName"]
+    assert find(plain, "ServiceAccount", "tradewarden", "tradewarden")
+    assert find(plain, "Namespace", "tradewarden")

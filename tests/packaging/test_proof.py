@@ -1,0 +1,142 @@
+"""The issue's proof: the chart installed by helm on the real API server, the operator started with the
+rendered Deployment's arguments under the chart's ServiceAccount token (so its RBAC is what runs), an
+account reconciled against the simulator, and /metrics scraped with the expected series."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+import yaml
+
+from tests.conftest import kubectl
+from tests.controller.conftest import ThreadSim, account, apply, cond, get_ta, secret, wait_for
+
+from .conftest import CHART, ROOT, helm
+from .test_telemetry import value
+
+pytestmark = [pytest.mark.cluster, pytest.mark.sim]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sa_kubeconfig(admin_kubeconfig: str, namespace: str, sa: str, path) -> str:
+    token = kubectl(admin_kubeconfig, "-n", namespace, "create", "token", sa, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(open(admin_kubeconfig))
+    ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": sa, "namespace": namespace}}],
+        "current-context": "sa"}))
+    path.chmod(0o600)
+    return str(path)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_chart_installed_operator_reconciles_and_exports_metrics(crd_installed, helm_bin, namespace, tmp_path):
+    kc, ns = crd_installed, namespace
+    release = "tw" + uuid.uuid4().hex[:8]
+    peering = "peering-" + release
+    tsim = ThreadSim()
+    proc = None
+    log_path = tmp_path / "operator.log"
+    try:
+        helm(helm_bin, "install", release, str(CHART), "--namespace", ns, "--set", f"watchNamespaces={{{ns}}}",
+             "--set", f"peering.name={peering}", kubeconfig=kc)
+        dep = json.loads(kubectl(kc, "-n", ns, "get", "deployment", f"{release}-tradewarden", "-o", "json").stdout)
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        args = container["args"]
+        assert args[:3] == ["run", f"--namespace={ns}", f"--peering={peering}"]
+        # the rendered settings, with the two listen addresses moved to free ports on 127.0.0.1
+        metrics_port, health_port = free_port(), free_port()
+        run_args = []
+        for a in args:
+            if a.startswith("--metrics-port="):
+                assert a == "--metrics-port=9464"
+                a = f"--metrics-port={metrics_port}"
+            elif a.startswith("--liveness="):
+                assert a == "--liveness=http://0.0.0.0:8080/healthz"
+                a = f"--liveness=http://127.0.0.1:{health_port}/healthz"
+            run_args.append(a)
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env.update(os.environ)
+        env.update(POD_ID=f"{release}-pod", TRADEWARDEN_METRICS_HOST="127.0.0.1",
+                   KUBECONFIG=sa_kubeconfig(kc, ns, pod["serviceAccountName"], tmp_path / "sa.kubeconfig"))
+        for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            env.pop(var, None)
+
+        api_key, api_secret = "tw-proof-" + uuid.uuid4().hex, uuid.uuid4().hex
+        sim = tsim.sim
+        tsim.call(sim.set_price, "BTCUSDT", "50000")
+        tsim.call(sim.add_account, api_key, api_secret, balances={"USDT": "10000", "BTC": "1"})
+        tsim.call(sim.place_order, api_key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.01",
+                  price="40000", time_in_force="GTC", client_order_id="tw-proof-1")
+        apply(kc, secret(ns, "creds", {"apiKey": api_key, "secret": api_secret}))
+        apply(kc, account(ns, "main", endpoint=tsim.url, symbols=["BTC/USDT"], secret_name="creds",
+                          reconciliation={"intervalSeconds": 3600}))
+
+        log = open(log_path, "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "tradewarden.cli", *run_args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+
+        class Op:
+            def log(self):
+                return log_path.read_text(errors="replace")
+
+        obj = wait_for("Ready", lambda: (o := get_ta(kc, ns, "main")) and cond(o, "Ready").get("status") == "True"
+                       and o, timeout=90, operator=Op())
+        assert obj["status"]["openOrders"]["count"] == 1
+
+        lb = {"namespace": ns, "name": "main", "exchange": "binance"}
+
+        def metrics_ready():
+            text = scrape(metrics_port)
+            return (value(text, "tradewarden_reconciliation_runs_total", **lb) or 0) >= 1 and text
+        text = wait_for("metrics", metrics_ready, timeout=30, operator=Op())
+        assert value(text, "tradewarden_reconciliation_failures_total", **lb) == 0
+        assert value(text, "tradewarden_consecutive_failures", **lb) == 0
+        assert value(text, "tradewarden_open_orders", **lb) == 1
+        assert value(text, "tradewarden_last_success_timestamp_seconds", **lb) > time.time() - 300
+        assert value(text, "tradewarden_reconciliation_duration_seconds_count", **lb) >= 1
+        assert value(text, "tradewarden_emergency_stop_active", **lb) == 0
+        assert api_key not in text and api_secret not in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as r:
+            assert r.status == 200
+
+        # the emergency brake shows up in the metrics the alert reads
+        kubectl(kc, "-n", ns, "annotate", "ta", "main", "tradewarden.io/emergency-stop=proof")
+        text = wait_for("emergency stop metric", lambda: (t := scrape(metrics_port)) and
+                        value(t, "tradewarden_emergency_stop_active", **lb) == 1 and t, timeout=60, operator=Op())
+        assert value(text, "tradewarden_emergency_stops_total", **lb) == 1
+        assert tsim.open_orders(api_key) == []
+        assert "Forbidden" not in log_path.read_text(errors="replace"), log_path.read_text()[-3000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        kubectl(kc, "-n", ns, "delete", "ta", "main", "--wait=false", check=False)
+        helm(helm_bin, "uninstall", release, "--namespace", ns, check=False, kubeconfig=kc)
+        tsim.stop()
