@@ -92,16 +92,23 @@ class Demo:
     def wait_for(self, what: str, predicate: Callable[[dict], bool], timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
         spinner = "|/-\\"
+        tty = sys.stdout.isatty()
+        t0 = time.monotonic()
         i = 0
+        if not tty:
+            say(f"waiting for {what} ...")
         while True:
             obj = self.ta()
             if predicate(obj):
-                print("\r" + " " * 70 + "\r", end="", flush=True)
+                if tty:
+                    print("\r" + " " * 70 + "\r", end="", flush=True)
+                say(f"{DIM}({what}: {time.monotonic() - t0:.1f} s){RESET}")
                 return obj
             if time.monotonic() > deadline:
                 raise DemoError(f"timed out waiting for {what}; status: "
                                 f"{json.dumps(obj.get('status', {}).get('conditions', []))[:800]}")
-            print(f"\r   {spinner[i % 4]} waiting for {what} ...", end="", flush=True)
+            if tty:
+                print(f"\r   {spinner[i % 4]} waiting for {what} ...", end="", flush=True)
             i += 1
             time.sleep(0.5)
 
