@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--standalone", action="store_true", help="no peering (a single operator)")
     s.add_argument("--peering", default=os.environ.get("TRADEWARDEN_PEERING", "tradewarden"),
                    help="kopf peering object name (one active replica)")
-    s.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRADEWARDEN_METRICS_PORT", "9464")))
+    s.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRADEWARDEN_METRICS_PORT", "9464")),
+                   help="port of the Prometheus /metrics endpoint (0 turns it off)")
     s.add_argument("--liveness", default=os.environ.get("TRADEWARDEN_LIVENESS", "http://0.0.0.0:8080/healthz"))
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_run)

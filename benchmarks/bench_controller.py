@@ -1,0 +1,343 @@
+"""Controller benchmarks (real kube-apiserver + simulator + real ccxt + `tradewarden run`).
+
+Prints, each with a baseline measured in the same run:
+  1. emergency stop latency: annotation written -> the simulator shows no open order, for 1,000
+     orders over 50 symbols (baseline: the gateway's own cancel_all of the same book, no operator);
+  2. stream event -> status latency: an order placed out of band -> status.openOrders shows it
+     (baseline: the same change made visible by a reconcile-annotation run);
+  3. CPU, memory and API-server writes for 100 accounts on one operator over a short window,
+     extrapolated per hour (baseline: the same operator process idle with no account).
+
+    .venv/bin/python benchmarks/bench_controller.py [--accounts 100] [--window 90] [--skip-scale]
+
+Figures are for this machine; compare the ratios, not the absolute numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.controller.conftest import Operator, ThreadSim  # noqa: E402
+
+CONTROLPLANE = ROOT / "operator" / "tradewarden" / "scripts" / "controlplane.sh"
+
+
+def sh(kc: str, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["kubectl", "--kubeconfig", kc, *args], input=input, capture_output=True, text=True,
+                       timeout=120)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {r.stderr}")
+    return r
+
+
+def kubeconfig() -> str:
+    env = os.environ.get("KUBECONFIG")
+    if env and subprocess.run(["kubectl", "--kubeconfig", env, "get", "--raw", "/readyz"],
+                              capture_output=True).returncode == 0:
+        return env
+    out = subprocess.run(["bash", str(CONTROLPLANE), "start"], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1].removeprefix("export KUBECONFIG=")
+
+
+def api(kc: str):
+    import kubernetes
+
+    cfg = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=kc, client_configuration=cfg)
+    client = kubernetes.client.ApiClient(cfg)
+    return kubernetes.client.CustomObjectsApi(client), kubernetes.client.CoreV1Api(client)
+
+
+def get(custom, ns: str, name: str) -> dict:
+    return custom.get_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts", name)
+
+
+def poll(fn, timeout: float, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError("benchmark step timed out")
+
+
+def cond(obj: dict, type_: str) -> str:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c["status"]
+    return ""
+
+
+def apply_account(kc: str, ns: str, name: str, url: str, symbols: list[str], secret: str, **spec) -> None:
+    body = {"exchange": "binance", "endpoint": url, "symbols": symbols, "credentialsSecretRef": {"name": secret}}
+    body.update(spec)
+    sh(kc, "apply", "-f", "-", input=json.dumps({"apiVersion": "tradewarden.io/v1alpha1", "kind": "TradingAccount",
+                                                  "metadata": {"name": name, "namespace": ns}, "spec": body}))
+
+
+def apply_secret(kc: str, ns: str, name: str, key: str, secret: str) -> None:
+    sh(kc, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Secret",
+                                                  "metadata": {"name": name, "namespace": ns},
+                                                  "stringData": {"apiKey": key, "secret": secret}}))
+
+
+def proc_cpu_mem(pid: int) -> tuple[float, float]:
+    """(CPU seconds user+system, RSS MiB) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = 0.0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+    return cpu, rss
+
+
+class WriteCounter:
+    """Counts API writes in a namespace: TradingAccount MODIFIED watch events (status patches,
+    finalizers) and Events created."""
+
+    def __init__(self, kc: str, ns: str) -> None:
+        import kubernetes
+
+        self.custom, self.core = api(kc)
+        self.ns = ns
+        self.modified = 0
+        self._stop = False
+        self._w = kubernetes.watch.Watch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._watch()
+        except Exception:  # noqa: BLE001 - the watch is closed under us at the end
+            pass
+
+    def _watch(self) -> None:
+        for ev in self._w.stream(self.custom.list_namespaced_custom_object, "tradewarden.io", "v1alpha1", self.ns,
+                                 "tradingaccounts", timeout_seconds=3600):
+            if self._stop:
+                break
+            if ev["type"] == "MODIFIED":
+                self.modified += 1
+
+    def events(self) -> int:
+        return len(self.core.list_namespaced_event(self.ns).items)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._w.stop()
+
+
+def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path) -> None:
+    ns = "tw-bench-" + uuid.uuid4().hex[:6]
+    sh(kc, "create", "namespace", ns)
+    sim = tsim.sim
+    bases = [f"B{i:02d}X" for i in range(50)]
+    for b in bases:
+        tsim.call(sim.add_market, f"{b}USDT", price="100")
+    symbols = [f"{b}/USDT" for b in bases]
+
+    def book(key: str) -> None:
+        for b in bases:
+            for i in range(20):
+                tsim.call(sim.place_order, key, symbol=f"{b}USDT", side="BUY", type="LIMIT", quantity="1",
+                          price=str(50 + i), time_in_force="GTC", client_order_id=f"tw-{b}-{i}")
+
+    # Baseline: the gateway alone cancels the same book (no Kubernetes, no operator).
+    key0, sec0 = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
+    tsim.call(sim.add_account, key0, sec0, balances={"USDT": "10000000"})
+    book(key0)
+
+    async def direct() -> float:
+        from tradewarden.gateway import create_gateway
+
+        gw = create_gateway("binance", key0, sec0, tsim.url)
+        await gw.start(symbols)
+        t0 = time.perf_counter()
+        res = await gw.cancel_all(symbols)
+        dt = time.perf_counter() - t0
+        await gw.close()
+        assert not res.remaining
+        return dt
+
+    base_s = asyncio.run(direct())
+    assert not tsim.open_orders(key0)
+
+    key, sec = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
+    tsim.call(sim.add_account, key, sec, balances={"USDT": "10000000"})
+    book(key)
+    apply_secret(kc, ns, "creds", key, sec)
+    apply_account(kc, ns, "big", tsim.url, symbols, "creds", reconciliation={"intervalSeconds": 3600})
+    op = Operator(kc, ns, tmp / "estop.log")
+    op.start()
+    custom, _ = api(kc)
+    try:
+        poll(lambda: cond(get(custom, ns, "big"), "Ready") == "True", 180, 0.2)
+        assert len(tsim.open_orders(key)) == 1000
+        t0 = time.perf_counter()
+        sh(kc, "-n", ns, "annotate", "ta", "big", "tradewarden.io/emergency-stop=bench")
+        t_written = time.perf_counter()
+        poll(lambda: not tsim.open_orders(key), 120, 0.01)
+        t_gone = time.perf_counter()
+        poll(lambda: get(custom, ns, "big")["status"]["emergencyStop"].get("state") == "Completed", 120, 0.05)
+        t_done = time.perf_counter()
+        print(f"[estop] 1000 orders / 50 symbols: annotation written -> simulator shows no open order: "
+              f"{t_gone - t_written:.3f}s (kubectl annotate itself {t_written - t0:.3f}s); "
+              f"status Completed after {t_done - t_written:.3f}s")
+        print(f"[estop] baseline gateway.cancel_all alone (no operator): {base_s:.3f}s; "
+              f"operator/baseline ratio {(t_gone - t_written) / base_s:.2f}x")
+    finally:
+        op.stop()
+        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+
+
+def bench_stream_latency(kc: str, tsim: ThreadSim, tmp: pathlib.Path, samples: int = 10) -> None:
+    ns = "tw-bench-" + uuid.uuid4().hex[:6]
+    sh(kc, "create", "namespace", ns)
+    sim = tsim.sim
+    key, sec = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
+    tsim.call(sim.add_account, key, sec, balances={"USDT": "10000000"})
+    tsim.call(sim.set_price, "BTCUSDT", "50000")
+    apply_secret(kc, ns, "creds", key, sec)
+    apply_account(kc, ns, "s", tsim.url, ["BTC/USDT"], "creds", reconciliation={"intervalSeconds": 3600})
+    op = Operator(kc, ns, tmp / "stream.log")
+    op.start()
+    custom, _ = api(kc)
+    stream_lat, annot_lat = [], []
+    try:
+        poll(lambda: cond(get(custom, ns, "s"), "StreamConnected") == "True", 120, 0.1)
+        for i in range(samples):
+            n = get(custom, ns, "s")["status"]["openOrders"]["count"]
+            t0 = time.perf_counter()
+            tsim.call(sim.place_order, key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.01",
+                      price=str(40000 - i), time_in_force="GTC", client_order_id=f"manual-s{i}")
+            poll(lambda: get(custom, ns, "s")["status"]["openOrders"]["count"] == n + 1, 30, 0.005)
+            stream_lat.append(time.perf_counter() - t0)
+            time.sleep(1.1)   # outside the status write coalescing window
+        tsim.call(sim.set_deliver, key, False)     # baseline: the same change seen only through a run
+        for i in range(samples):
+            n = get(custom, ns, "s")["status"]["openOrders"]["count"]
+            t0 = time.perf_counter()
+            tsim.call(sim.place_order, key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.01",
+                      price=str(30000 - i), time_in_force="GTC", client_order_id=f"manual-a{i}")
+            sh(kc, "-n", ns, "annotate", "ta", "s", f"tradewarden.io/reconcile-requested-at=b{i}", "--overwrite")
+            poll(lambda: get(custom, ns, "s")["status"]["openOrders"]["count"] == n + 1, 30, 0.005)
+            annot_lat.append(time.perf_counter() - t0)
+            time.sleep(1.1)
+        med = statistics.median
+        print(f"[stream] event -> status: median {med(stream_lat) * 1000:.0f} ms, max {max(stream_lat) * 1000:.0f} ms "
+              f"(n={samples})")
+        print(f"[stream] baseline reconcile-annotation run -> status: median {med(annot_lat) * 1000:.0f} ms, "
+              f"max {max(annot_lat) * 1000:.0f} ms; ratio stream/annotation {med(stream_lat) / med(annot_lat):.2f}")
+    finally:
+        op.stop()
+        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+
+
+def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, window: float) -> None:
+    ns = "tw-bench-" + uuid.uuid4().hex[:6]
+    sh(kc, "create", "namespace", ns)
+    sim = tsim.sim
+    op = Operator(kc, ns, tmp / "scale.log")
+    op.start()
+    time.sleep(8)   # the process is up and watching, no account yet
+    c0, m0 = proc_cpu_mem(op.proc.pid)
+    time.sleep(window / 3)
+    c1, m1 = proc_cpu_mem(op.proc.pid)
+    idle_cpu_h = (c1 - c0) / (window / 3) * 3600
+    interval, check = 60, 20
+    custom, _ = api(kc)
+    try:
+        docs = []
+        for i in range(accounts):
+            key, sec = f"scale-{i}-" + uuid.uuid4().hex, uuid.uuid4().hex
+            tsim.call(sim.add_account, key, sec, balances={"USDT": "100000", "BTC": "1"})
+            tsim.call(sim.place_order, key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.01",
+                      price="20000", time_in_force="GTC", client_order_id=f"tw-{i}")
+            docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"c{i}", "namespace": ns},
+                         "stringData": {"apiKey": key, "secret": sec}})
+            docs.append({"apiVersion": "tradewarden.io/v1alpha1", "kind": "TradingAccount",
+                         "metadata": {"name": f"a{i}", "namespace": ns},
+                         "spec": {"exchange": "binance", "endpoint": tsim.url, "symbols": ["BTC/USDT", "ETH/USDT"],
+                                  "credentialsSecretRef": {"name": f"c{i}"},
+                                  "reconciliation": {"intervalSeconds": interval},
+                                  "staleOrders": {"checkIntervalSeconds": check}}})
+        t_apply = time.perf_counter()
+        sh(kc, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+
+        def all_ready() -> bool:
+            items = custom.list_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts")["items"]
+            return sum(1 for o in items if cond(o, "Ready") == "True") == accounts
+        poll(all_ready, 600, 1.0)
+        t_ready = time.perf_counter() - t_apply
+        time.sleep(5)
+        counter = WriteCounter(kc, ns)
+        time.sleep(1)
+        e0 = counter.events()
+        c0, _ = proc_cpu_mem(op.proc.pid)
+        t0 = time.perf_counter()
+        time.sleep(window)
+        dt = time.perf_counter() - t0
+        c1, rss = proc_cpu_mem(op.proc.pid)
+        writes, events = counter.modified, counter.events() - e0
+        counter.stop()
+        per_h = 3600 / dt
+        print(f"[scale] {accounts} accounts ready in {t_ready:.1f}s (initial syncs through one rate budget)")
+        print(f"[scale] steady window {dt:.0f}s, intervalSeconds={interval}, checkIntervalSeconds={check}: "
+              f"CPU {(c1 - c0):.2f}s -> {(c1 - c0) * per_h / 3600 * 100:.1f}% of a core "
+              f"({(c1 - c0) * per_h:.0f} CPU-s/h); RSS {rss:.0f} MiB")
+        print(f"[scale] API writes in window: {writes} TradingAccount updates + {events} Events -> "
+              f"{(writes + events) * per_h:.0f}/h ({(writes + events) * per_h / accounts:.1f}/h per account; "
+              f"runs per account per hour at this config: {3600 / interval + 3600 / check:.0f})")
+        print(f"[scale] baseline idle operator (0 accounts): CPU {idle_cpu_h:.1f} CPU-s/h, RSS {m1:.0f} MiB; "
+              f"RSS per account {(rss - m1) / accounts:.1f} MiB")
+    finally:
+        op.stop()
+        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--accounts", type=int, default=100)
+    p.add_argument("--window", type=float, default=90.0)
+    p.add_argument("--skip-scale", action="store_true")
+    p.add_argument("--only", choices=["estop", "stream", "scale"])
+    args = p.parse_args()
+    kc = kubeconfig()
+    sh(kc, "apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
+    sh(kc, "wait", "--for", "condition=established", "--timeout=60s", "crd/tradingaccounts.tradewarden.io")
+    tsim = ThreadSim()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="tw-bench-"))
+    print(f"[bench] operator logs in {tmp}")
+    try:
+        if args.only in (None, "estop"):
+            bench_emergency_stop(kc, tsim, tmp)
+        if args.only in (None, "stream"):
+            bench_stream_latency(kc, tsim, tmp)
+        if args.only == "scale" or (args.only is None and not args.skip_scale):
+            bench_scale(kc, tsim, tmp, args.accounts, args.window)
+    finally:
+        tsim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

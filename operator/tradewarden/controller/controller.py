@@ -1,0 +1,77 @@
+"""The process-wide part of the operator: shared services and the registry of supervisors."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from .account import AccountSupervisor, Deps
+
+log = logging.getLogger(__name__)
+
+
+def _kopf_post(body: Any, type_: str, reason: str, message: str) -> None:
+    """An Event through kopf's poster, honouring settings.posting.level (TRADEWARDEN_EVENT_LEVEL)."""
+    if type_ == "Warning":
+        kopf.warn(body, reason=reason, message=message)
+    else:
+        kopf.info(body, reason=reason, message=message)
+
+
+class Controller:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.supervisors: dict[tuple[str, str], AccountSupervisor] = {}
+
+    @classmethod
+    def create(cls, *, metrics_port: int | None = None, metrics_host: str = "0.0.0.0",
+               kube: Any = None) -> "Controller":
+        from .kube import Kube
+
+        try:
+            from .. import telemetry
+            tele = telemetry.setup(metrics_port=metrics_port, host=metrics_host)
+        except ImportError:  # telemetry is optional for the controller to work
+            tele = None
+        try:
+            from ..gateway import default_budgets
+            budgets = default_budgets()
+        except ImportError:
+            budgets = None
+        return cls(Deps(kube=kube or Kube(), post_event=_kopf_post, budgets=budgets, telemetry=tele))
+
+    def poke(self, body: Any) -> None:
+        meta = body.get("metadata") or {}
+        sup = self.supervisors.get((meta.get("namespace"), meta.get("name")))
+        if sup is not None:
+            sup.poke()
+
+    async def serve(self, body: Any, stopped: Any, logger: Any) -> None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        sup = AccountSupervisor(key[0], key[1], body, self.deps, logger)
+        self.supervisors[key] = sup
+
+        async def relay() -> None:
+            await stopped.wait()
+            reason = stopped.reason
+            deleted = bool(reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason)
+            sup.request_stop(forget=deleted)
+
+        relay_task = asyncio.create_task(relay())
+        try:
+            await sup.run()
+        finally:
+            relay_task.cancel()
+            if self.supervisors.get(key) is sup:
+                del self.supervisors[key]
+
+    async def close(self) -> None:
+        for sup in list(self.supervisors.values()):
+            sup.request_stop()
+        try:
+            self.deps.kube.close()
+        except Exception:  # noqa: BLE001
+            pass

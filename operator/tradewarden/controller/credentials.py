@@ -1,0 +1,87 @@
+"""Reading an account's API credentials from its Secret.
+
+Errors carry a CamelCase reason and a message naming the Secret and the key, never a value.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Credentials:
+    api_key: str = field(repr=False)
+    secret: str = field(repr=False)
+    resource_version: str = ""
+
+    def __repr__(self) -> str:  # never the values
+        return f"Credentials(resource_version={self.resource_version!r})"
+
+    def redact(self, text: str) -> str:
+        """``text`` with any occurrence of the key or the secret masked."""
+        out = str(text)
+        for value in (self.secret, self.api_key):
+            if value and len(value) >= 4:
+                out = out.replace(value, "***")
+        return out
+
+
+class CredentialsError(Exception):
+    """A problem with the Secret itself (not with the exchange's opinion of its content)."""
+
+    def __init__(self, reason: str, message: str, *, retry: bool = True):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry = retry
+
+
+def parse_secret(secret: Mapping[str, Any] | None, *, name: str, api_key_key: str, secret_key: str) -> Credentials:
+    """Credentials from a Secret as the API returns it (``data`` base64, or ``stringData``)."""
+    if secret is None:
+        raise CredentialsError("SecretNotFound", f"Secret {name!r} not found in the account's namespace")
+    data = secret.get("data") or {}
+    string_data = secret.get("stringData") or {}
+    values: dict[str, str] = {}
+    for key in (api_key_key, secret_key):
+        if key in data and data[key] is not None:
+            try:
+                values[key] = base64.b64decode(data[key], validate=True).decode("utf-8").strip()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise CredentialsError("SecretKeyInvalid",
+                                       f"Secret {name!r} key {key!r} is not valid base64-encoded UTF-8") from None
+        elif key in string_data and string_data[key] is not None:
+            values[key] = str(string_data[key]).strip()
+    missing = [k for k in (api_key_key, secret_key) if k not in values]
+    if missing:
+        present = sorted(set(data) | set(string_data))
+        raise CredentialsError(
+            "SecretKeyMissing",
+            f"Secret {name!r} has no key {', '.join(repr(k) for k in missing)} "
+            f"(keys present: {', '.join(present) or 'none'}; see spec.credentialsSecretRef)")
+    empty = [k for k in (api_key_key, secret_key) if not values[k]]
+    if empty:
+        raise CredentialsError("SecretKeyEmpty",
+                               f"Secret {name!r} key {', '.join(repr(k) for k in empty)} is empty")
+    rv = str((secret.get("metadata") or {}).get("resourceVersion") or "")
+    return Credentials(api_key=values[api_key_key], secret=values[secret_key], resource_version=rv)
+
+
+async def read_credentials(kube: Any, namespace: str, ref: Mapping[str, Any]) -> Credentials:
+    """Read and parse the Secret named by ``spec.credentialsSecretRef``."""
+    name = ref.get("name", "")
+    try:
+        secret = await kube.get_secret(namespace, name)
+    except CredentialsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - API trouble: a reason, retried with backoff
+        status = getattr(exc, "status", None)
+        if status == 403:
+            raise CredentialsError("SecretForbidden",
+                                   f"the operator may not read Secret {name!r} (403 Forbidden: check RBAC)") from None
+        raise CredentialsError("SecretReadFailed",
+                               f"reading Secret {name!r} failed: {type(exc).__name__} {status or ''}".strip()) from None
+    return parse_secret(secret, name=name, api_key_key=ref.get("apiKeyKey", "apiKey"),
+                        secret_key=ref.get("secretKey", "secret"))

@@ -1,0 +1,50 @@
+"""``tradewarden run``: the operator process (kopf), in a cluster or from a laptop."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import kopf
+
+
+def run(namespaces: list[str] | None = None, all_namespaces: bool = False, standalone: bool = False,
+        metrics_port: int | None = 9464, liveness: str | None = None, peering: str | None = "tradewarden",
+        verbose: bool = False) -> int:
+    namespaces = list(namespaces or [])
+    if not namespaces and not all_namespaces:
+        print("tradewarden run: either --namespace (repeatable) or --all-namespaces is required", file=sys.stderr)
+        return 2
+    if namespaces and all_namespaces:
+        print("tradewarden run: --namespace and --all-namespaces are mutually exclusive", file=sys.stderr)
+        return 2
+    kopf.configure(verbose=verbose, log_prefix=True)
+    _quiet_ccxt(verbose)
+    from . import handlers  # noqa: F401 - registers the handlers
+
+    memo = kopf.Memo()
+    memo.metrics_port = metrics_port if metrics_port and metrics_port > 0 else None
+    # In a pod the metrics endpoint must be reachable by Prometheus; on a laptop, bind loopback.
+    memo.metrics_host = os.environ.get("TRADEWARDEN_METRICS_HOST", "0.0.0.0")
+    liveness_endpoint = liveness if liveness and liveness.lower() not in ("off", "none", "") else None
+    try:
+        kopf.run(
+            standalone=standalone,
+            peering_name=None if standalone else peering,
+            clusterwide=all_namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=liveness_endpoint,
+            memo=memo,
+        )
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a clean message and exit code, not a traceback, at the top
+        logging.getLogger("tradewarden").error("operator failed: %s: %s", type(exc).__name__, exc)
+        return 1
+    return 0
+
+
+def _quiet_ccxt(verbose: bool) -> None:
+    # ccxt logs request details (headers, URLs) at DEBUG: never let them through.
+    logging.getLogger("ccxt").setLevel(logging.INFO if verbose else logging.WARNING)
+

@@ -1,0 +1,458 @@
+"""Pure builders of the TradingAccount status (no kopf, no I/O, no clock: ``now_ms`` is passed in).
+
+The supervisor (``account.py``) gathers what it knows into :class:`StatusInputs`; :func:`build_status`
+turns it into the ``status`` dict; :func:`merge_patch` says what changed since the last write, so the
+API server is written only when something did.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from .. import domain
+from ..models import MAX_STATUS_BALANCES, MAX_STATUS_OPEN_ORDERS, MAX_STATUS_POSITIONS
+
+# Condition types.
+READY = "Ready"
+SYNCED = "Synced"
+CREDENTIALS_VALID = "CredentialsValid"
+STREAM_CONNECTED = "StreamConnected"
+EMERGENCY_STOPPED = "EmergencyStopped"
+RECONCILIATION_FAILING = "ReconciliationFailing"
+BALANCE_MISMATCH = "BalanceMismatch"
+RECONCILIATION_STALE = "ReconciliationStale"
+CONDITION_TYPES = (READY, SYNCED, CREDENTIALS_VALID, STREAM_CONNECTED, EMERGENCY_STOPPED,
+                   RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE)
+
+FAILING_THRESHOLD = 3              # ReconciliationFailing: consecutive failures above this
+STALE_FLOOR_S = 600                # ReconciliationStale: no completed run for 10 minutes ...
+STALE_INTERVALS = 2                # ... or two intervals, whichever is longer
+# The ledger is the one part of status whose size the account drives; above this it is not written
+# (a restart then rebuilds from the exchange) and the supervisor says so in a condition message.
+MAX_LEDGER_BYTES = 512 * 1024
+MAX_MESSAGE = 1024
+
+
+def rfc3339(ms: int | float | None) -> str | None:
+    if ms is None:
+        return None
+    t = _dt.datetime.fromtimestamp(float(ms) / 1000.0, tz=_dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str | None) -> int | None:
+    """Milliseconds since the epoch, or None."""
+    if not text:
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return int(t.timestamp() * 1000)
+
+
+def dstr(value: Any) -> str:
+    """A decimal as a plain string (no exponent, no trailing zeros)."""
+    d = domain.dec(value)
+    if d == 0:
+        return "0"
+    text = format(d.normalize(), "f")
+    return text
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- conditions (metav1.Condition semantics) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cond:
+    type: str
+    status: str          # "True" | "False" | "Unknown"
+    reason: str
+    message: str = ""
+
+
+def merge_conditions(previous: Sequence[Mapping[str, Any]] | None, desired: Iterable[Cond], now_ms: int,
+                     generation: int | None) -> list[dict[str, Any]]:
+    """The new conditions list: lastTransitionTime kept unless the status flipped; order is
+    CONDITION_TYPES order; unknown types from before are dropped (we own every condition)."""
+    prev = {c.get("type"): c for c in (previous or []) if isinstance(c, Mapping)}
+    out: list[dict[str, Any]] = []
+    for c in desired:
+        old = prev.get(c.type)
+        if old is not None and old.get("status") == c.status and old.get("lastTransitionTime"):
+            ltt = old["lastTransitionTime"]
+        else:
+            ltt = rfc3339(now_ms)
+        entry = {"type": c.type, "status": c.status, "reason": c.reason, "message": clip(c.message),
+                 "lastTransitionTime": ltt}
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        out.append(entry)
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    out.sort(key=lambda e: order.get(e["type"], len(order)))
+    return out
+
+
+def condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    for c in conditions or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+# ---- lists ----------------------------------------------------------------------------------------
+
+def balances_status(balances: Mapping[str, domain.Balance] | Iterable[domain.Balance] | None,
+                    limit: int = MAX_STATUS_BALANCES) -> list[dict[str, str]]:
+    """Non-zero balances sorted by asset, at most ``limit``."""
+    if balances is None:
+        return []
+    items = balances.values() if isinstance(balances, Mapping) else balances
+    rows = [b for b in items if domain.dec(b.free) != 0 or domain.dec(b.locked) != 0]
+    rows.sort(key=lambda b: b.asset)
+    return [{"asset": b.asset, "free": dstr(b.free), "locked": dstr(b.locked)} for b in rows[:limit]]
+
+
+def order_status(o: domain.Order, owned_prefix: str) -> dict[str, Any]:
+    return {
+        "clientOrderId": o.client_order_id,
+        "orderId": str(o.exchange_order_id or ""),
+        "symbol": o.symbol,
+        "side": o.side.value if isinstance(o.side, domain.Side) else str(o.side),
+        "price": dstr(o.price),
+        "amount": dstr(o.amount),
+        "filled": dstr(o.filled),
+        "owned": bool(owned_prefix) and o.client_order_id.startswith(owned_prefix),
+        **({"createdAt": rfc3339(o.created_ms)} if o.created_ms else {}),
+    }
+
+
+def open_orders_status(orders: Iterable[domain.Order] | None, owned_prefix: str,
+                       limit: int = MAX_STATUS_OPEN_ORDERS) -> dict[str, Any]:
+    """Active orders: the full count and the oldest ``limit`` (the ones a human looks for first)."""
+    active = [o for o in (orders or []) if o.state.active]
+    active.sort(key=lambda o: (o.created_ms, o.symbol, o.client_order_id))
+    owned = sum(1 for o in active if owned_prefix and o.client_order_id.startswith(owned_prefix))
+    return {"count": len(active), "owned": owned, "truncated": len(active) > limit,
+            "items": [order_status(o, owned_prefix) for o in active[:limit]]}
+
+
+def positions_status(positions: Iterable[domain.Position] | None,
+                     limit: int = MAX_STATUS_POSITIONS) -> list[dict[str, str]]:
+    rows = [p for p in (positions or []) if domain.dec(p.amount) != 0]
+    rows.sort(key=lambda p: p.symbol)
+    return [{"symbol": p.symbol, "amount": dstr(p.amount), "entryPrice": dstr(p.entry_price)}
+            for p in rows[:limit]]
+
+
+# ---- runs -----------------------------------------------------------------------------------------
+
+def last_reconciliation(report: Any) -> dict[str, Any]:
+    """From a core RunReport (duck-typed: trigger, finished_ms, duration_ms, discrepancies,
+    stale_sections, error, counts_by_kind())."""
+    counts = {str(k): int(v) for k, v in report.counts_by_kind().items() if int(v)}
+    return {
+        "time": rfc3339(report.finished_ms),
+        "durationMs": int(report.duration_ms),
+        "trigger": str(report.trigger),
+        "discrepancyCount": sum(counts.values()),
+        "discrepancies": dict(sorted(counts.items())),
+        "staleSections": sorted(str(s) for s in (report.stale_sections or [])),
+        "error": clip(report.error or ""),
+    }
+
+
+def metrics_status(monitor: Any) -> dict[str, Any]:
+    """From a core MonitoringState (duck-typed)."""
+    g = lambda name: int(getattr(monitor, name, 0) or 0)  # noqa: E731
+    last_success = getattr(monitor, "last_success_ms", None)
+    return {
+        "runs": g("runs"), "failures": g("failures"), "discrepanciesTotal": g("discrepancies_total"),
+        "balanceMismatches": g("balance_mismatches"), "orderMismatches": g("order_mismatches"),
+        "staleOrdersCancelled": g("stale_cancelled"), "consecutiveFailures": g("consecutive_failures"),
+        "lastSuccessTime": rfc3339(last_success) if last_success else None,
+    }
+
+
+# ---- the whole status -----------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    """Why the account cannot be served right now (shown on Ready and the matching condition)."""
+    reason: str
+    message: str
+    credentials: bool = False   # a credentials problem: CredentialsValid=False
+
+
+@dataclass
+class StatusInputs:
+    generation: int | None = None
+    problem: Problem | None = None          # spec / secret / gateway build error
+    credentials_ok: bool | None = None      # True once the exchange accepted them
+    syncing: bool = False                   # initial sync not done yet
+    synced: bool = False                    # initial sync done (runner state is meaningful)
+    report: Any = None                      # last reconciliation RunReport (not stale cleanup)
+    last_run_ok: bool | None = None         # the last run of any kind
+    last_run_error: str = ""
+    balances: Any = None
+    orders: Any = None
+    positions: Any = None
+    owned_prefix: str = "tw-"
+    monitor: Any = None
+    alerts: Mapping[str, bool] = field(default_factory=dict)
+    interval_s: int = 300
+    last_success_ms: int | None = None
+    stream_enabled: bool = True
+    stream_state: str = "disconnected"      # connected | disconnected | reconnecting | disabled | stopped
+    stream_since_ms: int | None = None
+    stream_reconnects: int = 0
+    stream_last_event_ms: int | None = None
+    estop: Mapping[str, Any] = field(default_factory=dict)   # EmergencyStopStatus fields
+    last_handled_reconcile_at: str = ""
+    ledger: Mapping[str, Any] | None = None
+    ledger_note: str = ""                   # set when the ledger was too large to keep in status
+
+
+def stale_after_s(interval_s: int) -> int:
+    return max(STALE_FLOOR_S, STALE_INTERVALS * int(interval_s))
+
+
+def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
+    estop_active = bool(s.estop.get("active"))
+    conds: list[Cond] = []
+
+    # CredentialsValid
+    if s.problem is not None and s.problem.credentials:
+        conds.append(Cond(CREDENTIALS_VALID, "False", s.problem.reason, s.problem.message))
+    elif s.credentials_ok:
+        conds.append(Cond(CREDENTIALS_VALID, "True", "Accepted", "the exchange accepted the API credentials"))
+    else:
+        conds.append(Cond(CREDENTIALS_VALID, "Unknown", "NotChecked", "the exchange has not been reached yet"))
+
+    # Synced
+    if s.problem is not None:
+        conds.append(Cond(SYNCED, "False", s.problem.reason, s.problem.message))
+    elif not s.synced:
+        msg = s.last_run_error or "initial sync in progress"
+        conds.append(Cond(SYNCED, "False" if s.last_run_error else "Unknown",
+                          "SyncFailed" if s.last_run_error else "Syncing", msg))
+    elif s.last_run_ok is False:
+        conds.append(Cond(SYNCED, "False", "ReconcileError", s.last_run_error or "the last run failed"))
+    else:
+        rep = s.report
+        msg = "local state matches the exchange"
+        if rep is not None and rep.counts_by_kind():
+            n = sum(int(v) for v in rep.counts_by_kind().values())
+            msg = f"last run found {n} discrepancies ({_kinds(rep.counts_by_kind())})"
+        if rep is not None and rep.stale_sections:
+            msg += f"; sections not refreshed: {', '.join(sorted(rep.stale_sections))}"
+        conds.append(Cond(SYNCED, "True", "ReconcileSuccess", msg))
+
+    # StreamConnected
+    if not s.stream_enabled:
+        conds.append(Cond(STREAM_CONNECTED, "False", "Disabled", "spec.stream.enabled is false"))
+    elif estop_active:
+        conds.append(Cond(STREAM_CONNECTED, "False", "EmergencyStopped", "stream stopped by the emergency stop"))
+    elif s.stream_state == "connected":
+        conds.append(Cond(STREAM_CONNECTED, "True", "Connected", "user-data stream connected"))
+    elif s.stream_state == "reconnecting":
+        conds.append(Cond(STREAM_CONNECTED, "False", "Reconnecting",
+                          "user-data stream lost; reconnecting (trading is not safe)"))
+    else:
+        conds.append(Cond(STREAM_CONNECTED, "False", "Disconnected", "user-data stream not connected"))
+
+    # EmergencyStopped
+    if estop_active:
+        state = s.estop.get("state") or "Cancelling"
+        who = s.estop.get("requestedBy") or "unknown"
+        msg = (f"emergency stop ({state}) requested by {who}: {s.estop.get('reason') or 'no reason given'}; "
+               f"orders cancelled {int(s.estop.get('ordersCancelled') or 0)}, "
+               f"remaining {int(s.estop.get('remaining') or 0)}")
+        conds.append(Cond(EMERGENCY_STOPPED, "True", f"EmergencyStop{state}", msg))
+    else:
+        conds.append(Cond(EMERGENCY_STOPPED, "False", "NotRequested", "no emergency stop annotation"))
+
+    # Alerts
+    consecutive = int(getattr(s.monitor, "consecutive_failures", 0) or 0) if s.monitor is not None else 0
+    failing = bool(s.alerts.get("failing")) or consecutive > FAILING_THRESHOLD
+    conds.append(Cond(RECONCILIATION_FAILING, "True" if failing else "False",
+                      "ConsecutiveFailures" if failing else "RunsSucceeding",
+                      f"{consecutive} consecutive failed runs (threshold {FAILING_THRESHOLD})"))
+    rep = s.report
+    bal_kinds = rep.counts_by_kind().get("balance", 0) if rep is not None else 0
+    mismatch = bool(s.alerts.get("balance_mismatch")) or bal_kinds > 0
+    if mismatch and rep is not None:
+        ents = [d.entity for d in rep.discrepancies if d.kind == "balance"][:10]
+        conds.append(Cond(BALANCE_MISMATCH, "True", "BalanceMismatch",
+                          f"last run found {bal_kinds} balance mismatches: {', '.join(map(str, ents))}"))
+    else:
+        conds.append(Cond(BALANCE_MISMATCH, "False", "BalancesMatch", "last run found no balance mismatch"))
+    limit = stale_after_s(s.interval_s)
+    if estop_active:
+        conds.append(Cond(RECONCILIATION_STALE, "False", "EmergencyStopped", "runs paused by the emergency stop"))
+    else:
+        stale = bool(s.alerts.get("stale"))
+        if s.synced and s.last_success_ms is not None and now_ms - s.last_success_ms > limit * 1000:
+            stale = True
+        when = "never" if s.last_success_ms is None else rfc3339(s.last_success_ms)
+        conds.append(Cond(RECONCILIATION_STALE, "True" if stale else "False",
+                          "NoRecentRun" if stale else "RecentRun",
+                          f"last successful run: {when} (stale after {limit}s without one)"))
+
+    # Ready (last: it summarizes)
+    if estop_active:
+        ready = Cond(READY, "False", "EmergencyStopped", f"emergency stop: {s.estop.get('reason') or ''}")
+    elif s.problem is not None:
+        ready = Cond(READY, "False", s.problem.reason, s.problem.message)
+    elif not s.synced:
+        ready = Cond(READY, "False", "SyncFailed" if s.last_run_error else "Syncing",
+                     s.last_run_error or "initial sync in progress")
+    else:
+        ready = Cond(READY, "True", "Reconciled", "synced with the exchange")
+    conds.insert(0, ready)
+    return conds
+
+
+def phase(s: StatusInputs, conds: Sequence[Cond]) -> str:
+    by = {c.type: c for c in conds}
+    if s.estop.get("active"):
+        return "EmergencyStopped"
+    if s.problem is not None:
+        return "Error"
+    if not s.synced:
+        return "Syncing" if not s.last_run_error else "Error"
+    degraded = (by[STREAM_CONNECTED].status != "True" and s.stream_enabled) or any(
+        by[t].status == "True" for t in (RECONCILIATION_FAILING, RECONCILIATION_STALE)) or \
+        by[SYNCED].status != "True"
+    return "Degraded" if degraded else "Ready"
+
+
+def trading_safe(s: StatusInputs) -> bool:
+    if s.estop.get("active") or s.problem is not None or not s.synced:
+        return False
+    return (not s.stream_enabled) or s.stream_state == "connected"
+
+
+def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: int) -> dict[str, Any]:
+    """The full status dict. Parts the inputs do not know (no run yet) keep their previous value,
+    so a restart shows the last known state until the first run replaces it."""
+    previous = previous or {}
+    conds = desired_conditions(s, now_ms)
+    out: dict[str, Any] = {
+        "phase": phase(s, conds),
+        "observedGeneration": s.generation,
+        "conditions": merge_conditions(previous.get("conditions"), conds, now_ms, s.generation),
+    }
+    if s.balances is not None:
+        out["balances"] = balances_status(s.balances)
+        out["openOrders"] = open_orders_status(s.orders, s.owned_prefix)
+        out["positions"] = positions_status(s.positions)
+    else:
+        for k, default in (("balances", []), ("openOrders", {"count": 0, "owned": 0, "truncated": False,
+                                                             "items": []}), ("positions", [])):
+            out[k] = previous.get(k, default)
+    out["lastReconciliation"] = (last_reconciliation(s.report) if s.report is not None
+                                 else previous.get("lastReconciliation", {}))
+    out["lastHandledReconcileAt"] = s.last_handled_reconcile_at or ""
+    out["metrics"] = metrics_status(s.monitor) if s.monitor is not None else previous.get("metrics", {})
+    prev_stream = previous.get("stream") or {}
+    state = "disabled" if not s.stream_enabled else ("stopped" if s.estop.get("active") else s.stream_state)
+    out["stream"] = {
+        "state": state,
+        "since": rfc3339(s.stream_since_ms) if s.stream_since_ms else prev_stream.get("since"),
+        "reconnects": int(s.stream_reconnects),
+        "tradingSafe": trading_safe(s),
+        "lastEventTime": rfc3339(s.stream_last_event_ms) if s.stream_last_event_ms else prev_stream.get(
+            "lastEventTime"),
+    }
+    out["emergencyStop"] = dict(s.estop) if s.estop else {"active": False}
+    if s.ledger is not None:
+        out["ledger"] = dict(s.ledger)
+    else:
+        out["ledger"] = previous.get("ledger", {})
+    return prune_none(out)
+
+
+def prune_none(value: Any) -> Any:
+    """Dicts without None or "" values: a merge patch reads None as "delete", the schema has no
+    nulls, and the kube-apiserver 1.20 build used here rejects "" in a custom resource as "null"
+    (every such field defaults to "" in the models, so leaving it out means the same)."""
+    if isinstance(value, Mapping):
+        return {k: prune_none(v) for k, v in value.items() if v is not None and v != ""}
+    if isinstance(value, list):
+        return [prune_none(v) for v in value]
+    return value
+
+
+def bounded_ledger(dump: Mapping[str, Any] | None, max_bytes: int = MAX_LEDGER_BYTES) -> tuple[dict | None, str]:
+    """The ledger dump if it fits, else (None, why)."""
+    if dump is None:
+        return None, ""
+    size = len(json.dumps(dump, separators=(",", ":"), default=str))
+    if size > max_bytes:
+        return None, f"ledger of {size} bytes exceeds {max_bytes}; not kept in status"
+    return dict(dump), ""
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """RFC 7386 merge patch turning ``old`` into ``new`` (dicts recurse, removed keys -> None,
+    anything else replaced). Returns {} when they are equal."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    patch: dict[str, Any] = {}
+    for k in old:
+        if k not in new:
+            patch[k] = None
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        elif isinstance(v, Mapping) and isinstance(old[k], Mapping):
+            sub = merge_patch(old[k], v)
+            if sub != {}:
+                patch[k] = sub
+        elif old[k] != v:
+            patch[k] = v
+    return patch
+
+
+def apply_merge_patch(old: Any, patch: Any) -> Any:
+    """RFC 7386 applied (used to keep the last-written copy exact without re-reading)."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(old) if isinstance(old, Mapping) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = apply_merge_patch(out.get(k), v)
+    return out
+
+
+def urgent_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """A change readers must see at once (phase, a condition's status, tradingSafe, the emergency
+    stop); everything else may be coalesced."""
+    old = old or {}
+    if old.get("phase") != new.get("phase"):
+        return True
+    if (old.get("stream") or {}).get("tradingSafe") != (new.get("stream") or {}).get("tradingSafe"):
+        return True
+    if (old.get("emergencyStop") or {}) != (new.get("emergencyStop") or {}):
+        return True
+    if old.get("lastHandledReconcileAt") != new.get("lastHandledReconcileAt"):
+        return True
+    before = {c.get("type"): c.get("status") for c in old.get("conditions") or []}
+    after = {c.get("type"): c.get("status") for c in new.get("conditions") or []}
+    return before != after
+
+
+def _kinds(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+

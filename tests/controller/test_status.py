@@ -1,0 +1,195 @@
+"""Pure tests of the status builders, events aggregation, credentials parsing and helpers."""
+from __future__ import annotations
+
+import base64
+import json
+from decimal import Decimal
+
+import pytest
+
+from tradewarden import domain, models
+from tradewarden.controller import events as ev
+from tradewarden.controller import status as st
+from tradewarden.controller.account import backoff_s, gateway_problem, requested_by
+from tradewarden.controller.credentials import CredentialsError, parse_secret
+from tradewarden.core import Discrepancy, MonitoringState, RunReport
+
+T0 = 1_764_000_000_000
+
+
+def order(i: int, *, coid: str | None = None, state=domain.OrderState.OPEN, symbol="BTC/USDT") -> domain.Order:
+    return domain.Order(coid or f"tw-{i}", str(1000 + i), symbol, domain.Side.BUY, "limit", Decimal("100.50"),
+                        Decimal("1.0"), Decimal("0"), state, T0 + i, T0 + i)
+
+
+def report(discrepancies=(), error=None, trigger="timer") -> RunReport:
+    r = RunReport(trigger=trigger, started_ms=T0, finished_ms=T0 + 250, error=error)
+    r.discrepancies.extend(discrepancies)
+    return r
+
+
+def ready_inputs(**kw) -> st.StatusInputs:
+    base = dict(generation=3, credentials_ok=True, synced=True, report=report(), last_run_ok=True,
+                balances={"USDT": domain.Balance("USDT", Decimal("10000"), Decimal("0")),
+                          "BTC": domain.Balance("BTC", Decimal("1.50000000"), Decimal("0.5")),
+                          "ETH": domain.Balance("ETH", Decimal("0"), Decimal("0"))},
+                orders=[order(1), order(2, coid="manual-1")], positions=[], monitor=MonitoringState(runs=1),
+                stream_state="connected", last_success_ms=T0, estop={"active": False})
+    base.update(kw)
+    return st.StatusInputs(**base)
+
+
+def test_ready_status_lists_and_conditions():
+    s = st.build_status(ready_inputs(), {}, T0 + 1000)
+    assert s["phase"] == "Ready"
+    assert s["observedGeneration"] == 3
+    conds = {c["type"]: c for c in s["conditions"]}
+    assert set(conds) == set(st.CONDITION_TYPES)
+    assert conds["Ready"]["status"] == "True" and conds["Synced"]["status"] == "True"
+    assert conds["StreamConnected"]["status"] == "True"
+    assert conds["EmergencyStopped"]["status"] == "False"
+    assert all(c["observedGeneration"] == 3 for c in s["conditions"])
+    assert s["balances"] == [{"asset": "BTC", "free": "1.5", "locked": "0.5"},
+                             {"asset": "USDT", "free": "10000", "locked": "0"}]   # zero ETH left out
+    assert s["openOrders"]["count"] == 2 and s["openOrders"]["owned"] == 1
+    assert s["openOrders"]["items"][0]["price"] == "100.5"
+    assert s["stream"]["tradingSafe"] is True
+    # Valid against the CRD's models.
+    models.TradingAccountStatus.model_validate(s)
+
+
+def test_last_transition_time_changes_only_on_flip():
+    first = st.build_status(ready_inputs(), {}, T0)
+    later = st.build_status(ready_inputs(), first, T0 + 60_000)
+    assert first["conditions"] == later["conditions"]
+    assert st.merge_patch(first, later) == {}            # nothing changed: nothing to write
+    down = st.build_status(ready_inputs(stream_state="reconnecting"), later, T0 + 120_000)
+    c = {x["type"]: x for x in down["conditions"]}
+    assert c["StreamConnected"]["status"] == "False"
+    assert c["StreamConnected"]["lastTransitionTime"] == st.rfc3339(T0 + 120_000)
+    assert c["Ready"]["lastTransitionTime"] == st.rfc3339(T0)      # Ready did not flip
+    assert down["stream"]["tradingSafe"] is False and down["phase"] == "Degraded"
+    assert st.urgent_change(later, down)
+
+
+def test_bounded_lists_for_a_large_account():
+    orders = [order(i) for i in range(5000)]
+    balances = {f"A{i}": domain.Balance(f"A{i}", Decimal(i + 1), Decimal(0)) for i in range(1000)}
+    s = st.build_status(ready_inputs(orders=orders, balances=balances), {}, T0)
+    assert s["openOrders"]["count"] == 5000 and s["openOrders"]["truncated"] is True
+    assert len(s["openOrders"]["items"]) == models.MAX_STATUS_OPEN_ORDERS
+    assert s["openOrders"]["items"][0]["clientOrderId"] == "tw-0"          # oldest first
+    assert len(s["balances"]) == models.MAX_STATUS_BALANCES
+    assert len(json.dumps(s)) < 100_000
+
+
+def test_bounded_ledger_refuses_a_huge_dump():
+    kept, note = st.bounded_ledger({"o": ["x" * 100] * 10}, max_bytes=500)
+    assert kept is None and "exceeds" in note
+    kept, note = st.bounded_ledger({"v": 1}, max_bytes=500)
+    assert kept == {"v": 1} and note == ""
+
+
+def test_problem_sets_error_phase_and_credentials_condition():
+    s = st.build_status(st.StatusInputs(generation=1, problem=st.Problem("SecretNotFound", "Secret 'x' not found",
+                                                                         credentials=True)), {}, T0)
+    c = {x["type"]: x for x in s["conditions"]}
+    assert s["phase"] == "Error"
+    assert c["CredentialsValid"]["status"] == "False" and c["CredentialsValid"]["reason"] == "SecretNotFound"
+    assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "SecretNotFound"
+    s2 = st.build_status(st.StatusInputs(generation=1, problem=st.Problem("SymbolNotListed", "unknown symbol: X/Y")),
+                         {}, T0)
+    c2 = {x["type"]: x for x in s2["conditions"]}
+    assert c2["CredentialsValid"]["status"] == "Unknown" and c2["Synced"]["reason"] == "SymbolNotListed"
+
+
+def test_emergency_stop_and_alerts():
+    estop = {"active": True, "reason": "runaway bot", "requestedBy": "kubectl-annotate", "state": "Completed",
+             "ordersCancelled": 7, "remaining": 0}
+    bal = Discrepancy("balance", "USDT", "10000", "10500", "ledger set to the exchange's value")
+    mon = MonitoringState(runs=9, consecutive_failures=4)
+    s = st.build_status(ready_inputs(estop=estop, report=report([bal]), monitor=mon), {}, T0)
+    c = {x["type"]: x for x in s["conditions"]}
+    assert s["phase"] == "EmergencyStopped"
+    assert c["EmergencyStopped"]["status"] == "True" and "kubectl-annotate" in c["EmergencyStopped"]["message"]
+    assert c["Ready"]["status"] == "False"
+    assert c["BalanceMismatch"]["status"] == "True" and "USDT" in c["BalanceMismatch"]["message"]
+    assert c["ReconciliationFailing"]["status"] == "True"
+    assert s["stream"]["state"] == "stopped" and s["stream"]["tradingSafe"] is False
+    assert s["lastReconciliation"]["discrepancies"] == {"balance": 1}
+
+
+def test_stale_condition_after_two_intervals():
+    s = st.build_status(ready_inputs(interval_s=600, last_success_ms=T0), {}, T0 + 1_199_000)
+    assert {x["type"]: x["status"] for x in s["conditions"]}["ReconciliationStale"] == "False"
+    s = st.build_status(ready_inputs(interval_s=600, last_success_ms=T0), {}, T0 + 1_201_000)
+    assert {x["type"]: x["status"] for x in s["conditions"]}["ReconciliationStale"] == "True"
+
+
+def test_merge_patch_roundtrip():
+    old = {"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]}
+    new = {"a": 1, "b": {"c": 5}, "l": [1], "e": "x"}
+    patch = st.merge_patch(old, new)
+    assert patch == {"b": {"c": 5, "d": None}, "l": [1], "e": "x"}
+    assert st.apply_merge_patch(old, patch) == new
+
+
+def test_events_are_aggregated_and_bounded():
+    ds = [Discrepancy("balance", f"A{i}", "1", "2", "ledger set to the exchange's value") for i in range(1000)]
+    ds += [Discrepancy("fill", "tw-9", "open 0/1", "filled 1/1", "ledger set to the exchange's order")]
+    ds += [Discrepancy("stale", "tw-3", "open", "canceled", "cancelled (stale); exchange says canceled")]
+    out = ev.run_events(ds, trigger="annotation")
+    reasons = [e.reason for e in out]
+    assert reasons == ["BalanceMismatch", "MissedFill", "StaleOrder", "StaleOrderCancelled", "Corrected"]
+    bal = out[0]
+    assert bal.type == "Warning" and "1000 balance discrepancies" in bal.message and "(+995 more)" in bal.message
+    assert "A0 local=1 exchange=2" in bal.message and len(bal.message) <= ev.MAX_MESSAGE
+    assert "1001 local entries corrected" in out[-1].message
+    observe = ev.run_events([Discrepancy("stale", "tw-3", "o", "open for 99s", "reported only (policy ObserveOnly)")])
+    assert [e.reason for e in observe] == ["StaleOrder"]
+
+
+def _secret(**data: str) -> dict:
+    return {"metadata": {"resourceVersion": "7"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def test_credentials_parse_and_never_leak():
+    c = parse_secret(_secret(apiKey="KEY123456", secret="SECRET987654"), name="s", api_key_key="apiKey",
+                     secret_key="secret")
+    assert (c.api_key, c.secret) == ("KEY123456", "SECRET987654")
+    assert "SECRET" not in repr(c) and "KEY123" not in repr(c)
+    assert c.redact("bad key KEY123456 sig SECRET987654") == "bad key *** sig ***"
+    with pytest.raises(CredentialsError) as e:
+        parse_secret(None, name="s", api_key_key="apiKey", secret_key="secret")
+    assert e.value.reason == "SecretNotFound"
+    with pytest.raises(CredentialsError) as e:
+        parse_secret(_secret(apiKey="KEY123456", other="SECRET987654"), name="s", api_key_key="apiKey",
+                     secret_key="secret")
+    assert e.value.reason == "SecretKeyMissing" and "'secret'" in e.value.message
+    assert "SECRET987654" not in e.value.message and "KEY123456" not in e.value.message
+    with pytest.raises(CredentialsError) as e:
+        parse_secret({"data": {"apiKey": "!!notbase64", "secret": "eA=="}}, name="s", api_key_key="apiKey",
+                     secret_key="secret")
+    assert e.value.reason == "SecretKeyInvalid"
+
+
+def test_requested_by_from_managed_fields():
+    meta = {"managedFields": [
+        {"manager": "kubectl-client-side-apply", "time": "2026-01-01T00:00:00Z",
+         "fieldsV1": {"f:spec": {}}},
+        {"manager": "kubectl-annotate", "time": "2026-01-01T00:01:00Z",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:tradewarden.io/emergency-stop": {}}}}}]}
+    assert requested_by(meta) == "kubectl-annotate"
+    assert requested_by({}) == ""
+
+
+def test_gateway_problems_and_backoff():
+    redact = lambda t: t.replace("SECRETVALUE", "***")  # noqa: E731
+    p = gateway_problem(domain.AuthenticationFailed("invalid key SECRETVALUE"), redact)
+    assert p.reason == "AuthenticationFailed" and p.credentials and "SECRETVALUE" not in p.message
+    assert gateway_problem(domain.Invalid("unknown symbol: FOO/USDT"), redact).reason == "SymbolNotListed"
+    assert gateway_problem(domain.Temporary("connection refused"), redact).reason == "EndpointUnreachable"
+    assert gateway_problem(domain.Unsupported("unsupported: fetchOpenOrders"), redact).reason == "UnsupportedExchange"
+    delays = [backoff_s(n) for n in range(1, 12)]
+    assert delays[0] < 7 and max(delays) <= 300 * 1.2 and delays[4] > delays[0]
