@@ -45,6 +45,47 @@ def sa_kubeconfig(admin_kubeconfig: str, namespace: str, sa: str, path) -> str:
     return str(path)
 
 
+class TraceReceiver:
+    """An OTLP/HTTP traces endpoint on 127.0.0.1 that keeps (name, span id, parent span id)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        got = self._got = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                for rs in req.resource_spans:
+                    for ss in rs.scope_spans:
+                        for sp in ss.spans:
+                            got.append((sp.name, sp.span_id.hex(), sp.parent_span_id.hex()))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def spans(self) -> list[tuple[str, str, str]]:
+        return list(self._got)
+
+
+def series(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return r.read().decode()
@@ -83,6 +124,10 @@ def test_chart_installed_operator_reconciles_and_exports_metrics(crd_installed, 
         for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             env.pop(var, None)
+        # traces over OTLP to a local receiver: a span per run, a child per exchange call
+        receiver = TraceReceiver()
+        env.update(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{receiver.port}/v1/traces",
+                   OTEL_BSP_SCHEDULE_DELAY="200")
 
         api_key, api_secret = "tw-proof-" + uuid.uuid4().hex, uuid.uuid4().hex
         sim = tsim.sim
@@ -119,6 +164,15 @@ def test_chart_installed_operator_reconciles_and_exports_metrics(crd_installed, 
         assert value(text, "tradewarden_reconciliation_duration_seconds_count", **lb) >= 1
         assert value(text, "tradewarden_emergency_stop_active", **lb) == 0
         assert api_key not in text and api_secret not in text
+        # the shared rate budget's weight in use, as the exchange reported it
+        assert max(v for (n, lbl), v in series(text).items()
+                   if n == "tradewarden_exchange_weight_used" and dict(lbl).get("exchange") == "binance") > 0
+        spans = wait_for("run spans over OTLP", lambda: (sp := receiver.spans()) and
+                         any(n.startswith("exchange.") for n, _, _ in sp) and sp, timeout=30, operator=Op())
+        runs = {sid: n for n, sid, _ in spans if n.startswith("tradewarden.")}
+        children = [(n, parent) for n, _, parent in spans if n.startswith("exchange.")]
+        assert "tradewarden.initial" in runs.values()
+        assert any(n == "exchange.snapshot" and parent in runs for n, parent in children), (runs, children)
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as r:
             assert r.status == 200
 

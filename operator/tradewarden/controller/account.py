@@ -96,6 +96,24 @@ class Deps:
     rng: random.Random = field(default_factory=random.Random)
 
 
+_published_waits: dict[str, float] = {}
+
+
+def publish_budgets(telemetry: Any, budgets: Any, exchange: str) -> None:
+    """The shared rate budgets' weight in use and the time spent waiting, as metrics."""
+    if budgets is None:
+        return
+    try:
+        for b in budgets.snapshot():
+            key = str(b.get("key"))
+            telemetry.exchange_weight_used(exchange, key, float(b.get("last_server_used") or b.get("used") or 0))
+            waited = float(b.get("wait_seconds") or 0.0)
+            telemetry.rate_limit_wait(exchange, waited - _published_waits.get(key, 0.0))
+            _published_waits[key] = waited
+    except Exception:  # noqa: BLE001 - metrics are never worth a failed run
+        pass
+
+
 class AccountSupervisor:
     def __init__(self, namespace: str, name: str, body: Mapping[str, Any], deps: Deps,
                  logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
@@ -473,7 +491,7 @@ class AccountSupervisor:
         if self._runner is not None:
             ledger = self._runner.ledger
             monitor = getattr(self._runner, "monitor", None)
-            runner = AccountRunner(self._gw, config, ledger=ledger, clock=self.deps.clock, monitor=monitor)
+            runner = AccountRunner(self._gateway_for_runner(), config, ledger=ledger, clock=self.deps.clock, monitor=monitor)
             self.log.info("spec changed: runner reconfigured (ledger kept)")
         else:
             ledger, monitor = self._kept_ledger, self._kept_monitor
@@ -484,7 +502,7 @@ class AccountSupervisor:
                 except ValueError as exc:
                     self.log.warning("status.ledger not restored (%s): starting from a fresh sync", exc)
             self._kept_ledger = self._kept_monitor = None
-            runner = AccountRunner(self._gw, config, ledger=ledger, clock=self.deps.clock, monitor=monitor)
+            runner = AccountRunner(self._gateway_for_runner(), config, ledger=ledger, clock=self.deps.clock, monitor=monitor)
         previous = self._config
         self._runner = runner
         self._config = config
@@ -511,6 +529,26 @@ class AccountSupervisor:
 
     # ---- runs -------------------------------------------------------------------------------------
 
+    async def _traced(self, coro: Awaitable[Any], kind: str, trigger: str) -> Any:
+        """A span per run (the exchange calls inside are its children, see _gateway_for_runner);
+        afterwards the shared rate budgets' figures go to the metrics."""
+        t = self.deps.telemetry
+        if t is None:
+            return await coro
+        exchange = str((self._body.get("spec") or {}).get("exchange") or "")
+        try:
+            with t.span(f"tradewarden.{kind}", namespace=self.namespace, name=self.name, exchange=exchange,
+                        trigger=trigger):
+                return await coro
+        finally:
+            publish_budgets(t, self.deps.budgets, exchange)
+
+    def _gateway_for_runner(self) -> Any:
+        t = self.deps.telemetry
+        if t is None or self._gw is None:
+            return self._gw
+        return t.traced(self._gw, exchange=str((self._body.get("spec") or {}).get("exchange") or ""))
+
     async def _run(self, kind: str, trigger: str) -> Any:
         runner = self._runner
         if kind == "initial":
@@ -519,7 +557,7 @@ class AccountSupervisor:
             coro = runner.reconcile(trigger=trigger)
         else:
             coro = runner.stale_cleanup()
-        task = asyncio.ensure_future(coro)
+        task = asyncio.ensure_future(self._traced(coro, kind, trigger))
         self._current_run = task
         t0 = time.monotonic()
         tele = self._tele
