@@ -13,7 +13,7 @@ KIND_REASONS = {
     "fill": "MissedFill",
     "missing": "OrderMissing",
     "lost": "OrderLost",
-    "orphan": "UnknownOrder",
+    "orphan": "OrphanOrderAdopted",
     "position": "PositionMismatch",
     "stale": "StaleOrder",
 }
