@@ -336,6 +336,19 @@ async def test_emergency_stop_cancels_everything_via_cancel_all(policy):
     assert {runner.ledger.order(k).state for k in ("tw-1", "manual-1", "tw-2", "manual-2")} == {OrderState.CANCELED}
 
 
+async def test_emergency_stop_resolves_orders_placed_just_before_it():
+    """No timer runs while stopped, so the stop's follow-up asks about every formerly open order,
+    even one placed a moment ago (which a normal run would leave for the next run)."""
+    clock, ex, runner = await synced()
+    fresh = order("tw-fresh", created_ms=clock.ms() - 1000)
+    ex.put(fresh)
+    await runner.apply_event(OrderEvent(fresh, clock.ms()))
+    report = await runner.emergency_stop(deadline_s=30)
+    assert report.verified
+    assert list(runner.ledger.active_orders()) == []
+    assert runner.ledger.order("tw-fresh").state is OrderState.CANCELED
+
+
 async def test_emergency_stop_stops_retrying_on_a_permanent_error():
     clock, ex, runner = await synced()
     ex.faults["cancel_all"] = AuthenticationFailed("invalid API key")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,17 @@ def jittered(interval_s: float, fraction: float = 0.1, rng: random.Random | None
     """``interval_s`` spread by +-``fraction`` so many accounts do not hit the exchange together."""
     r = rng or random
     return max(0.0, interval_s * (1.0 + r.uniform(-fraction, fraction)))
+
+
+def next_slot(now: float, interval_s: float, phase_s: float, min_gap_s: float = 0.0) -> float:
+    """The account's next timer run: the first time >= now + min_gap on its own grid
+    ``phase + k * interval``. Phases are spread evenly by a hash of the account (the gateway's
+    jittered_offset), so many accounts created together do not all hit the exchange at once, and an
+    account keeps its slot across restarts (wall-clock based)."""
+    if interval_s <= 0:
+        return now + min_gap_s
+    t = now + min_gap_s
+    return phase_s + math.ceil((t - phase_s) / interval_s) * interval_s
 
 
 def backoff_s(failures: int, rng: random.Random | None = None) -> float:
@@ -198,6 +210,14 @@ class AccountSupervisor:
 
     def _now(self) -> float:
         return self.deps.clock()
+
+    def _timer_slot(self, spec: models.TradingAccountSpec) -> float:
+        """The next timer run on this account's phase grid, at least half an interval away (a run
+        just made by a trigger makes an immediate timer run pointless)."""
+        from ..gateway import jittered_offset
+        interval = float(spec.reconciliation.intervalSeconds)
+        phase = jittered_offset(f"{self.namespace}/{self.name}", interval)
+        return next_slot(self._now(), interval, phase, min_gap_s=interval / 2)
 
     def _now_ms(self) -> int:
         return int(self._now() * 1000)
@@ -420,7 +440,7 @@ class AccountSupervisor:
         if "stream-reconnect" in self._pending:
             self._pending.discard("stream-reconnect")
             await self._run("reconcile", "stream-reconnect")
-            self._next_reconcile = self._now() + jittered(spec.reconciliation.intervalSeconds, 0.1, self.deps.rng)
+            self._next_reconcile = self._timer_slot(spec)
             self._wake.set()
         elif requested is not None and requested != self._last_handled:
             report = await self._run("reconcile", "annotation")
@@ -428,11 +448,11 @@ class AccountSupervisor:
                 return                          # interrupted by an emergency stop: not handled yet
             self._last_handled = requested
             self._dirty = True
-            self._next_reconcile = self._now() + jittered(spec.reconciliation.intervalSeconds, 0.1, self.deps.rng)
+            self._next_reconcile = self._timer_slot(spec)
             self._wake.set()
         elif now >= self._next_reconcile:
             await self._run("reconcile", "timer")
-            self._next_reconcile = self._now() + jittered(spec.reconciliation.intervalSeconds, 0.1, self.deps.rng)
+            self._next_reconcile = self._timer_slot(spec)
             self._wake.set()
         elif now >= self._next_stale:
             await self._run("stale", "stale")

@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
-from tradewarden.domain import (ZERO, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
+from tradewarden.domain import (ZERO, AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
                                 OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent)
 
 from .config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, base_asset
@@ -79,17 +79,32 @@ class AccountRunner:
             return await self._reconcile_locked(trigger)
 
     async def _reconcile_locked(self, trigger: str, max_requests: int | None = None,
-                                expected: frozenset[OrderState] = frozenset()) -> RunReport:
+                                expected: frozenset[OrderState] = frozenset(), raise_auth: bool = True,
+                                grace_s: float | None = None) -> RunReport:
         report = RunReport(trigger=trigger, started_ms=self.now_ms())
         config = self.config
         if max_requests is not None:
             config = replace(config, max_requests_per_run=max_requests)
+        if grace_s is not None:
+            config = replace(config, missing_grace_s=grace_s)
         try:
             snapshot = await self.gateway.snapshot(config.symbols)
         except Exception as exc:     # the whole snapshot failed: every section keeps its local state
             report.error = describe(exc)
             report.stale_sections = list(SECTIONS)
-            return self._finish_run(report)
+            self._finish_run(report)
+            if raise_auth and isinstance(exc, AuthenticationFailed):
+                raise
+            return report
+        # Rejected credentials (a revoked or rotated key) are not a passing outage: the caller must
+        # know (CredentialsValid False, re-read the Secret), so after recording the run they are raised.
+        auth = next((s.error for s in (snapshot.balances, snapshot.open_orders, snapshot.positions)
+                     if isinstance(s.error, AuthenticationFailed)), None)
+        if auth is not None and raise_auth:
+            report.error = describe(auth)
+            report.stale_sections = list(SECTIONS)
+            self._finish_run(report)
+            raise auth
         now = self.now_ms()
         plan = reconcile(self.ledger, snapshot, config, now)
         apply_corrections(self.ledger, plan.corrections, now)
@@ -226,7 +241,8 @@ class AccountRunner:
             # Final states are asked for, not assumed: a "cancelled" order may have filled first.
             # Orders found cancelled are what was asked for: applied, not reported as discrepancies.
             await self._reconcile_locked("emergency-stop", max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
-                                         expected=frozenset({OrderState.CANCELED}))
+                                         expected=frozenset({OrderState.CANCELED}), raise_auth=False,
+                                         grace_s=0.0)   # no timer runs after a stop: ask about every order now
         return EmergencyStopReport(cancelled=cancelled, remaining=remaining, verified=verified,
                                    attempts=attempts, errors=errors)
 

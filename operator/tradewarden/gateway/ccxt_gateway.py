@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
@@ -9,11 +10,11 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 import ccxt
 
 from ..domain import (CancelAllResult, GatewayError, Invalid, Order, OrderNotFound, Section, Snapshot,
-                      Unsupported)
+                      Temporary, Unsupported)
 from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheaper
 from .errors import map_error, scrub
 from .exchanges import forget_secrets, new_exchange, scrubbing_logger
-from .translate import balances_from_ccxt, order_from_ccxt, positions_from_ccxt
+from .translate import Malformed, balances_from_ccxt, order_from_ccxt, positions_from_ccxt
 
 log = logging.getLogger("tradewarden.gateway")
 T = TypeVar("T")
@@ -152,7 +153,13 @@ class CcxtGateway:
 
     async def fetch_balances(self) -> dict:
         raw = await self._call("balances", lambda: self._rest.fetch_balance())
-        return balances_from_ccxt(raw)
+        with _malformed("balances"):
+            if self.binance:   # ccxt parses an answer without the balance list as "no balances": refuse
+                info = raw.get("info") if isinstance(raw, dict) else None
+                listing = "assets" if self.futures else "balances"
+                if not isinstance(info, dict) or not isinstance(info.get(listing), list):
+                    raise Malformed(f"no {listing} list in the account answer")
+            return balances_from_ccxt(raw)
 
     async def fetch_open_orders(self, symbols: Sequence[str]) -> list[Order]:
         """Every open order of ``symbols`` (USD-M: conditional algo orders included), listed the cheaper
@@ -171,7 +178,10 @@ class CcxtGateway:
                 raw = [o for part in parts for o in part]
             else:
                 raw = await self._call("open orders", lambda: self._rest.fetch_open_orders(None, None, None, dict(params)))
-            return [order_from_ccxt(o, algo=algo) for o in raw if o.get("symbol") in wanted]
+            with _malformed("open orders"):
+                if not isinstance(raw, list) or not all(isinstance(o, dict) for o in raw):
+                    raise Malformed("the open orders answer is not a list of orders")
+                return [order_from_ccxt(o, algo=algo) for o in raw if o.get("symbol") in wanted]
 
         if self.futures and self.binance:
             plain, algo = await asyncio.gather(listing({}, False), listing({"trigger": True}, True))
@@ -180,7 +190,10 @@ class CcxtGateway:
 
     async def fetch_positions(self, symbols: Sequence[str]) -> list:
         raw = await self._call("positions", lambda: self._rest.fetch_positions())
-        return positions_from_ccxt(raw, symbols)
+        with _malformed("positions"):
+            if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
+                raise Malformed("the positions answer is not a list of positions")
+            return positions_from_ccxt(raw, symbols)
 
     # ---- single orders -----------------------------------------------------------------------------
 
@@ -202,7 +215,10 @@ class CcxtGateway:
         if algo:
             params = {"trigger": True} if oid else {"trigger": True, "clientAlgoId": client_order_id}
         raw = await self._call("fetch order", lambda: self._rest.fetch_order(oid, symbol, params))
-        return order_from_ccxt(raw, algo=algo)
+        with _malformed("fetch order"):
+            if not isinstance(raw, dict):
+                raise Malformed("the order answer is not an order")
+            return order_from_ccxt(raw, algo=algo)
 
     async def cancel_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "",
                            *, algo: bool = False) -> Order | None:
@@ -218,7 +234,10 @@ class CcxtGateway:
         raw = await self._call("cancel order", lambda: self._rest.cancel_order(oid, symbol, params), write=True)
         if not isinstance(raw, dict) or (raw.get("id") is None and not raw.get("clientOrderId")):
             return None
-        return order_from_ccxt(raw, algo=algo)
+        try:
+            return order_from_ccxt(raw, algo=algo)
+        except Malformed:
+            return None     # the cancel was accepted; its echo is unreadable: the caller queries the order
 
     # ---- cancel everything -------------------------------------------------------------------------
 
@@ -286,6 +305,15 @@ class CcxtGateway:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+@contextlib.contextmanager
+def _malformed(what: str):
+    """A venue answer that cannot be trusted -> Temporary (the section stays stale, nothing guessed)."""
+    try:
+        yield
+    except Malformed as exc:
+        raise Temporary(f"{what}: malformed answer from the exchange: {exc}") from None
 
 
 async def _empty_list() -> Section:

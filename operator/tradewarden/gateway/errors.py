@@ -21,6 +21,7 @@ _SIG = re.compile(r"(signature|listenKey|apiKey|X-MBX-APIKEY)([\"']?\s*[=:]\s*[\
                   re.IGNORECASE)
 _LISTENKEY_PATH = re.compile(r"(/ws/)[A-Za-z0-9]{20,}")
 REDACTED = "<redacted>"
+_INVALID_KEY = re.compile(r'"code"\s*:\s*-201[45]\b')
 
 
 def scrub(text: object, secrets: Iterable[str] = ()) -> str:
@@ -70,6 +71,11 @@ def map_error(exc: BaseException, *, write: bool = False, secrets: Iterable[str]
         return exc
     prefix = f"{what}: " if what else ""
     text = prefix + scrub(f"{type(exc).__name__}: {exc}", secrets)
+    if _INVALID_KEY.search(str(exc)):
+        # -2014/-2015 "Invalid API-key, IP, or permissions": ccxt turns -2015 into DDoSProtection once an
+        # instance has authenticated once (its guess: a temporary ban). For an operator it is what a
+        # revoked or rotated key looks like: a credentials problem, never a rate limit to wait out.
+        return AuthenticationFailed(text)
     if isinstance(exc, ccxt.DDoSProtection) or isinstance(exc, ccxt.RateLimitExceeded):
         return RateLimited(text, retry_after if retry_after is not None else 60.0)
     if isinstance(exc, ccxt.AuthenticationError) or isinstance(exc, ccxt.PermissionDenied) \

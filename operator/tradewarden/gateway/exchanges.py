@@ -82,6 +82,10 @@ class TradewardenExchangeMixin:
             _SENT.reset(token)
         if isinstance(result, dict) and "rateLimits" in result:
             budget.apply_rate_limits(result.get("rateLimits"))
+        if not isinstance(result, (dict, list)) and family_of(_strip_prefix(urlsplit(url).path)) in _ERROR_TABLE_BY_FAMILY:
+            # a 200 whose body is not JSON (a proxy's page, a truncated answer): ccxt would parse it as
+            # "nothing" (no balances, no open orders); it is a bad answer, never an empty one
+            raise ccxt.BadResponse(f"{method} {urlsplit(url).path}: the exchange's answer is not JSON")
         return result
 
     def on_rest_response(self, code, reason, url, method, response_headers, response_body,
@@ -142,12 +146,28 @@ class TradewardenExchangeMixin:
     # -- ccxt.pro: tap every payload in socket order --
     def handle_message(self, client, message):
         sink = self.tw_sink
-        if sink is not None:
-            try:
-                sink(client, message)
-            except Exception as exc:  # never let a translation error break ccxt's receive loop
-                log.warning("user-data payload not translated: %s", scrub(repr(exc), self.tw_secrets))
-        return super().handle_message(client, message)
+        if sink is None:
+            return super().handle_message(client, message)
+        if not isinstance(message, dict):
+            # a frame that is not a JSON object (garbage, "[]", "null"): ccxt's Binance handler would
+            # raise inside its receive loop and the socket would go silent, open but unread
+            log.warning("user-data payload dropped: not a JSON object (%s)", type(message).__name__)
+            return None
+        try:
+            sink(client, message)
+        except Exception as exc:  # never let a translation error break ccxt's receive loop
+            # a malformed user-data event is dropped here (ccxt's own handlers may crash on it);
+            # the next reconciliation corrects whatever it would have told us
+            log.warning("user-data payload dropped, not translated: %s", scrub(repr(exc)[:300], self.tw_secrets))
+            return None
+        try:
+            return super().handle_message(client, message)
+        except Exception as exc:
+            # ccxt choked on a payload: end this connection visibly (the stream reconnects and a
+            # reconciliation follows) instead of leaving a socket nobody reads
+            log.warning("user-data payload broke ccxt's handler: %s", scrub(repr(exc)[:300], self.tw_secrets))
+            client.reset(ccxt.NetworkError("malformed user-data payload"))
+            return None
 
 
 _CLASSES: dict[tuple[str, bool], type] = {}

@@ -43,6 +43,38 @@ def _d(value: Any) -> Decimal:
         return ZERO
 
 
+class Malformed(ValueError):
+    """A venue answer (or stream payload) tradewarden cannot trust: a missing id, a quantity that
+    is not a number, an unknown status. Never guessed into a zero or a default: a garbage answer
+    that became "balance 0" or "order open, amount 0" would be "corrected" into the ledger."""
+
+
+MAX_ASSET_LEN = 32
+
+
+def _strict(value: Any, what: str, *, required: bool = False) -> Decimal:
+    """A finite Decimal from a venue value; None/"" -> 0 unless ``required``; anything else -> Malformed."""
+    if value is None or value == "":
+        if required:
+            raise Malformed(f"{what} missing")
+        return ZERO
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        raise Malformed(f"{what} is not a number ({type(value).__name__})")
+    try:
+        d = dec(value)
+    except (InvalidOperation, ValueError, TypeError):
+        raise Malformed(f"{what} is not a number ({str(value)[:40]!r})") from None
+    if not d.is_finite():
+        raise Malformed(f"{what} is not finite ({str(value)[:40]!r})")
+    return d
+
+
+def _asset(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ASSET_LEN or not value.isprintable():
+        raise Malformed(f"asset code {str(value)[:40]!r} is not valid")
+    return value
+
+
 def _int(value: Any, default: int = 0) -> int:
     try:
         return int(value) if value is not None and value != "" else default
@@ -59,8 +91,10 @@ def order_state(order: Mapping[str, Any]) -> OrderState:
             raw = info["o"].get("X")
     state = BINANCE_STATUS.get(str(raw).upper()) if raw is not None else None
     if state is None:
-        state = CCXT_STATUS.get(str(order.get("status") or "").lower(), OrderState.OPEN)
-    filled = _d(order.get("filled"))
+        state = CCXT_STATUS.get(str(order.get("status") or "").lower())
+    if state is None:
+        raise Malformed(f"unknown order status {str(raw if raw is not None else order.get('status'))[:40]!r}")
+    filled = _strict(order.get("filled"), "order filled quantity")
     if state == OrderState.OPEN and filled > 0:
         state = OrderState.PARTIALLY_FILLED
     return state
@@ -86,15 +120,19 @@ def order_from_ccxt(order: Mapping[str, Any], *, algo: bool = False) -> Order:
     # A Binance cancel answers with the cancel request's own clientOrderId; the order's is origClientOrderId.
     client_id = info.get("origClientOrderId") or order.get("clientOrderId") or info.get("clientOrderId") \
         or info.get("clientAlgoId") or ""
+    if not exchange_id and not client_id:
+        raise Malformed("order without an id")
+    if not order.get("symbol"):
+        raise Malformed(f"order {str(exchange_id or client_id)[:40]} without a known symbol")
     return Order(
         client_order_id=str(client_id),
         exchange_order_id=str(exchange_id),
         symbol=str(order.get("symbol") or ""),
         side=Side.SELL if side == "sell" else Side.BUY,
         type=str(otype).lower(),
-        price=_d(price),
-        amount=_d(order.get("amount")),
-        filled=_d(order.get("filled")),
+        price=_strict(price, "order price"),
+        amount=_strict(order.get("amount"), "order quantity", required=True),
+        filled=_strict(order.get("filled"), "order filled quantity"),
         state=order_state(order),
         created_ms=created,
         updated_ms=max(updated, created),
@@ -118,8 +156,8 @@ def balances_from_ccxt(balance: Mapping[str, Any]) -> dict[str, Balance]:
         f, u = free.get(asset), used.get(asset)
         if f is None and u is None:
             f = total.get(asset)
-        fd, ud = _d(f), _d(u)
-        out[asset] = Balance(asset=asset, free=fd, locked=ud,
+        fd, ud = _strict(f, f"{str(asset)[:40]} free"), _strict(u, f"{str(asset)[:40]} locked")
+        out[_asset(asset)] = Balance(asset=asset, free=fd, locked=ud,
                              updated_ms=per_asset_ms.get(asset) or account_ms)
     return out
 
@@ -134,7 +172,7 @@ def positions_from_ccxt(positions: Iterable[Mapping[str, Any]], symbols: Iterabl
         if raw_amt is None:
             raw_amt = info.get("pa")
         if raw_amt is not None:
-            amount = _d(raw_amt)
+            amount = _strict(raw_amt, "position amount")
         else:
             amount = _d(p.get("contracts")) * _d(p.get("contractSize") or 1)
             if str(p.get("side") or "").lower() == "short":
@@ -152,13 +190,22 @@ def positions_from_ccxt(positions: Iterable[Mapping[str, Any]], symbols: Iterabl
 
 # ---- raw Binance user-data payloads -------------------------------------------------------------
 
+def _entries(value: Any, what: str) -> list[Mapping[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(e, Mapping) for e in value):
+        raise Malformed(f"{what} is not a list of objects")
+    return value
+
+
 def balances_from_account_position(message: Mapping[str, Any], currency_code) -> dict[str, Balance]:
     """Spot ``outboundAccountPosition``: absolute free/locked of the assets it carries."""
     at = _int(message.get("u")) or _int(message.get("E"))
     out = {}
-    for entry in message.get("B") or []:
-        asset = currency_code(entry.get("a"))
-        out[asset] = Balance(asset=asset, free=_d(entry.get("f")), locked=_d(entry.get("l")), updated_ms=at)
+    for entry in _entries(message.get("B"), "balances"):
+        asset = _asset(currency_code(entry.get("a")))
+        out[asset] = Balance(asset=asset, free=_strict(entry.get("f"), f"{asset} free", required=True),
+                             locked=_strict(entry.get("l"), f"{asset} locked", required=True), updated_ms=at)
     return out
 
 
@@ -166,22 +213,30 @@ def balances_from_futures_account_update(message: Mapping[str, Any], currency_co
     """USD-M ``ACCOUNT_UPDATE``: the wallet balance of the assets it carries (the stream has no
     free/locked split, so the wallet balance is reported as free and locked as zero)."""
     data = message.get("a") or {}
+    if not isinstance(data, Mapping):
+        raise Malformed("account update is not an object")
     at = _int(message.get("T")) or _int(message.get("E"))
     out = {}
-    for entry in data.get("B") or []:
-        asset = currency_code(entry.get("a"))
-        out[asset] = Balance(asset=asset, free=_d(entry.get("wb")), locked=ZERO, updated_ms=at)
+    for entry in _entries(data.get("B"), "balances"):
+        asset = _asset(currency_code(entry.get("a")))
+        out[asset] = Balance(asset=asset, free=_strict(entry.get("wb"), f"{asset} wallet balance", required=True),
+                             locked=ZERO, updated_ms=at)
     return out
 
 
 def positions_from_futures_account_update(message: Mapping[str, Any], symbol_of) -> list[Position]:
     """USD-M ``ACCOUNT_UPDATE``: positions it carries (zero amounts included: a closed position)."""
     data = message.get("a") or {}
+    if not isinstance(data, Mapping):
+        raise Malformed("account update is not an object")
     at = _int(message.get("T")) or _int(message.get("E"))
     out = []
-    for entry in data.get("P") or []:
+    for entry in _entries(data.get("P"), "positions"):
         if str(entry.get("ps") or "BOTH") not in ("BOTH",):
             continue  # hedge-mode legs are not tracked (one-way mode only)
-        out.append(Position(symbol=symbol_of(entry.get("s")), amount=_d(entry.get("pa")),
+        if not isinstance(entry.get("s"), str):
+            raise Malformed("position entry without a symbol")
+        out.append(Position(symbol=symbol_of(entry.get("s")), amount=_strict(entry.get("pa"), "position amount",
+                                                                             required=True),
                             entry_price=_d(entry.get("ep")), updated_ms=at))
     return out

@@ -812,6 +812,10 @@ class Exchange:
                 seen.append(a)
         if not seen:
             return
+        # every balance change (locks of a placed order, releases of a cancel too) is an account
+        # update: REST account.updateTime must not lag the stream's "u", or a reconciler that
+        # trusts the newer of the two keeps the stream's older value forever
+        acct.update_time = max(acct.update_time, t)
         self._emit(acct, SPOT, {"e": "outboundAccountPosition", "E": t, "u": t,
                                 "B": [{"a": a, "f": f8(acct.balance(a)[0]), "l": f8(acct.balance(a)[1])}
                                       for a in seen]})

@@ -399,6 +399,12 @@ class Simulator:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        ws_path = path == "/ws-api/v3" or path == "/private/ws" or path.startswith("/ws/") or path == "/ws" \
+            or path.startswith("/private/ws/")
+        if ws_path:
+            resp = await self._ws_fault(path)
+            if resp is not None:
+                return resp
         if path == "/ws-api/v3":
             return await self._ws_api(request)
         if path == "/private/ws" or path.startswith("/ws/") or path == "/ws" or path.startswith("/private/ws/"):
@@ -407,6 +413,25 @@ class Simulator:
             from .control import dispatch
             return await dispatch(self, request)
         return await self._rest(request)
+
+    async def _ws_fault(self, path: str) -> web.Response | None:
+        """Faults on a WebSocket handshake: only faults naming a WS path ("/ws-api/v3", "/ws/*");
+        a wildcard REST fault ("*") never touches the streams. Latency delays the handshake; a
+        status refuses it."""
+        for f in list(self.faults):
+            if f.path in ("", "*") or not f.matches("GET", path):
+                continue
+            if f.count is not None:
+                f.count -= 1
+                if f.count <= 0 and f in self.faults:
+                    self.faults.remove(f)
+            if f.latency_ms:
+                await asyncio.sleep(f.latency_ms / 1000)
+            if f.status is None:
+                return None
+            headers = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else None
+            return web.Response(text=f"{f.status} {_reason(f.status)}", status=f.status, headers=headers)
+        return None
 
     async def _params(self, request: web.Request) -> tuple[dict[str, str], str, str]:
         query = request.query_string

@@ -1,0 +1,31 @@
+"""Timer runs sit on a per-account grid, spread over the interval by a stable hash."""
+from __future__ import annotations
+
+import pytest
+
+from tradewarden.controller.account import next_slot
+from tradewarden.gateway import jittered_offset
+
+
+def test_next_slot_is_on_the_grid_and_respects_the_gap():
+    assert next_slot(1000.0, 300, 10) == 1210.0
+    assert next_slot(1210.0, 300, 10) == 1210.0                 # exactly on a slot
+    assert next_slot(1000.0, 300, 10, min_gap_s=150) == 1210.0  # 1150 -> the 1210 slot
+    assert next_slot(1100.0, 300, 10, min_gap_s=150) == 1510.0  # 1250 -> the next slot
+    for now in (0.0, 123.4, 99999.9):
+        t = next_slot(now, 60, 7, min_gap_s=30)
+        assert t >= now + 30 and (t - 7) % 60 == pytest.approx(0)
+
+
+def test_accounts_created_together_spread_over_the_interval():
+    """100 accounts whose timers are set at the same instant land in every tenth of the interval,
+    never more than a quarter of them in one tenth (a random-free spread)."""
+    interval, now = 300.0, 1_700_000_000.0
+    slots = [next_slot(now, interval, jittered_offset(f"ns/acct-{i}", interval), interval / 2) for i in range(100)]
+    assert all(now + interval / 2 <= t < now + interval * 1.5 for t in slots)
+    buckets = [0] * 10
+    for t in slots:
+        buckets[int(((t - now - interval / 2) / interval) * 10)] += 1
+    assert min(buckets) >= 1 and max(buckets) <= 25, buckets
+    # stable: the same account gets the same phase in another process
+    assert jittered_offset("ns/acct-1", interval) == jittered_offset("ns/acct-1", interval)
