@@ -22,6 +22,7 @@ import pytest
 from tradewarden.core import AccountConfig, AccountRunner, Ledger
 from tradewarden.domain import OrderState, Policy
 from tradewarden.gateway import RateBudgets, create_gateway
+from tradewarden.gateway.markets import MarketsCache
 from tests.conftest import new_key
 from tests.controller.conftest import tsim  # noqa: F401 - the simulator on its own thread (cluster tests)
 
@@ -118,8 +119,9 @@ class Harness:
     # ---- tradewarden's side --------------------------------------------------------------------
 
     async def start(self, ledger: Ledger | None = None, stream: bool = True) -> None:
+        # each start is a new operator process: its own (empty) markets cache
         gw = create_gateway("binanceusdm" if self.futures else "binance", self.key, self.secret, self.sim.url,
-                            budgets=self.budgets, stream_options=STREAM_OPTIONS)
+                            budgets=self.budgets, stream_options=STREAM_OPTIONS, markets=MarketsCache())
         self.gateways.append(gw)
         await gw.start(self.symbols)
         self.gw = gw

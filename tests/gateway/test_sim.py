@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import secrets as _secrets
 from decimal import Decimal
 
 import pytest
 
 from tradewarden.domain import (AuthenticationFailed, ConnectionState, Invalid, OrderEvent, OrderNotFound,
                                 OrderState, Temporary, UnknownOutcome)
+from tests.conftest import new_key
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(60)]
 SPOT = ["BTC/USDT", "ETH/USDT"]
@@ -232,3 +234,33 @@ async def test_closing_the_gateway_closes_streams_and_sockets(sim, account, gate
     await asyncio.sleep(0.2)
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("tw-") and not t.done()]
     assert not sim.streams
+
+
+async def test_markets_are_loaded_once_for_every_account_of_an_endpoint(sim, gateways):
+    """exchangeInfo (weight 20, megabytes on the real venue) is shared by all accounts of one
+    exchange and endpoint; a symbol not yet known reloads it once (a new listing)."""
+    from tradewarden.gateway.markets import MarketsCache
+    cache = MarketsCache()
+    accounts = []
+    for _ in range(5):
+        key, secret = new_key(), _secrets.token_hex(32)
+        sim.add_account(key, secret, balances={"USDT": "100"})
+        accounts.append((key, secret))
+    sim.request_log.clear()
+    gws = [gateways("binance", k, s, markets=cache) for k, s in accounts]
+    await asyncio.gather(*(gw.start(["BTC/USDT"]) for gw in gws))
+    info = [r for r in sim.requests() if r["path"] == "/api/v3/exchangeInfo"]
+    assert len(info) == 1 and cache.loads == 1
+    assert all(gw._rest.markets["BTC/USDT"]["id"] == "BTCUSDT" for gw in gws)
+    snap = await gws[3].snapshot(["BTC/USDT"])
+    assert snap.balances.ok and snap.balances.value["USDT"].free == 100
+    # a new listing: the next account asking for it reloads once, and sees it
+    sim.add_market("NEWUSDT", price="1.5", tick="0.0001", step="0.1")
+    key, secret = accounts[0]
+    late = gateways("binance", key, secret, markets=cache)
+    await late.start(["NEW/USDT"])
+    assert cache.loads == 2 and "NEW/USDT" in late._rest.markets
+    # USD-M is another exchange: its own markets
+    await gateways("binanceusdm", key, secret, markets=cache).start(["BTC/USDT:USDT"])
+    assert cache.loads == 3
+    assert len([r for r in sim.requests() if r["path"] == "/fapi/v1/exchangeInfo"]) == 1

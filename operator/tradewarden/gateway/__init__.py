@@ -12,7 +12,8 @@ from .budget import (RateBudget, RateBudgets, backoff_delay, cheapest_open_order
                      jittered_offset, per_symbol_is_cheaper, request_weight)
 from .ccxt_gateway import CcxtGateway, create_gateway
 from .errors import map_error, scrub
+from .markets import MarketsCache, default_markets
 
 __all__ = ["CcxtGateway", "RateBudget", "RateBudgets", "backoff_delay", "cheapest_open_orders_weight",
-           "create_gateway", "default_budgets", "jittered_offset", "map_error", "per_symbol_is_cheaper",
+           "MarketsCache", "create_gateway", "default_budgets", "default_markets", "jittered_offset", "map_error", "per_symbol_is_cheaper",
            "request_weight", "scrub"]

@@ -14,6 +14,7 @@ from ..domain import (CancelAllResult, GatewayError, Invalid, Order, OrderNotFou
 from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheaper
 from .errors import map_error, scrub
 from .exchanges import forget_secrets, new_exchange, scrubbing_logger
+from .markets import MarketsCache, default_markets
 from .translate import Malformed, balances_from_ccxt, order_from_ccxt, positions_from_ccxt
 
 log = logging.getLogger("tradewarden.gateway")
@@ -30,13 +31,14 @@ class CcxtGateway:
 
     def __init__(self, exchange_id: str, api_key: str, secret: str, endpoint: str | None = None, *,
                  budgets: RateBudgets | None = None, owned_prefix: str = "tw-",
-                 concurrency: int = 8, stream_options: dict | None = None):
+                 concurrency: int = 8, stream_options: dict | None = None, markets: MarketsCache | None = None):
         if not api_key or not secret:
             raise Invalid("api key and secret are required")
         self.exchange_id = exchange_id
         self.endpoint = endpoint
         self.owned_prefix = owned_prefix
         self.budgets = budgets if budgets is not None else default_budgets()
+        self.markets_cache = markets if markets is not None else default_markets()
         self._secrets = (api_key, secret)
         self._logger = scrubbing_logger(self._secrets)
         self._rest = new_exchange(exchange_id, api_key, secret, endpoint, self.budgets, pro=False,
@@ -113,17 +115,32 @@ class CcxtGateway:
             raise self.map_error(exc, write=write, what=what) from None
 
     async def start(self, symbols: Sequence[str] = ()) -> None:
-        """Load markets, check every symbol is listed and the credentials work."""
-        await self._call("load markets", lambda: self._rest.load_markets())
+        """Load markets (shared by every account of this exchange and endpoint), check every symbol
+        is listed (reloading once: it may be a new listing) and the credentials work."""
+        await self._load_markets()
+        if any(s not in self._rest.markets for s in symbols):
+            await self._load_markets(reload=True)
         unknown = [s for s in symbols if s not in self._rest.markets]
         if unknown:
             raise Invalid("unknown symbol: " + ", ".join(unknown))
         await self._call("check credentials", lambda: self._rest.fetch_balance())
         self._started = True
 
+    async def _load_markets(self, reload: bool = False) -> None:
+        async def own() -> Any:
+            await self._rest.load_markets(reload=True)
+            return self._rest
+
+        key = self.markets_cache.key(self.exchange_id, self.endpoint)
+        shared = await self._call("load markets", lambda: self.markets_cache.get(key, own, reload=reload))
+        if self._rest.markets is not shared.markets:
+            self._rest.set_markets_from_exchange(shared)
+            if shared.time_difference is not None:
+                self._rest.options["timeDifference"] = shared.time_difference
+
     async def _ensure_markets(self) -> None:
         if not self._rest.markets:
-            await self._call("load markets", lambda: self._rest.load_markets())
+            await self._load_markets()
 
     def _check_symbols(self, symbols: Sequence[str]) -> None:
         unknown = [s for s in symbols if s not in self._rest.markets]
