@@ -4,6 +4,13 @@ the invariants counted. Prints figures; exits 1 if an invariant was broken.
 
     .venv/bin/python benchmarks/soak.py --minutes 2 --accounts 5 [--seed 1] [--interval 1.0]
 
+The simulator runs in its own process (spawned) and is driven over its /sim/v1 control API, so the
+memory figures are tradewarden's (gateway, ccxt, core) alone. Every --sample seconds the soak prints
+RSS, the traced Python heap, live ccxt instances, aiohttp sessions and connectors, asyncio tasks and
+ledger sizes; at the end a verdict on memory: the RSS slope over the second half of the run (after
+warm-up) in MiB/min. --malloc-trim also prints RSS after glibc's malloc_trim(0) at every sample
+(memory the allocator holds but Python freed); run with MALLOC_ARENA_MAX=2 to see arena effects.
+
 Faults: 5xx on any endpoint tradewarden calls, latency beyond the client timeout, a 429 storm with
 Retry-After, a 418 ban, clock skew beyond recvWindow, dropped and aborted sockets, expired listen
 keys, events not delivered, hostile answers (a body that is not what the venue promises).
@@ -11,29 +18,34 @@ keys, events not delivered, hostile answers (a body that is not what the venue p
 Printed: faults injected (by kind), runs, discrepancies found and corrected, orders lost (must be
 0), wrong cancels (must be 0: foreign, not stale, or under ObserveOnly), requests sent inside a
 Retry-After (must be 0), ledgers unequal to the exchange after recovery (must be 0), memory (RSS)
-after warm-up and at the end, and the largest ledger.
+after warm-up and at the end with a verdict (must be FLAT), and the largest ledger.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import collections
+import ctypes
 import gc
+import multiprocessing
 import random
 import secrets
 import sys
 import time
 import tracemalloc
 from dataclasses import dataclass, field
+from decimal import Decimal
+
+import aiohttp
 
 from tradewarden.core import AccountConfig, AccountRunner
 from tradewarden.domain import OrderState, Policy
 from tradewarden.gateway import RateBudgets, create_gateway
-from tradewarden.sim import Simulator
 
 SPOT = ["BTC/USDT", "ETH/USDT"]
 USDM = ["BTC/USDT:USDT", "ETH/USDT:USDT"]
 STALE_S = 3600
+FINISHED = {OrderState.FILLED, OrderState.CANCELED, OrderState.EXPIRED, OrderState.REJECTED}
 SIM_STATE = {"NEW": OrderState.OPEN, "PARTIALLY_FILLED": OrderState.PARTIALLY_FILLED,
              "FILLED": OrderState.FILLED, "CANCELED": OrderState.CANCELED, "EXPIRED": OrderState.EXPIRED,
              "EXPIRED_IN_MATCH": OrderState.EXPIRED, "REJECTED": OrderState.REJECTED}
@@ -45,6 +57,39 @@ HOSTILE = [("/api/v3/account", {"balances": "none"}), ("/api/v3/openOrders", [{"
            ("/api/v3/account", '{"balances": [{"asset"'), ("/fapi/v3/positionRisk", {"oops": 1})]
 
 
+def malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def census(accounts) -> dict:
+    """What could grow without bound: live ccxt instances, aiohttp sessions/connectors, tasks, ledgers."""
+    from ccxt.async_support.base.exchange import Exchange as CcxtExchange
+    n = collections.Counter()
+    for o in gc.get_objects():
+        if isinstance(o, CcxtExchange):
+            n["ccxt"] += 1
+        elif isinstance(o, aiohttp.ClientSession):
+            n["sessions"] += 1
+        elif isinstance(o, aiohttp.BaseConnector):
+            n["connectors"] += 1
+    n["tasks"] = len(asyncio.all_tasks())
+    n["ledger"] = sum(len(a.runner.ledger.orders) for a in accounts if a.runner is not None)
+    return n
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, y) points, in y per unit of t."""
+    if len(points) < 2:
+        return 0.0
+    mt = sum(t for t, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    den = sum((t - mt) ** 2 for t, _ in points)
+    return sum((t - mt) * (y - my) for t, y in points) / den if den else 0.0
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -53,8 +98,79 @@ def rss_mb() -> float:
     return 0.0
 
 
-def cid_of(o) -> str:
-    return o.orig_client_order_id or o.client_order_id
+def cid_of(o: dict) -> str:
+    return o.get("origClientOrderId") or o["clientOrderId"]
+
+
+def _serve_sim(conn, request_log_size: int) -> None:
+    """The simulator's own process: serve until the parent says stop (or goes away)."""
+    from tradewarden.sim import Simulator
+    
+    async def main() -> None:
+        sim = Simulator(control=True, request_log_size=request_log_size)
+        await sim.start(host="127.0.0.1", port=0)
+        conn.send(sim.url)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        except EOFError:
+            pass
+        await sim.stop()
+    asyncio.run(main())
+
+
+class SimError(Exception):
+    pass
+
+
+class RemoteSim:
+    """The simulator in a spawned child process, driven over its /sim/v1 HTTP control API."""
+
+    def __init__(self, request_log_size: int):
+        self.request_log_size = request_log_size
+        self.url = ""
+        self.proc = None
+        self.conn = None
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve_sim, args=(child, self.request_log_size), daemon=True)
+        self.proc.start()
+        if not await asyncio.get_running_loop().run_in_executor(None, self.conn.poll, 60):
+            self.proc.kill()
+            raise RuntimeError("the simulator process did not start")
+        self.url = self.conn.recv()
+        self.http = aiohttp.ClientSession()
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        self.conn.send("stop")
+        await asyncio.get_running_loop().run_in_executor(None, self.proc.join, 10)
+
+    async def call(self, method: str, path: str, body: dict | None = None, **query):
+        async with self.http.request(method, self.url + "/sim/v1" + path, json=body,
+                                     params={k: v for k, v in query.items() if v is not None}) as r:
+            data = await r.json()
+            if r.status >= 300:
+                raise SimError(f"{method} {path}: {r.status} {data}")
+            return data
+
+    async def add_fault(self, **fault) -> dict:
+        return await self.call("POST", "/faults", {k: v for k, v in fault.items() if v is not None})
+
+    async def clear_faults(self) -> None:
+        await self.call("DELETE", "/faults")
+
+    async def account(self, key: str) -> dict:
+        return await self.call("GET", f"/accounts/{key}")
+
+    async def orders(self, key: str, venue: str) -> dict[int, dict]:
+        return {o["orderId"]: o for o in await self.call("GET", f"/accounts/{key}/orders", venue=venue)}
+
+    async def set_deliver(self, key: str, deliver: bool) -> None:
+        await self.call("POST", f"/accounts/{key}/stream", {"deliver": deliver})
 
 
 @dataclass
@@ -68,7 +184,7 @@ class Account:
     runner: AccountRunner | None = None
     stream: object = None
     tasks: list = field(default_factory=list)
-    tracked: set = field(default_factory=set)
+    tracked: dict = field(default_factory=dict)   # owned client id -> finished when last seen
     lost: set = field(default_factory=set)
     seq: int = 0
 
@@ -85,7 +201,7 @@ class Soak:
     def __init__(self, args):
         self.args = args
         self.rng = random.Random(args.seed)
-        self.sim = Simulator(control=True, request_log_size=200_000)
+        self.sim = RemoteSim(request_log_size=200_000)
         self.budgets = RateBudgets()
         self.accounts: list[Account] = []
         self.faults = collections.Counter()
@@ -98,15 +214,17 @@ class Soak:
         self.retry_after_by_fault: dict[int, float] = {}
         self.stream_events = 0
         self.errors: list[str] = []
+        self.samples: list[dict] = []
+        self.t_start = 0.0
 
     # ---- setup ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.sim.start(host="127.0.0.1", port=0)
         for i in range(self.args.accounts):
             key, secret = f"soak-{i}-" + secrets.token_hex(8), secrets.token_hex(32)
-            self.sim.add_account(key, secret, balances={"USDT": "1000000", "BTC": "10", "ETH": "100"},
-                                 futures_balances={"USDT": "1000000"})
+            await self.sim.call("POST", "/accounts", {"apiKey": key, "secret": secret,
+                                                      "balances": {"USDT": "1000000", "BTC": "10", "ETH": "100"},
+                                                      "futuresBalances": {"USDT": "1000000"}})
             a = Account(i, key, secret, futures=i % 2 == 1,
                         policy=Policy.OBSERVE_ONLY if i % 3 == 2 else Policy.CORRECT)
             a.gw = create_gateway("binanceusdm" if a.futures else "binance", key, secret, self.sim.url,
@@ -116,40 +234,44 @@ class Soak:
             a.gw._rest.timeout = 3000
             await a.gw.start(a.symbols)
             a.runner = AccountRunner(a.gw, AccountConfig(symbols=a.symbols, policy=a.policy, futures=a.futures,
-                                                         stale_timeout_s=STALE_S, missing_grace_s=1.0))
-            self.place(a, "tw", stale=True)
-            self.place(a, "manual")
+                                                         stale_timeout_s=STALE_S, missing_grace_s=1.0,
+                                                         retention_s=self.args.retention))
+            await self.place(a, "tw", stale=True)
+            await self.place(a, "manual")
             await a.runner.initial_sync()
             self.track(a)
             self.accounts.append(a)
 
-    def place(self, a: Account, prefix: str, stale: bool = False, symbol: str = "BTCUSDT"):
+    async def place(self, a: Account, prefix: str, stale: bool = False, symbol: str = "BTCUSDT"):
         a.seq += 1
-        offset = self.sim.clock_offset_ms
-        if stale:
-            self.sim.set_clock_offset(offset - (STALE_S + 600) * 1000)
+        price = "30000" if symbol == "BTCUSDT" else "2000"
+        price = str(int(price) - self.rng.randrange(0, 500))
+        body = {"venue": a.venue, "symbol": symbol, "side": "BUY", "type": "LIMIT", "quantity": "0.01",
+                "price": price, "timeInForce": "GTC", "clientOrderId": f"{prefix}-{a.seq}"}
+        if stale:   # backdated beyond the stale timeout
+            body["time"] = int(time.time() * 1000) - (STALE_S + 600) * 1000
         try:
-            price = "30000" if symbol == "BTCUSDT" else "2000"
-            price = str(int(price) - self.rng.randrange(0, 500))
-            return self.sim.place_order(a.key, a.venue, symbol=symbol, side="BUY", type="LIMIT", quantity="0.01",
-                                        price=price, time_in_force="GTC", client_order_id=f"{prefix}-{a.seq}")
-        except Exception as exc:  # noqa: BLE001 - a rejected bot order is the bot's problem
+            return await self.sim.call("POST", f"/accounts/{a.key}/orders", body)
+        except SimError as exc:  # a rejected bot order is the bot's problem
             self.errors.append(f"place: {exc}")
             return None
-        finally:
-            if stale:
-                self.sim.set_clock_offset(offset)
 
     def track(self, a: Account) -> None:
-        """No owned order ever drops out of tracking or becomes LOST."""
+        """No owned order ever drops out of tracking or becomes LOST (a finished one may be purged
+        after the retention: that is the ledger's memory bound, not a loss)."""
         led = a.runner.ledger
-        for cid in a.tracked:
+        for cid, finished in list(a.tracked.items()):
             o = led.order(cid)
-            if o is None or o.state is OrderState.LOST:
+            if o is None:
+                if finished:
+                    del a.tracked[cid]
+                else:
+                    a.lost.add(cid)
+            elif o.state is OrderState.LOST:
                 a.lost.add(cid)
         for entry in led.orders.values():
             if led.is_owned(entry.order.client_order_id):
-                a.tracked.add(entry.order.client_order_id)
+                a.tracked[entry.order.client_order_id] = entry.order.state in FINISHED
 
     # ---- what runs ---------------------------------------------------------------------------------
 
@@ -157,26 +279,25 @@ class Soak:
         """Trading on the account out of band: new orders (some stale), fills, foreign cancels."""
         while time.monotonic() < until:
             await asyncio.sleep(self.rng.uniform(0.2, 0.8))
-            acct = self.sim.account(a.key)
+            acct = await self.sim.account(a.key)
             r = self.rng.random()
-            open_orders = acct.open_orders(a.venue)
-            if r < 0.35 or not open_orders:
-                self.place(a, "tw" if self.rng.random() < 0.8 else "manual", stale=self.rng.random() < 0.2,
-                           symbol=self.rng.choice(["BTCUSDT", "ETHUSDT"]))
-            elif r < 0.6:
-                o = self.rng.choice(open_orders)
-                try:
-                    self.sim.fill(a.key, o.order_id, None if self.rng.random() < 0.5 else "0.002")
-                except Exception:  # noqa: BLE001
-                    pass
-            elif r < 0.75:
-                o = self.rng.choice(open_orders)
-                try:
-                    self.sim.cancel_order(a.key, o.order_id, a.venue)
-                except Exception:  # noqa: BLE001
-                    pass
-            elif not a.futures and r < 0.85:
-                self.sim.adjust_balance(a.key, "USDT", str(self.rng.randrange(1, 100)))
+            open_orders = [o for o in acct["openOrders"] if o["venue"] == a.venue]
+            try:
+                if r < 0.35 or not open_orders:
+                    await self.place(a, "tw" if self.rng.random() < 0.8 else "manual",
+                                     stale=self.rng.random() < 0.2, symbol=self.rng.choice(["BTCUSDT", "ETHUSDT"]))
+                elif r < 0.6:
+                    o = self.rng.choice(open_orders)
+                    fill = {"venue": a.venue} if self.rng.random() < 0.5 else {"venue": a.venue, "quantity": "0.002"}
+                    await self.sim.call("POST", f"/accounts/{a.key}/orders/{o['orderId']}/fill", fill)
+                elif r < 0.75:
+                    o = self.rng.choice(open_orders)
+                    await self.sim.call("POST", f"/accounts/{a.key}/orders/{o['orderId']}/cancel", {"venue": a.venue})
+                elif not a.futures and r < 0.85:
+                    await self.sim.call("POST", f"/accounts/{a.key}/balances",
+                                        {"asset": "USDT", "delta": str(self.rng.randrange(1, 100))})
+            except SimError:   # the order finished meanwhile
+                pass
 
     async def loop(self, a: Account, until: float) -> None:
         n = 0
@@ -222,52 +343,51 @@ class Soak:
             self.faults[kind] += 1
             hold = self.rng.uniform(1.0, 4.0)
             sim = self.sim
+            f = None
             if kind == "5xx":
                 method, path = self.rng.choice(ENDPOINTS)
-                f = sim.add_fault(method=method, path=path, status=self.rng.choice([500, 502, 503, 504]))
+                f = await sim.add_fault(method=method, path=path, status=self.rng.choice([500, 502, 503, 504]))
             elif kind == "5xx-processed-cancel":
-                f = sim.add_fault(method="DELETE", path=self.rng.choice(["/api/v3/order", "/fapi/v1/order"]),
-                                  status=503, processed=True, count=3)
+                f = await sim.add_fault(method="DELETE", path=self.rng.choice(["/api/v3/order", "/fapi/v1/order"]),
+                                        status=503, processed=True, count=3)
             elif kind == "timeout":
                 method, path = self.rng.choice(ENDPOINTS)
-                f = sim.add_fault(method=method, path=path, latency_ms=3500)
+                f = await sim.add_fault(method=method, path=path, latencyMs=3500)
             elif kind == "429":
                 ra = self.rng.choice([1, 2])
-                f = sim.add_fault(path="*", status=429, retry_after=ra, count=self.rng.randrange(2, 8))
-                self.retry_after_by_fault[f.id] = ra
+                f = await sim.add_fault(path="*", status=429, retryAfter=ra, count=self.rng.randrange(2, 8))
+                self.retry_after_by_fault[f["id"]] = ra
             elif kind == "418":
                 ra = self.rng.choice([2, 3])
-                f = sim.add_fault(path="*", status=418, retry_after=ra, count=1)
-                self.retry_after_by_fault[f.id] = ra
+                f = await sim.add_fault(path="*", status=418, retryAfter=ra, count=1)
+                self.retry_after_by_fault[f["id"]] = ra
             elif kind == "hostile":
                 path, body = self.rng.choice(HOSTILE)
-                f = sim.add_fault(method="GET", path=path, body=body, count=self.rng.randrange(1, 4))
-            else:
-                f = None
-            if kind == "skew":
+                f = await sim.add_fault(method="GET", path=path, body=body, count=self.rng.randrange(1, 4))
+            elif kind == "skew":
                 # our clock is off beyond recvWindow (the venue's stays monotonic): ccxt signs with
                 # its clock minus options["timeDifference"]
                 victim = self.rng.choice(self.accounts)
                 victim.gw._rest.options["timeDifference"] = self.rng.choice([-1, 1]) * self.rng.randrange(12_000, 30_000)
             elif kind in ("drop", "abort"):
-                await sim.drop_streams(abort=kind == "abort")
+                await sim.call("POST", "/streams/drop", {"abort": kind == "abort"})
             elif kind == "expire":
-                sim.expire_listen_keys()
+                await sim.call("POST", "/listen-keys/expire", {})
             elif kind == "no-delivery":
                 victim = self.rng.choice(self.accounts)
-                sim.set_deliver(victim.key, False)
+                await sim.set_deliver(victim.key, False)
             await asyncio.sleep(hold)
-            if f is not None and f in sim.faults:
-                sim.faults.remove(f)
+            if f is not None:   # one fault at a time: clearing all clears this one
+                await sim.clear_faults()
             if kind == "no-delivery":
-                sim.set_deliver(victim.key, True)
-            self.drain()
+                await sim.set_deliver(victim.key, True)
+            await self.drain()
 
-    def drain(self) -> None:
+    async def drain(self) -> None:
         """Examine (and drop) the simulator's request log: wrong cancels, requests inside Retry-After."""
-        log = list(self.sim.request_log)
-        self.sim.request_log.clear()
+        log = await self.sim.call("DELETE", "/requests")
         by_key = {a.key: a for a in self.accounts}
+        orders: dict[str, dict[int, dict]] = {}
         for r in log:
             if not r["path"].startswith(("/api/", "/fapi/")):
                 continue
@@ -282,11 +402,13 @@ class Soak:
                     self.windows.append((r["venue"], t, t + int(ra * 1000) - 50))
             a = by_key.get(r["key"])
             if a is not None and r["method"] == "DELETE" and "listenKey" not in r["path"]:
-                self.check_cancel(a, r)
+                if a.key not in orders:
+                    orders[a.key] = await self.sim.orders(a.key, a.venue)
+                self.check_cancel(a, r, orders[a.key])
         now = max((r["time"] for r in log), default=0)
         self.windows = [w for w in self.windows if w[2] > now - 1000]
 
-    def check_cancel(self, a: Account, r: dict) -> None:
+    def check_cancel(self, a: Account, r: dict, orders: dict[int, dict]) -> None:
         if a.policy is Policy.OBSERVE_ONLY:
             self.wrong_cancels.append(f"ObserveOnly account {a.i} sent {r['method']} {r['path']}")
             return
@@ -294,13 +416,55 @@ class Soak:
             self.wrong_cancels.append(f"cancel-all outside an emergency stop: {r['path']}")
             return
         p = r["params"]
-        acct = self.sim.account(a.key)
-        o = acct.orders[a.venue].get(int(p["orderId"])) if p.get("orderId") else None
+        o = orders.get(int(p["orderId"])) if p.get("orderId") else None
         cid = cid_of(o) if o is not None else p.get("origClientOrderId", "")
         if not cid.startswith("tw-"):
             self.wrong_cancels.append(f"foreign order {cid} cancelled")
-        elif o is not None and o.time > r["time"] - STALE_S * 1000 + 30_000:   # 30 s: clock skew faults
+        elif o is not None and o["time"] > r["time"] - STALE_S * 1000 + 30_000:   # 30 s: clock skew faults
             self.wrong_cancels.append(f"order {cid} cancelled before it was stale")
+
+    async def sampler(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.args.sample)
+
+    def sample(self) -> None:
+        gc.collect()
+        row = {"t": time.monotonic() - self.t_start, "rss": rss_mb(), **census(self.accounts)}
+        if tracemalloc.is_tracing():
+            row["heap"] = tracemalloc.get_traced_memory()[0] / 2**20
+            row["tm"] = tracemalloc.get_tracemalloc_memory() / 2**20
+        if self.args.malloc_trim:
+            malloc_trim()
+            row["trimmed"] = rss_mb()
+        self.samples.append(row)
+        cols = [f"t={row['t']:6.0f}s", f"rss={row['rss']:7.1f}"]
+        if "trimmed" in row:
+            cols.append(f"rss_after_trim={row['trimmed']:7.1f}")
+        if "heap" in row:
+            cols.append(f"py_heap={row['heap']:6.1f} (tracemalloc itself {row['tm']:5.1f})")
+        cols += [f"ccxt={row['ccxt']}", f"sessions={row['sessions']}", f"connectors={row['connectors']}",
+                 f"tasks={row['tasks']}", f"ledger_orders={row['ledger']}"]
+        print("  sample " + " ".join(cols) + " MiB", flush=True)
+
+    def verdict(self) -> tuple[str, bool]:
+        """Flat if RSS after warm-up (the second half of the samples) grows by less than 1 MiB/min and
+        less than a fifth of the first half's rate."""
+        rows = self.samples
+        half = len(rows) // 2
+        first = [(r["t"] / 60, r["rss"]) for r in rows[:half + 1]]
+        second = [(r["t"] / 60, r["rss"]) for r in rows[half:]]
+        s1, s2 = slope(first), slope(second)
+        text = (f"RSS slope first half {s1:+.2f} MiB/min, second half {s2:+.2f} MiB/min "
+                f"({rows[half]['rss']:.1f} -> {rows[-1]['rss']:.1f} MiB over the last {(rows[-1]['t'] - rows[half]['t']) / 60:.1f} min)")
+        if "heap" in rows[0]:
+            h2 = slope([(r["t"] / 60, r["heap"]) for r in rows[half:]])
+            text += f"; Python heap second half {h2:+.2f} MiB/min"
+        if "trimmed" in rows[0]:
+            t2 = slope([(r["t"] / 60, r["trimmed"]) for r in rows[half:]])
+            text += f"; RSS after malloc_trim second half {t2:+.2f} MiB/min"
+        flat = s2 < 1.0 and (s2 <= max(s1, 0) / 5 or s2 < 0.25)
+        return text, flat
 
     # ---- the end -----------------------------------------------------------------------------------
 
@@ -314,36 +478,42 @@ class Soak:
             await asyncio.sleep(0.5)
         return False
 
-    def unequal(self, a: Account) -> list[str]:
-        led, acct = a.runner.ledger, self.sim.account(a.key)
+    async def unequal(self, a: Account) -> list[str]:
+        led = a.runner.ledger
         out = []
-        for o in acct.orders[a.venue].values():
+        for o in (await self.sim.orders(a.key, a.venue)).values():
             mine = led.order(cid_of(o))
             if mine is None:
-                if o.is_open:
+                if o["status"] in ("NEW", "PARTIALLY_FILLED"):
                     out.append(f"open order {cid_of(o)} not tracked")
                 continue
-            if mine.state is not SIM_STATE[o.status] or mine.filled != o.executed_qty:
+            if mine.state is not SIM_STATE[o["status"]] or mine.filled != Decimal(o["executedQty"]):
                 e = led.orders.get(cid_of(o))
-                out.append(f"{cid_of(o)}: {mine.state.value}/{mine.filled} vs {o.status}/{o.executed_qty} "
+                out.append(f"{cid_of(o)}: {mine.state.value}/{mine.filled} vs {o['status']}/{o['executedQty']} "
                            f"(ledger: {e.source}, misses {e.misses}, recheck {e.recheck}, updated "
-                           f"{mine.updated_ms}, exchange updated {o.update_time})")
+                           f"{mine.updated_ms}, exchange updated {o['updateTime']})")
         if not a.futures:
-            for asset, (free, locked) in acct.spot.items():
-                b = led.balance(asset)
-                mine = (b.free, b.locked) if b is not None else (0, 0)
+            for asset, b in (await self.sim.account(a.key))["balances"].items():
+                free, locked = Decimal(b["free"]), Decimal(b["locked"])
+                mb = led.balance(asset)
+                mine = (mb.free, mb.locked) if mb is not None else (0, 0)
                 if mine != (free, locked) and (free + locked) != 0:
                     out.append(f"{asset}: {mine} vs {(free, locked)}")
         return out
 
     async def run(self) -> int:
         args = self.args
+        await self.sim.start()
+        self.t_start = time.monotonic()
+        print(f"simulator in its own process (pid {self.sim.proc.pid}) at {self.sim.url}; "
+              f"this process: pid {multiprocessing.current_process().pid}", flush=True)
         await self.start()
         until = time.monotonic() + args.minutes * 60
         for a in self.accounts:
             a.stream = a.gw.stream(a.symbols)
             a.tasks = [asyncio.create_task(self.pump(a)), asyncio.create_task(self.loop(a, until)),
                        asyncio.create_task(self.bot(a, until))]
+        sampler = asyncio.create_task(self.sampler())
         await asyncio.sleep(min(10.0, args.minutes * 60 / 6))     # warm-up
         gc.collect()
         rss_start = rss_mb()
@@ -352,10 +522,9 @@ class Soak:
         await self.injector(until)
         for a in self.accounts:
             await asyncio.gather(*a.tasks[1:], return_exceptions=True)
-        self.sim.clear_faults()
-        self.sim.set_clock_offset(0)
+        await self.sim.clear_faults()
         for a in self.accounts:
-            self.sim.set_deliver(a.key, True)
+            await self.sim.set_deliver(a.key, True)
         await asyncio.sleep(1.0)
         recovered = [await self.recover(a) for a in self.accounts]
         # stale owned orders of Correct accounts: one cleanup now that the venue is healthy
@@ -365,24 +534,24 @@ class Soak:
         await asyncio.sleep(1.0)
         for a in self.accounts:
             await self.recover(a)
-        self.drain()
-        gc.collect()
-        rss_end = rss_mb()
+        await self.drain()
+        sampler.cancel()
+        self.sample()
+        rss_end = self.samples[-1]["rss"]
         if snap_start is not None:
             diff = tracemalloc.take_snapshot().compare_to(snap_start, "filename")
             groups = collections.Counter()
             for stat in diff:
                 name = stat.traceback[0].filename
-                group = ("simulator" if "/tradewarden/sim/" in name else "tradewarden" if "/tradewarden/" in name
-                         else "ccxt" if "/ccxt/" in name else "aiohttp" if "/aiohttp/" in name else "other")
+                group = ("tradewarden" if "/tradewarden/" in name else "ccxt" if "/ccxt/" in name
+                         else "aiohttp" if "/aiohttp/" in name else "other")
                 groups[group] += stat.size_diff
             print("Python heap growth since warm-up by package (tracemalloc): " +
                   ", ".join(f"{g} {v / 2**20:+.2f} MiB" for g, v in groups.most_common()))
             for stat in tracemalloc.take_snapshot().compare_to(snap_start, "lineno")[:5]:
                 print(f"  {stat}")
-        from ccxt.async_support.base.exchange import Exchange as CcxtExchange
-        live_ccxt = sum(1 for o in gc.get_objects() if isinstance(o, CcxtExchange))
-        unequal = {a.i: self.unequal(a) for a in self.accounts}
+        live = self.samples[-1]
+        unequal = {a.i: await self.unequal(a) for a in self.accounts}
         lost = sum(len(a.lost) for a in self.accounts)
         biggest = max(len(a.runner.ledger.orders) for a in self.accounts)
         for a in self.accounts:
@@ -390,6 +559,7 @@ class Soak:
             a.tasks[0].cancel()
             await a.gw.close()
         await self.sim.stop()
+        verdict, flat = self.verdict()
 
         corrected = sum(self.discrepancies.values())
         n_unequal = sum(1 for v in unequal.values() if v)
@@ -405,15 +575,17 @@ class Soak:
         print(f"wrong cancels: {len(self.wrong_cancels)}")
         print(f"requests inside Retry-After: {len(self.inside_retry_after)}")
         print(f"ledgers unequal to the exchange after recovery: {n_unequal}")
-        print(f"memory (RSS): {rss_start:.1f} MiB after warm-up, {rss_end:.1f} MiB at the end "
-              f"({rss_end - rss_start:+.1f} MiB); largest ledger: {biggest} orders; "
-              f"live ccxt instances: {live_ccxt} for {len(self.accounts)} accounts")
+        print(f"memory (RSS, this process only): {rss_start:.1f} MiB after warm-up, {rss_end:.1f} MiB at the end "
+              f"({rss_end - rss_start:+.1f} MiB); largest ledger: {biggest} orders; live ccxt instances: "
+              f"{live['ccxt']}, aiohttp sessions {live['sessions']}, connectors {live['connectors']}, "
+              f"tasks {live['tasks']} for {len(self.accounts)} accounts")
+        print(f"memory verdict: {'FLAT' if flat else 'GROWING'}: {verdict}")
         for what, items in (("lost", [c for a in self.accounts for c in a.lost]), ("wrong cancel", self.wrong_cancels),
                             ("inside Retry-After", self.inside_retry_after),
                             ("unequal", [f"{i}: {v[:3]}" for i, v in unequal.items() if v])):
             for item in items[:5]:
                 print(f"  {what}: {item}")
-        bad = lost or self.wrong_cancels or self.inside_retry_after or n_unequal or not all(recovered)
+        bad = lost or self.wrong_cancels or self.inside_retry_after or n_unequal or not all(recovered) or not flat
         return 1 if bad else 0
 
 
@@ -423,7 +595,14 @@ def main() -> int:
     p.add_argument("--accounts", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between reconciliation runs")
-    p.add_argument("--trace-memory", action="store_true", help="print where memory grew (tracemalloc; slower)")
+    p.add_argument("--retention", type=int, default=60,
+                   help="seconds finished orders stay in the ledger (the operator's default is 86400: a soak "
+                        "shorter than that would measure the ledger filling up by design)")
+    p.add_argument("--sample", type=float, default=10.0, help="seconds between memory samples")
+    p.add_argument("--trace-memory", action="store_true",
+                   help="trace the Python heap (tracemalloc; slower): sampled total and where it grew")
+    p.add_argument("--malloc-trim", action="store_true",
+                   help="at every sample also print RSS after glibc malloc_trim(0)")
     args = p.parse_args()
     if args.trace_memory:
         tracemalloc.start()

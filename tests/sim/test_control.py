@@ -165,3 +165,28 @@ async def test_tradewarden_sim_command(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_control_lists_every_order_and_drains_the_request_log(sim, http):
+    u = sim.url + "/sim/v1"
+    sim.add_account("list-key", "list-secret", balances={"USDT": "5000"})
+    async with http.post(u + "/accounts/list-key/orders", json={"symbol": "BTCUSDT", "side": "BUY", "quantity": "0.01",
+                                                                "price": "40000", "clientOrderId": "tw-1"}) as r:
+        first = await r.json()
+    async with http.post(u + "/accounts/list-key/orders", json={"symbol": "BTCUSDT", "side": "BUY", "quantity": "0.01",
+                                                                "price": "41000", "clientOrderId": "tw-2"}) as r:
+        second = await r.json()
+    sim.cancel_order("list-key", first["orderId"], "spot")        # as the REST API would: a new clientOrderId
+    async with http.get(u + "/accounts/list-key/orders", params={"venue": "spot"}) as r:
+        orders = {o["orderId"]: o for o in await r.json()}
+    assert set(orders) == {first["orderId"], second["orderId"]}  # the finished one too
+    assert orders[first["orderId"]]["status"] == "CANCELED"
+    assert orders[first["orderId"]]["origClientOrderId"] == "tw-1"
+    assert orders[second["orderId"]]["origClientOrderId"] == "" and orders[second["orderId"]]["clientOrderId"] == "tw-2"
+    async with http.get(u + "/accounts/list-key/orders", params={"venue": "usdm"}) as r:
+        assert await r.json() == []
+    sim.request_log.append({"time": 1, "method": "GET", "path": "/api/v3/account"})
+    async with http.delete(u + "/requests") as r:
+        assert [row["path"] for row in await r.json()] == ["/api/v3/account"]
+    async with http.get(u + "/requests") as r:
+        assert await r.json() == []

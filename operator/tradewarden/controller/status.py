@@ -315,6 +315,12 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
     elif not s.synced:
         ready = Cond(READY, "False", "SyncFailed" if s.last_run_error else "Syncing",
                      s.last_run_error or "initial sync in progress")
+    elif failing:
+        # more than FAILING_THRESHOLD runs in a row could not confirm the account: what status
+        # shows may no longer be what the exchange says
+        ready = Cond(READY, "False", "ReconciliationFailing",
+                     f"{consecutive} consecutive failed runs: local state is not confirmed by the exchange"
+                     + (f" ({s.last_run_error})" if s.last_run_error else ""))
     else:
         ready = Cond(READY, "True", "Reconciled", "synced with the exchange")
     conds.insert(0, ready)
@@ -337,6 +343,9 @@ def phase(s: StatusInputs, conds: Sequence[Cond]) -> str:
 
 def trading_safe(s: StatusInputs) -> bool:
     if s.estop.get("active") or s.problem is not None or not s.synced:
+        return False
+    consecutive = int(getattr(s.monitor, "consecutive_failures", 0) or 0) if s.monitor is not None else 0
+    if bool(s.alerts.get("failing")) or consecutive > FAILING_THRESHOLD:
         return False
     return (not s.stream_enabled) or s.stream_state == "connected"
 

@@ -22,7 +22,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def order_json(o: Order) -> dict[str, Any]:
     return {"venue": o.venue, "symbol": o.symbol, "orderId": o.order_id, "clientOrderId": o.client_order_id,
-            "side": o.side, "type": o.type, "timeInForce": o.time_in_force, "price": fplain(o.price),
+            "origClientOrderId": o.orig_client_order_id, "side": o.side, "type": o.type,
+            "timeInForce": o.time_in_force, "price": fplain(o.price),
             "origQty": fplain(o.orig_qty), "executedQty": fplain(o.executed_qty),
             "cumQuote": fplain(o.cum_quote), "status": o.status, "reduceOnly": o.reduce_only,
             "time": o.time, "updateTime": o.update_time}
@@ -137,6 +138,13 @@ async def place_order(sim, request, m, body):
                                  time_in_force=tif, client_order_id=_client_id(body),
                                  reduce_only=bool(body.get("reduceOnly", False)), created_ms=created)
     return order_json(o), 201
+
+
+async def list_orders(sim, request, m, body):
+    """Every order of the account (open and finished), oldest first; ``?venue=spot|usdm`` filters."""
+    a = _acct(sim, m["key"])
+    venue = _venue(dict(request.query))
+    return [order_json(o) for v in ([venue] if venue else VENUES) for o in a.orders[v].values()]
 
 
 def _order(a: Account, order_id: str, venue: str | None) -> Order:
@@ -261,6 +269,13 @@ async def requests_log(sim, request, m, body):
     return rows
 
 
+async def drain_requests(sim, request, m, body):
+    """The request log, emptied in the same step (no row is seen twice or missed between a read and a clear)."""
+    rows = sim.requests()
+    sim.request_log.clear()
+    return rows
+
+
 async def reset(sim, request, m, body):
     await sim.reset()
     return {"reset": True}
@@ -288,6 +303,7 @@ def routes(sim: "Simulator") -> list[tuple[str, re.Pattern, ControlHandler]]:
         ("POST", r"/sim/v1/accounts", create_account),
         ("GET", r"/sim/v1/accounts/(?P<key>[^/]+)", get_account),
         ("POST", r"/sim/v1/accounts/(?P<key>[^/]+)/orders", place_order),
+        ("GET", r"/sim/v1/accounts/(?P<key>[^/]+)/orders", list_orders),
         ("POST", r"/sim/v1/accounts/(?P<key>[^/]+)/orders/(?P<orderId>[^/]+)/cancel", cancel_order),
         ("POST", r"/sim/v1/accounts/(?P<key>[^/]+)/orders/(?P<orderId>[^/]+)/fill", fill_order),
         ("POST", r"/sim/v1/accounts/(?P<key>[^/]+)/balances", balances),
@@ -303,6 +319,7 @@ def routes(sim: "Simulator") -> list[tuple[str, re.Pattern, ControlHandler]]:
         ("POST", r"/sim/v1/clock", clock),
         ("POST", r"/sim/v1/limits", limits),
         ("GET", r"/sim/v1/requests", requests_log),
+        ("DELETE", r"/sim/v1/requests", drain_requests),
         ("POST", r"/sim/v1/reset", reset),
     ]
     return [(method, re.compile(pattern + r"/?$"), handler) for method, pattern, handler in table]
