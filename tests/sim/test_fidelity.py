@@ -18,8 +18,12 @@ from tradewarden.sim import sim_ccxt
 
 pytestmark = pytest.mark.sim
 
-REF = pathlib.Path(os.environ.get("TRADEWARDEN_CCXT_STATIC", "/work/shared/reference/ccxt-static"))
-if not (REF / "response-binance.json").exists():   # the reference lives outside the repository
+# ccxt's captured real Binance traffic lives beside the clone (../shared), not in the repository
+_DEFAULT_REF = pathlib.Path(__file__).resolve().parents[3] / "shared" / "reference" / "ccxt-static"
+REF = pathlib.Path(os.environ.get("TRADEWARDEN_CCXT_STATIC", str(_DEFAULT_REF)))
+if not (REF / "response-binance.json").exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"ccxt static fixtures not found under {REF}: CI must have ../shared beside the clone")
     pytest.skip(f"ccxt static fixtures not found under {REF}", allow_module_level=True)
 
 RESPONSES = json.loads((REF / "response-binance.json").read_text())["methods"]
