@@ -205,3 +205,29 @@ def test_cancel_answer_keeps_the_orders_own_client_order_id():
            "info": {"orderId": 42, "clientOrderId": "web_cancel_x1", "origClientOrderId": "tw-abc", "status": "CANCELED"}}
     order = order_from_ccxt(raw)
     assert order.client_order_id == "tw-abc" and order.exchange_order_id == "42"
+
+
+@pytest.mark.parametrize("exchange, outcome", [
+    ("kraken", None),                                   # ccxt declares every capability tradewarden needs
+    ("okx", None),
+    ("coinbase", "unsupported: watchBalance"),
+    ("zaif", "unsupported: fetchOrder"),
+    ("btcmarkets", "unsupported: watchOrders"),
+    ("paymium", "unsupported: fetchOpenOrders"),
+])
+def test_other_exchanges_by_declared_capability(exchange, outcome):
+    """Exchanges beyond Binance work where ccxt (pinned) declares the needed capabilities, and fail at
+    construction with "unsupported: <capability>" otherwise."""
+    from tradewarden.gateway import create_gateway
+    if outcome is None:
+        gw = create_gateway(exchange, "key-not-used", "secret-not-used")
+        assert gw.exchange_id == exchange and "secret-not-used" not in repr(gw)
+    else:
+        with pytest.raises(Unsupported, match=f"^{outcome}"):
+            create_gateway(exchange, "key-not-used", "secret-not-used")
+
+
+def test_unknown_exchange_is_invalid():
+    from tradewarden.gateway import create_gateway
+    with pytest.raises(Invalid, match="unknown exchange: nosuchexchange"):
+        create_gateway("nosuchexchange", "k", "s")
