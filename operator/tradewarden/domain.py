@@ -218,10 +218,13 @@ class Gateway(Protocol):
 
     async def snapshot(self, symbols: Sequence[str]) -> Snapshot: ...
 
-    async def fetch_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "") -> Order:
-        """The exchange's current state of one order; raises OrderNotFound when it does not know it."""
+    async def fetch_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "", *,
+                          algo: bool = False) -> Order:
+        """The exchange's current state of one order (``algo``: a USD-M conditional order, which lives in
+        the Algo Service); raises OrderNotFound when it does not know it."""
 
-    async def cancel_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "") -> Order | None:
+    async def cancel_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "", *,
+                           algo: bool = False) -> Order | None:
         """Cancel one order. Raises OrderNotFound, UnknownOutcome, ..."""
 
     async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult: ...

@@ -29,3 +29,26 @@ def test_accounts_created_together_spread_over_the_interval():
     assert min(buckets) >= 1 and max(buckets) <= 25, buckets
     # stable: the same account gets the same phase in another process
     assert jittered_offset("ns/acct-1", interval) == jittered_offset("ns/acct-1", interval)
+
+
+def test_budget_metrics_are_labelled_with_the_exchange_that_spends_them():
+    from tradewarden.controller.account import publish_budgets
+    from tradewarden.gateway import RateBudgets
+
+    class Tele:
+        def __init__(self):
+            self.weights, self.waits = {}, []
+
+        def exchange_weight_used(self, exchange, host, weight):
+            self.weights[(exchange, host)] = weight
+
+        def rate_limit_wait(self, exchange, seconds):
+            self.waits.append((exchange, seconds))
+
+    budgets = RateBudgets()
+    budgets.for_url("http://127.0.0.1:9/api/v3/account").counters.last_server_used = 20
+    budgets.for_url("http://127.0.0.1:9/fapi/v2/account").counters.last_server_used = 5
+    tele = Tele()
+    publish_budgets(tele, budgets, "binance", "api")
+    publish_budgets(tele, budgets, "binanceusdm", "fapi")
+    assert tele.weights == {("binance", "127.0.0.1:9/api"): 20.0, ("binanceusdm", "127.0.0.1:9/fapi"): 5.0}

@@ -193,3 +193,13 @@ def test_gateway_problems_and_backoff():
     assert gateway_problem(domain.Unsupported("unsupported: fetchOpenOrders"), redact).reason == "UnsupportedExchange"
     delays = [backoff_s(n) for n in range(1, 12)]
     assert delays[0] < 7 and max(delays) <= 300 * 1.2 and delays[4] > delays[0]
+
+
+def test_a_cancel_answered_filled_is_not_counted_as_a_cancel():
+    from tradewarden.controller import events as ev
+    done = Discrepancy("stale", "tw-1", "open", "canceled", "cancelled (stale); exchange says canceled")
+    raced = Discrepancy("stale", "tw-2", "open", "filled", "cancelled (stale); exchange says filled")
+    assert ev.is_cancel(done) and not ev.is_cancel(raced)
+    specs = ev.run_events([done, raced], trigger="stale")
+    (cancel_event,) = [e for e in specs if e.reason == "StaleOrderCancelled"]
+    assert cancel_event.message.startswith("1 stale owned orders cancelled") and "tw-2" not in cancel_event.message

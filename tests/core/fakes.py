@@ -48,6 +48,7 @@ class FakeExchange:
         self.positions: dict[str, Position] = {}
         self.forgotten: set[str] = set()
         self.calls: list[tuple[str, Any]] = []
+        self.algo_calls: list[tuple[str, str, bool]] = []   # (method, client order id, algo flag)
         self.faults: dict[str, Any] = {}
         self.cancel_all_leaves: list[int] = []      # per cancel_all call: how many orders survive it
 
@@ -102,13 +103,17 @@ class FakeExchange:
             raise OrderNotFound(f"order {client_order_id or exchange_order_id} does not exist")
         return o
 
-    async def fetch_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "") -> Order:
+    async def fetch_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "", *,
+                          algo: bool = False) -> Order:
         self.calls.append(("fetch_order", client_order_id))
+        self.algo_calls.append(("fetch_order", client_order_id, algo))
         self._fault("fetch_order")
         return self._find(exchange_order_id, client_order_id)
 
-    async def cancel_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "") -> Order | None:
+    async def cancel_order(self, symbol: str, exchange_order_id: str = "", client_order_id: str = "", *,
+                           algo: bool = False) -> Order | None:
         self.calls.append(("cancel_order", client_order_id))
+        self.algo_calls.append(("cancel_order", client_order_id, algo))
         self._fault("cancel_order")
         o = self._find(exchange_order_id, client_order_id)
         if not o.state.active:

@@ -336,6 +336,25 @@ async def test_emergency_stop_cancels_everything_via_cancel_all(policy):
     assert {runner.ledger.order(k).state for k in ("tw-1", "manual-1", "tw-2", "manual-2")} == {OrderState.CANCELED}
 
 
+async def test_conditional_orders_are_queried_and_cancelled_as_algo_orders():
+    """USD-M conditional orders live in the Algo Service: their final state and their cancel go there,
+    else a finished one would be "not found" and end up declared lost."""
+    from dataclasses import replace as _replace
+    clock, ex, runner = make(symbols=["BTC/USDT:USDT"], futures=True, stale_timeout_s=60)
+    t0 = clock.ms() - 2 * HOUR_MS
+    stop = _replace(order("tw-stop", symbol="BTC/USDT:USDT", created_ms=t0), algo=True)
+    gone = _replace(order("tw-gone", symbol="BTC/USDT:USDT", created_ms=t0), algo=True)
+    ex.put(stop, gone)
+    await runner.initial_sync()
+    ex.orders["tw-gone"] = _replace(gone, state=OrderState.FILLED, filled=gone.amount, updated_ms=clock.ms())
+    clock.t += 60
+    await runner.reconcile()
+    assert ("fetch_order", "tw-gone", True) in ex.algo_calls
+    assert runner.ledger.order("tw-gone").state is OrderState.FILLED
+    await runner.stale_cleanup()
+    assert ("cancel_order", "tw-stop", True) in ex.algo_calls
+
+
 async def test_emergency_stop_resolves_orders_placed_just_before_it():
     """No timer runs while stopped, so the stop's follow-up asks about every formerly open order,
     even one placed a moment ago (which a normal run would leave for the next run)."""

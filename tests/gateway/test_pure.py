@@ -231,3 +231,20 @@ def test_unknown_exchange_is_invalid():
     from tradewarden.gateway import create_gateway
     with pytest.raises(Invalid, match="unknown exchange: nosuchexchange"):
         create_gateway("nosuchexchange", "k", "s")
+
+
+async def test_secrets_stay_scrubbed_while_any_gateway_uses_them():
+    """Two accounts may share one Secret: closing one gateway keeps the other's credentials scrubbed;
+    a gateway that failed to construct leaves nothing registered."""
+    from tradewarden.gateway import create_gateway
+    from tradewarden.gateway import exchanges as exm
+    key, secret = "shared-key-" + "k" * 20, "shared-secret-" + "s" * 40
+    a = create_gateway("binance", key, secret, "http://127.0.0.1:9")
+    b = create_gateway("binance", key, secret, "http://127.0.0.1:9")
+    await a.close()
+    assert secret in exm._FILTER.secrets and key in exm._FILTER.secrets
+    await b.close()
+    assert secret not in exm._FILTER.secrets and key not in exm._FILTER.secrets
+    with pytest.raises(Unsupported):
+        create_gateway("coinbase", "failed-" + key, "failed-" + secret)
+    assert "failed-" + secret not in exm._FILTER.secrets

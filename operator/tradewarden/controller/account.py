@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Mapping
 
 from pydantic import ValidationError
@@ -111,13 +111,16 @@ class Deps:
 _published_waits: dict[str, float] = {}
 
 
-def publish_budgets(telemetry: Any, budgets: Any, exchange: str) -> None:
-    """The shared rate budgets' weight in use and the time spent waiting, as metrics."""
-    if budgets is None:
+def publish_budgets(telemetry: Any, budgets: Any, exchange: str, family: str) -> None:
+    """The weight in use and the time spent waiting of the budgets this account's exchange spends
+    from (its API family: ``api`` for spot, ``fapi`` for USD-M), labelled with that exchange."""
+    if budgets is None or not family:
         return
     try:
         for b in budgets.snapshot():
             key = str(b.get("key"))
+            if not key.endswith("/" + family):
+                continue
             telemetry.exchange_weight_used(exchange, key, float(b.get("last_server_used") or b.get("used") or 0))
             waited = float(b.get("wait_seconds") or 0.0)
             telemetry.rate_limit_wait(exchange, waited - _published_waits.get(key, 0.0))
@@ -506,6 +509,9 @@ class AccountSupervisor:
         from ..core import AccountConfig, AccountRunner, Ledger
 
         config = AccountConfig.from_spec(spec)
+        if self._gw is not None and hasattr(self._gw, "futures"):
+            # one answer to "is this a derivatives account": the gateway's, which decides what it fetches
+            config = replace(config, futures=bool(self._gw.futures))
         if self._runner is not None and config == self._config:
             return
         if self._runner is not None:
@@ -561,7 +567,7 @@ class AccountSupervisor:
                         trigger=trigger):
                 return await coro
         finally:
-            publish_budgets(t, self.deps.budgets, exchange)
+            publish_budgets(t, self.deps.budgets, exchange, str(getattr(self._gw, "rest_family", "") or ""))
 
     def _gateway_for_runner(self) -> Any:
         t = self.deps.telemetry
@@ -590,6 +596,8 @@ class AccountSupervisor:
             self.log.info("%s run interrupted", trigger)
             return None
         except domain.AuthenticationFailed as exc:
+            # Revoked or rotated credentials (the runner raises them after recording the run): rebuild
+            # from the Secret, with backoff, instead of failing every run with keys the venue refuses.
             self._run_failed(tele, t0, f"authentication failed: {exc}")
             self._credentials_ok = False
             self._set_problem(st.Problem("AuthenticationFailed", f"the exchange rejected the API credentials: "
@@ -615,7 +623,7 @@ class AccountSupervisor:
                 tele.set_open_orders(sum(1 for _ in self._runner.ledger.active_orders()))
             except Exception:  # noqa: BLE001
                 pass
-            cancelled = sum(1 for d in report.discrepancies if d.kind == "stale" and ev.is_cancel(d))
+            cancelled = report.cancelled     # confirmed by the exchange (not "cancel sent, order filled")
             if cancelled:
                 tele.stale_cancelled(cancelled)
         observe = getattr(self._config, "observe_only", False)
@@ -623,14 +631,6 @@ class AccountSupervisor:
             self._post(spec.type, spec.reason, spec.message)
         if not report.ok:
             self.log.warning("%s run failed: %s", trigger, report.error)
-        if report.error and str(report.error).startswith(domain.AuthenticationFailed.__name__):
-            # Revoked or rotated credentials: rebuild from the Secret (with backoff) instead of
-            # failing every run with keys the exchange no longer accepts.
-            self._credentials_ok = False
-            self._set_problem(st.Problem("AuthenticationFailed",
-                                         f"the exchange rejected the API credentials: {report.error}", True))
-            await self._teardown()
-            self._schedule_retry()
         return report
 
     def _run_failed(self, tele: Any, t0: float, error: str) -> None:
@@ -674,14 +674,22 @@ class AccountSupervisor:
             gw = self._gw
             if gw is None:
                 return
+            stream = gw.stream(symbols)
             try:
-                async for event in gw.stream(symbols):
+                async for event in stream:
                     await self._on_stream_event(event)
                     failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the stream restarts, the account is reconciled
                 self.log.warning("user-data stream failed: %s: %s", type(exc).__name__, exc)
+            finally:
+                # `async for` never closes its iterator: without this a failed consumer would leave the
+                # old connection (its socket, its supervisor task) running beside the next one
+                try:
+                    await stream.aclose()
+                except Exception:  # noqa: BLE001
+                    self.log.debug("closing the user-data stream failed", exc_info=True)
             failures += 1
             self._set_stream_state("reconnecting")
             self._pending.add("stream-reconnect")
@@ -723,8 +731,7 @@ class AccountSupervisor:
         self._estop_settle_at = None
         self._dirty = True
         self.log.warning("EMERGENCY STOP requested by %s: %s", who, value)
-        await self._stop_stream()
-        await self._flush(force=True)
+        await self._flush(force=True)     # readers see the stop before anything else happens
         if self.deps.telemetry is not None:
             tele = self._tele or self.deps.telemetry.account(self.namespace, self.name,
                                                              str((self._body.get("spec") or {}).get("exchange")))
@@ -734,6 +741,7 @@ class AccountSupervisor:
         self._post("Warning", "EmergencyStop",
                    f"emergency stop requested by {who} (reason: {value or 'none given'}): cancelling every open "
                    f"order on {len(symbols)} symbols")
+        await self._stop_stream()
 
     async def _emergency_stop(self) -> None:
         if self._estop.get("state") == "Completed":

@@ -61,7 +61,8 @@ def is_correction(d: Any) -> bool:
 
 def is_cancel(d: Any) -> bool:
     """A stale order the exchange confirmed cancelled ("cancelled (stale); exchange says canceled")."""
-    return str(getattr(d, "action", "") or "").lower().startswith("cancelled")
+    action = str(getattr(d, "action", "") or "").lower()
+    return action.startswith("cancelled") and action.endswith("exchange says canceled")
 
 
 def run_events(discrepancies: Iterable[Any], *, trigger: str = "", observe_only: bool = False) -> list[EventSpec]:

@@ -105,6 +105,7 @@ class RunReport:
     requests: int = 0      # single-order queries and cancels sent
     deferred: int = 0      # queries/cancels left for the next run (per-run request bound)
     purged: int = 0        # finished orders purged
+    cancelled: int = 0     # stale owned orders the exchange confirmed cancelled
 
     @property
     def duration_ms(self) -> int:

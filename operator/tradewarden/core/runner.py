@@ -144,7 +144,7 @@ class AccountRunner:
             async with sem:
                 try:
                     return Ledger.order_id(order), await self.gateway.fetch_order(
-                        order.symbol, order.exchange_order_id, order.client_order_id)
+                        order.symbol, order.exchange_order_id, order.client_order_id, algo=order.algo)
                 except Exception as exc:   # kept pending: nothing is inferred from a failed query
                     return Ledger.order_id(order), exc
 
@@ -160,7 +160,7 @@ class AccountRunner:
             async with sem:
                 try:
                     return await self.gateway.cancel_order(order.symbol, order.exchange_order_id,
-                                                           order.client_order_id)
+                                                           order.client_order_id, algo=order.algo)
                 except Exception as exc:
                     return exc
 
@@ -190,8 +190,8 @@ class AccountRunner:
                     if isinstance(outcome, Order) and same_order(outcome, order) is None:
                         outcome = None           # an answer about another order: ask for this one
                     self._apply(resolve_cancel(self.ledger, order, outcome), report)
-                    if isinstance(outcome, Order) and not outcome.state.active:
-                        cancelled += 1
+                    if isinstance(outcome, Order) and outcome.state is OrderState.CANCELED:
+                        cancelled += 1       # a cancel answered "filled" cancelled nothing
                     if needs_query(outcome):
                         to_query.append(order)
                 if to_query:       # "not found" on a cancel: ask for the final state, never assume
@@ -200,6 +200,7 @@ class AccountRunner:
                     self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
             report.purged = purge(self.ledger, self.config, self.now_ms())
             report.finished_ms = self.now_ms()
+            report.cancelled = cancelled
             self.monitor.record_stale(cancelled)
             return report
 

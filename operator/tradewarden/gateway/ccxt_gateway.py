@@ -41,12 +41,16 @@ class CcxtGateway:
         self.markets_cache = markets if markets is not None else default_markets()
         self._secrets = (api_key, secret)
         self._logger = scrubbing_logger(self._secrets)
-        self._rest = new_exchange(exchange_id, api_key, secret, endpoint, self.budgets, pro=False,
-                                  logger=self._logger)
-        self.futures = exchange_id == "binanceusdm" or \
-            str(self._rest.options.get("defaultType", "spot")) in ("swap", "future", "linear")
-        self.binance = exchange_id in BINANCE_IDS
-        self._check_capabilities()
+        try:
+            self._rest = new_exchange(exchange_id, api_key, secret, endpoint, self.budgets, pro=False,
+                                      logger=self._logger)
+            self.futures = exchange_id == "binanceusdm" or \
+                str(self._rest.options.get("defaultType", "spot")) in ("swap", "future", "linear")
+            self.binance = exchange_id in BINANCE_IDS
+            self._check_capabilities()
+        except BaseException:
+            forget_secrets(self._secrets)        # no gateway: nothing of it is left registered
+            raise
         self._sem = asyncio.Semaphore(concurrency)
         self._streams: set = set()
         self._stream_options = dict(stream_options or {})

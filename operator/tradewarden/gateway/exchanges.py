@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections import Counter
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -218,6 +219,9 @@ def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | No
 
 _CCXT_LOGGER = "tradewarden.gateway.ccxt"
 _FILTER = ScrubFilter()
+# How many live gateways use each secret: two accounts may share one Secret, and closing one of them
+# must not stop the other's credentials from being scrubbed.
+_SECRET_USERS: Counter[str] = Counter()
 
 
 def scrubbing_logger(secrets: tuple[str, ...]) -> logging.Logger:
@@ -225,12 +229,17 @@ def scrubbing_logger(secrets: tuple[str, ...]) -> logging.Logger:
     logger = logging.getLogger(_CCXT_LOGGER)
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
-    _FILTER.secrets = tuple(dict.fromkeys((*_FILTER.secrets, *(s for s in secrets if s))))
+    _SECRET_USERS.update(s for s in secrets if s)
+    _FILTER.secrets = tuple(_SECRET_USERS)
     return logger
 
 
 def forget_secrets(secrets: tuple[str, ...]) -> None:
-    _FILTER.secrets = tuple(s for s in _FILTER.secrets if s not in set(secrets))
+    """The gateway that registered ``secrets`` is gone (call once per scrubbing_logger call)."""
+    _SECRET_USERS.subtract(s for s in secrets if s)
+    for s in [s for s, n in _SECRET_USERS.items() if n <= 0]:
+        del _SECRET_USERS[s]
+    _FILTER.secrets = tuple(_SECRET_USERS)
 
 
 __all__ = ["BINANCE_OPTIONS", "TradewardenExchangeMixin", "exchange_class", "new_exchange", "rewrite_urls",

@@ -135,7 +135,17 @@ class UserDataStream:
         reported_down = False
         while not self._closed:
             self.attempts += 1
-            conn = _Connection(self.gw.new_pro())
+            try:
+                conn = _Connection(self.gw.new_pro())
+            except Exception as exc:  # noqa: BLE001 - never a silent death of the supervisor
+                reason = scrub(f"{type(exc).__name__}: {exc}", self.gw._secrets)
+                if not reported_down:
+                    self._emit(ConnectionEvent(ConnectionState.DISCONNECTED, reason, _now_ms()))
+                    reported_down = True
+                log.warning("user-data stream of %s cannot open a connection (%s)", self.gw.exchange_id, reason)
+                await asyncio.sleep(backoff_delay(attempt, base=self.backoff_base_s, cap=self.backoff_cap_s))
+                attempt += 1
+                continue
             self._conn = conn
             conn.pro.tw_sink = (lambda client, message, conn=conn: self._on_payload(conn, client, message)) \
                 if self.gw.binance else None
