@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from .. import domain
+from ..core.monitor import FAILING_AFTER, STALE_AFTER_MS
 from ..models import MAX_STATUS_BALANCES, MAX_STATUS_OPEN_ORDERS, MAX_STATUS_POSITIONS
 
 # Condition types.
@@ -26,9 +27,10 @@ RECONCILIATION_STALE = "ReconciliationStale"
 CONDITION_TYPES = (READY, SYNCED, CREDENTIALS_VALID, STREAM_CONNECTED, EMERGENCY_STOPPED,
                    RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE)
 
-FAILING_THRESHOLD = 3              # ReconciliationFailing: consecutive failures above this
-STALE_FLOOR_S = 600                # ReconciliationStale: no completed run for 10 minutes ...
-STALE_INTERVALS = 2                # ... or two intervals, whichever is longer
+# The alert rules' numbers are the core's (one definition: tradewarden.core.monitor)
+FAILING_THRESHOLD = FAILING_AFTER              # ReconciliationFailing: consecutive failures above this
+STALE_FLOOR_S = STALE_AFTER_MS // 1000         # ReconciliationStale: no completed run for 10 minutes ...
+STALE_INTERVALS = 2                            # ... or two intervals, whichever is longer
 # The ledger is the one part of status whose size the account drives; above this it is not written
 # (a restart then rebuilds from the exchange) and the supervisor says so in a condition message.
 MAX_LEDGER_BYTES = 512 * 1024
@@ -341,11 +343,11 @@ def phase(s: StatusInputs, conds: Sequence[Cond]) -> str:
     return "Degraded" if degraded else "Ready"
 
 
-def trading_safe(s: StatusInputs) -> bool:
+def trading_safe(s: StatusInputs, conds: Sequence[Cond]) -> bool:
+    """Safe for a bot to trade on what status says: synced, confirmed by recent runs, stream up."""
     if s.estop.get("active") or s.problem is not None or not s.synced:
         return False
-    consecutive = int(getattr(s.monitor, "consecutive_failures", 0) or 0) if s.monitor is not None else 0
-    if bool(s.alerts.get("failing")) or consecutive > FAILING_THRESHOLD:
+    if any(c.type == RECONCILIATION_FAILING and c.status == "True" for c in conds):
         return False
     return (not s.stream_enabled) or s.stream_state == "connected"
 
@@ -378,7 +380,7 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
         "state": state,
         "since": rfc3339(s.stream_since_ms) if s.stream_since_ms else prev_stream.get("since"),
         "reconnects": int(s.stream_reconnects),
-        "tradingSafe": trading_safe(s),
+        "tradingSafe": trading_safe(s, conds),
         "lastEventTime": rfc3339(s.stream_last_event_ms) if s.stream_last_event_ms else prev_stream.get(
             "lastEventTime"),
     }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from tradewarden.domain import ZERO, Balance, Order, OrderState, Position, Side
 
@@ -315,8 +315,3 @@ def _order_entry(row: Any) -> OrderEntry:
 
 def replace_order(order: Order, **changes: Any) -> Order:
     return dataclasses.replace(order, **changes)
-
-
-def iter_keys(orders: Iterable[Order]) -> Iterator[tuple[str, Order]]:
-    for o in orders:
-        yield Ledger.order_id(o), o

@@ -54,7 +54,6 @@ class CcxtGateway:
         self._sem = asyncio.Semaphore(concurrency)
         self._streams: set = set()
         self._stream_options = dict(stream_options or {})
-        self._started = False
         self._closed = False
 
     def __repr__(self) -> str:
@@ -124,11 +123,8 @@ class CcxtGateway:
         await self._load_markets()
         if any(s not in self._rest.markets for s in symbols):
             await self._load_markets(reload=True)
-        unknown = [s for s in symbols if s not in self._rest.markets]
-        if unknown:
-            raise Invalid("unknown symbol: " + ", ".join(unknown))
+        self._check_symbols(symbols)
         await self._call("check credentials", lambda: self._rest.fetch_balance())
-        self._started = True
 
     async def _load_markets(self, reload: bool = False) -> None:
         async def own() -> Any:
