@@ -159,7 +159,24 @@ class Demo:
         self.kubectl("apply", "-f", str(crd))
         self.kubectl("wait", "--for", "condition=established", "--timeout=60s", f"crd/{models.PLURAL}.{models.GROUP}")
         ok("TradingAccount CRD installed and Established")
+        self.clear_leftover_namespace()
         self.kubectl("create", "namespace", NAMESPACE, check=False)
+
+    def clear_leftover_namespace(self) -> None:
+        """A namespace left terminating by an earlier run whose operator died before removing its
+        finalizers: with no operator serving it, release the accounts and wait for it to go."""
+        out = self.kubectl("get", "namespace", NAMESPACE, "-o", "jsonpath={.status.phase}", check=False)
+        if out.strip() != "Terminating":
+            return
+        say(f"namespace {NAMESPACE} is still terminating from an earlier run: releasing its accounts")
+        for name in self.kubectl("-n", NAMESPACE, "get", "ta", "-o", "name", check=False).split():
+            self.kubectl("-n", NAMESPACE, "patch", name, "--type=merge", "-p",
+                         '{"metadata":{"finalizers":null}}', check=False)
+        deadline = time.monotonic() + 60
+        while self.kubectl("get", "namespace", NAMESPACE, "-o", "name", check=False).strip():
+            if time.monotonic() > deadline:
+                raise DemoError(f"namespace {NAMESPACE} did not finish terminating")
+            time.sleep(0.5)
 
     def start_simulator(self) -> None:
         step(2, "The exchange: tradewarden's Binance-compatible simulator")
@@ -319,6 +336,10 @@ class Demo:
             pids = " ".join(str(p.pid) for p in self.procs)
             print(f"   stop it: kill {pids}" + ("; ./tw testenv stop" if self.started_control_plane else ""))
             return
+        if self.kubeconfig and self.procs:
+            # delete the account while the operator runs, so it removes its finalizer (an account
+            # deleted after its operator is gone would hold the namespace in Terminating)
+            self.kubectl("-n", NAMESPACE, "delete", "ta", "--all", "--timeout=30s", check=False)
         for p in self.procs:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
