@@ -76,7 +76,9 @@ def census(accounts) -> dict:
         elif isinstance(o, aiohttp.BaseConnector):
             n["connectors"] += 1
     n["tasks"] = len(asyncio.all_tasks())
-    n["ledger"] = sum(len(a.runner.ledger.orders) for a in accounts if a.runner is not None)
+    n["ledger"] = sum(len(a.ledger.orders) for a in accounts if a.ledger is not None)
+    n["ledger_open"] = sum(1 for a in accounts if a.ledger is not None
+                           for e in a.ledger.orders.values() if e.order.state not in FINISHED)
     return n
 
 
@@ -187,6 +189,12 @@ class Account:
     tracked: dict = field(default_factory=dict)   # owned client id -> finished when last seen
     lost: set = field(default_factory=set)
     seq: int = 0
+    name: str = ""                                 # the TradingAccount's (operator soak)
+    restored: object = None                        # the ledger read back from status (operator soak)
+
+    @property
+    def ledger(self):
+        return self.runner.ledger if self.runner is not None else self.restored
 
     @property
     def venue(self) -> str:
@@ -219,14 +227,23 @@ class Soak:
 
     # ---- setup ---------------------------------------------------------------------------------
 
+    async def new_account(self, i: int) -> Account:
+        """Account i on the simulator (every second one USD-M, every third ObserveOnly), seeded with a
+        stale owned order and a foreign one."""
+        key, secret = f"soak-{i}-" + secrets.token_hex(8), secrets.token_hex(32)
+        await self.sim.call("POST", "/accounts", {"apiKey": key, "secret": secret,
+                                                  "balances": {"USDT": "1000000", "BTC": "10", "ETH": "100"},
+                                                  "futuresBalances": {"USDT": "1000000"}})
+        a = Account(i, key, secret, futures=i % 2 == 1,
+                    policy=Policy.OBSERVE_ONLY if i % 3 == 2 else Policy.CORRECT, name=f"soak-{i}")
+        await self.place(a, "tw", stale=True)
+        await self.place(a, "manual")
+        return a
+
     async def start(self) -> None:
         for i in range(self.args.accounts):
-            key, secret = f"soak-{i}-" + secrets.token_hex(8), secrets.token_hex(32)
-            await self.sim.call("POST", "/accounts", {"apiKey": key, "secret": secret,
-                                                      "balances": {"USDT": "1000000", "BTC": "10", "ETH": "100"},
-                                                      "futuresBalances": {"USDT": "1000000"}})
-            a = Account(i, key, secret, futures=i % 2 == 1,
-                        policy=Policy.OBSERVE_ONLY if i % 3 == 2 else Policy.CORRECT)
+            a = await self.new_account(i)
+            key, secret = a.key, a.secret
             a.gw = create_gateway("binanceusdm" if a.futures else "binance", key, secret, self.sim.url,
                                   budgets=self.budgets,
                                   stream_options={"backoff_base_s": 0.1, "backoff_cap_s": 2.0,
@@ -236,8 +253,6 @@ class Soak:
             a.runner = AccountRunner(a.gw, AccountConfig(symbols=a.symbols, policy=a.policy, futures=a.futures,
                                                          stale_timeout_s=STALE_S, missing_grace_s=1.0,
                                                          retention_s=self.args.retention))
-            await self.place(a, "tw", stale=True)
-            await self.place(a, "manual")
             await a.runner.initial_sync()
             self.track(a)
             self.accounts.append(a)
@@ -259,7 +274,9 @@ class Soak:
     def track(self, a: Account) -> None:
         """No owned order ever drops out of tracking or becomes LOST (a finished one may be purged
         after the retention: that is the ledger's memory bound, not a loss)."""
-        led = a.runner.ledger
+        led = a.ledger
+        if led is None:
+            return
         for cid, finished in list(a.tracked.items()):
             o = led.order(cid)
             if o is None:
@@ -276,21 +293,25 @@ class Soak:
     # ---- what runs ---------------------------------------------------------------------------------
 
     async def bot(self, a: Account, until: float) -> None:
-        """Trading on the account out of band: new orders (some stale), fills, foreign cancels."""
+        """Trading on the account out of band: new orders (some stale), fills, foreign cancels.
+        The open book stays near --book orders: at --book the bot only fills and cancels (the
+        foreign and ObserveOnly orders nobody else ends), so what the ledgers hold is bounded by
+        the workload and any growth left is tradewarden's."""
         while time.monotonic() < until:
             await asyncio.sleep(self.rng.uniform(0.2, 0.8))
             acct = await self.sim.account(a.key)
             r = self.rng.random()
             open_orders = [o for o in acct["openOrders"] if o["venue"] == a.venue]
+            full = len(open_orders) >= self.args.book
             try:
-                if r < 0.35 or not open_orders:
+                if not open_orders or (r < 0.35 and not full):
                     await self.place(a, "tw" if self.rng.random() < 0.8 else "manual",
                                      stale=self.rng.random() < 0.2, symbol=self.rng.choice(["BTCUSDT", "ETHUSDT"]))
                 elif r < 0.6:
                     o = self.rng.choice(open_orders)
                     fill = {"venue": a.venue} if self.rng.random() < 0.5 else {"venue": a.venue, "quantity": "0.002"}
                     await self.sim.call("POST", f"/accounts/{a.key}/orders/{o['orderId']}/fill", fill)
-                elif r < 0.75:
+                elif r < 0.75 or full:
                     o = self.rng.choice(open_orders)
                     await self.sim.call("POST", f"/accounts/{a.key}/orders/{o['orderId']}/cancel", {"venue": a.venue})
                 elif not a.futures and r < 0.85:
@@ -365,10 +386,7 @@ class Soak:
                 path, body = self.rng.choice(HOSTILE)
                 f = await sim.add_fault(method="GET", path=path, body=body, count=self.rng.randrange(1, 4))
             elif kind == "skew":
-                # our clock is off beyond recvWindow (the venue's stays monotonic): ccxt signs with
-                # its clock minus options["timeDifference"]
-                victim = self.rng.choice(self.accounts)
-                victim.gw._rest.options["timeDifference"] = self.rng.choice([-1, 1]) * self.rng.randrange(12_000, 30_000)
+                await self.skew()
             elif kind in ("drop", "abort"):
                 await sim.call("POST", "/streams/drop", {"abort": kind == "abort"})
             elif kind == "expire":
@@ -382,6 +400,12 @@ class Soak:
             if kind == "no-delivery":
                 await sim.set_deliver(victim.key, True)
             await self.drain()
+
+    async def skew(self) -> None:
+        """Our clock off beyond recvWindow (the venue's stays monotonic): ccxt signs with its clock
+        minus options["timeDifference"]; left for tradewarden's clock re-sync to repair."""
+        victim = self.rng.choice(self.accounts)
+        victim.gw._rest.options["timeDifference"] = self.rng.choice([-1, 1]) * self.rng.randrange(12_000, 30_000)
 
     async def drain(self) -> None:
         """Examine (and drop) the simulator's request log: wrong cancels, requests inside Retry-After."""
@@ -428,24 +452,25 @@ class Soak:
             self.sample()
             await asyncio.sleep(self.args.sample)
 
-    def sample(self) -> None:
+    def measure(self) -> dict:
+        """One memory sample of what the soak measures (here: this process, which runs the gateways
+        and the cores)."""
         gc.collect()
-        row = {"t": time.monotonic() - self.t_start, "rss": rss_mb(), **census(self.accounts)}
-        if tracemalloc.is_tracing():
-            row["heap"] = tracemalloc.get_traced_memory()[0] / 2**20
-            row["tm"] = tracemalloc.get_tracemalloc_memory() / 2**20
+        row = {"rss": rss_mb()}
         if self.args.malloc_trim:
             malloc_trim()
-            row["trimmed"] = rss_mb()
+            row["rss_after_trim"] = rss_mb()
+        if tracemalloc.is_tracing():
+            row["py_heap"] = tracemalloc.get_traced_memory()[0] / 2**20
+            row["tracemalloc_itself"] = tracemalloc.get_tracemalloc_memory() / 2**20
+        return {**row, **census(self.accounts)}
+
+    def sample(self) -> None:
+        row = {"t": time.monotonic() - self.t_start, **self.measure()}
         self.samples.append(row)
-        cols = [f"t={row['t']:6.0f}s", f"rss={row['rss']:7.1f}"]
-        if "trimmed" in row:
-            cols.append(f"rss_after_trim={row['trimmed']:7.1f}")
-        if "heap" in row:
-            cols.append(f"py_heap={row['heap']:6.1f} (tracemalloc itself {row['tm']:5.1f})")
-        cols += [f"ccxt={row['ccxt']}", f"sessions={row['sessions']}", f"connectors={row['connectors']}",
-                 f"tasks={row['tasks']}", f"ledger_orders={row['ledger']}"]
-        print("  sample " + " ".join(cols) + " MiB", flush=True)
+        cols = [f"t={row['t']:6.0f}s"] + [f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in row.items() if k != "t"]
+        print("  sample " + " ".join(cols) + "  (MiB)", flush=True)
 
     def verdict(self) -> tuple[str, bool | None]:
         """Flat if RSS in the steady state grows by less than 1 MiB/min. The steady state starts when
@@ -463,11 +488,11 @@ class Soak:
         text = (f"RSS slope while the ledgers fill (t <= {warm} s) {s_early:+.2f} MiB/min, steady state "
                 f"{s_steady:+.2f} MiB/min ({steady[0]['rss']:.1f} -> {steady[-1]['rss']:.1f} MiB over the last "
                 f"{(steady[-1]['t'] - steady[0]['t']) / 60:.1f} min)")
-        if "heap" in rows[0]:
-            text += f"; Python heap steady state {slope([(r['t'] / 60, r['heap']) for r in steady]):+.2f} MiB/min"
-        if "trimmed" in rows[0]:
+        if "py_heap" in rows[0]:
+            text += f"; Python heap steady state {slope([(r['t'] / 60, r['py_heap']) for r in steady]):+.2f} MiB/min"
+        if "rss_after_trim" in rows[0]:
             text += (f"; RSS after malloc_trim steady state "
-                     f"{slope([(r['t'] / 60, r['trimmed']) for r in steady]):+.2f} MiB/min")
+                     f"{slope([(r['t'] / 60, r['rss_after_trim']) for r in steady]):+.2f} MiB/min")
         return text, s_steady < 1.0
 
     # ---- the end -----------------------------------------------------------------------------------
@@ -483,7 +508,7 @@ class Soak:
         return False
 
     async def unequal(self, a: Account) -> list[str]:
-        led = a.runner.ledger
+        led = a.ledger
         out = []
         for o in (await self.sim.orders(a.key, a.venue)).values():
             mine = led.order(cid_of(o))
@@ -505,64 +530,83 @@ class Soak:
                     out.append(f"{asset}: {mine} vs {(free, locked)}")
         return out
 
-    async def run(self) -> int:
-        args = self.args
+    # ---- the phases (the operator soak replaces some) ----------------------------------------------
+
+    async def setup(self) -> None:
         await self.sim.start()
         self.t_start = time.monotonic()
         print(f"simulator in its own process (pid {self.sim.proc.pid}) at {self.sim.url}; "
               f"this process: pid {multiprocessing.current_process().pid}", flush=True)
         await self.start()
-        until = time.monotonic() + args.minutes * 60
+
+    def launch(self, until: float) -> None:
         for a in self.accounts:
             a.stream = a.gw.stream(a.symbols)
             a.tasks = [asyncio.create_task(self.pump(a)), asyncio.create_task(self.loop(a, until)),
                        asyncio.create_task(self.bot(a, until))]
-        sampler = asyncio.create_task(self.sampler())
-        await asyncio.sleep(min(10.0, args.minutes * 60 / 6))     # warm-up
-        gc.collect()
-        rss_start = rss_mb()
-        snap_start = tracemalloc.take_snapshot() if args.trace_memory else None
-        t0 = time.monotonic()
-        await self.injector(until)
+
+    async def settle(self) -> list[bool]:
+        """Faults cleared: every account back to a clean run; stale owned orders of Correct accounts
+        get one cleanup now that the venue is healthy."""
         for a in self.accounts:
             await asyncio.gather(*a.tasks[1:], return_exceptions=True)
-        await self.sim.clear_faults()
-        for a in self.accounts:
-            await self.sim.set_deliver(a.key, True)
-        await asyncio.sleep(1.0)
         recovered = [await self.recover(a) for a in self.accounts]
-        # stale owned orders of Correct accounts: one cleanup now that the venue is healthy
         for a in self.accounts:
             self.count(await a.runner.stale_cleanup(), run=False)
             await self.recover(a)
         await asyncio.sleep(1.0)
         for a in self.accounts:
             await self.recover(a)
-        await self.drain()
-        sampler.cancel()
-        self.sample()
-        rss_end = self.samples[-1]["rss"]
-        if snap_start is not None:
-            diff = tracemalloc.take_snapshot().compare_to(snap_start, "filename")
-            groups = collections.Counter()
-            for stat in diff:
-                name = stat.traceback[0].filename
-                group = ("tradewarden" if "/tradewarden/" in name else "ccxt" if "/ccxt/" in name
-                         else "aiohttp" if "/aiohttp/" in name else "other")
-                groups[group] += stat.size_diff
-            print("Python heap growth since warm-up by package (tracemalloc): " +
-                  ", ".join(f"{g} {v / 2**20:+.2f} MiB" for g, v in groups.most_common()))
-            for stat in tracemalloc.take_snapshot().compare_to(snap_start, "lineno")[:5]:
-                print(f"  {stat}")
-        live = self.samples[-1]
-        unequal = {a.i: await self.unequal(a) for a in self.accounts}
-        lost = sum(len(a.lost) for a in self.accounts)
-        biggest = max(len(a.runner.ledger.orders) for a in self.accounts)
+        return recovered
+
+    async def teardown(self) -> None:
         for a in self.accounts:
             await a.stream.aclose()
             a.tasks[0].cancel()
             await a.gw.close()
         await self.sim.stop()
+
+    def describe_memory(self, rss_start: float, rss_end: float) -> str:
+        live = self.samples[-1]
+        biggest = max(len(a.ledger.orders) for a in self.accounts)
+        return (f"memory (RSS, this process only): {rss_start:.1f} MiB after warm-up, {rss_end:.1f} MiB at the "
+                f"end ({rss_end - rss_start:+.1f} MiB); largest ledger: {biggest} orders; live ccxt instances: "
+                f"{live['ccxt']}, aiohttp sessions {live['sessions']}, connectors {live['connectors']}, "
+                f"tasks {live['tasks']} for {len(self.accounts)} accounts")
+
+    def describe_runs(self) -> str:
+        return (f"runs: {self.runs} ({self.run_failures} failed or partial while faults lasted), "
+                f"stream events: {self.stream_events}")
+
+    async def run(self) -> int:
+        args = self.args
+        await self.setup()
+        until = time.monotonic() + args.minutes * 60
+        self.launch(until)
+        sampler = asyncio.create_task(self.sampler())
+        await asyncio.sleep(min(10.0, args.minutes * 60 / 6))     # warm-up
+        rss_start = self.measure()["rss"]
+        snap_start = self.snapshot()
+        t0 = time.monotonic()
+        try:
+            await self.injector(until)
+            await self.sim.clear_faults()
+            for a in self.accounts:
+                await self.sim.set_deliver(a.key, True)
+            await asyncio.sleep(1.0)
+            recovered = await self.settle()
+            await self.drain()
+            sampler.cancel()
+            self.sample()
+            rss_end = self.samples[-1]["rss"]
+            if snap_start is not None:
+                self.heap_growth(snap_start)
+            unequal = {a.i: await self.unequal(a) for a in self.accounts}
+            lost = sum(len(a.lost) for a in self.accounts)
+            memory = self.describe_memory(rss_start, rss_end)
+        finally:
+            sampler.cancel()
+            await self.teardown()
         verdict, flat = self.verdict()
 
         corrected = sum(self.discrepancies.values())
@@ -571,18 +615,14 @@ class Soak:
               f"{sum(a.policy is Policy.OBSERVE_ONLY for a in self.accounts)} ObserveOnly), "
               f"{(time.monotonic() - t0) / 60:.1f} min of faults, seed {args.seed}")
         print(f"faults injected: {sum(self.faults.values())} {dict(sorted(self.faults.items()))}")
-        print(f"runs: {self.runs} ({self.run_failures} failed or partial while faults lasted), "
-              f"stream events: {self.stream_events}")
+        print(self.describe_runs())
         print(f"discrepancies found and corrected: {corrected} {dict(sorted(self.discrepancies.items()))}")
         print(f"accounts recovered to a clean run: {sum(recovered)}/{len(recovered)}")
         print(f"orders lost: {lost}")
         print(f"wrong cancels: {len(self.wrong_cancels)}")
         print(f"requests inside Retry-After: {len(self.inside_retry_after)}")
         print(f"ledgers unequal to the exchange after recovery: {n_unequal}")
-        print(f"memory (RSS, this process only): {rss_start:.1f} MiB after warm-up, {rss_end:.1f} MiB at the end "
-              f"({rss_end - rss_start:+.1f} MiB); largest ledger: {biggest} orders; live ccxt instances: "
-              f"{live['ccxt']}, aiohttp sessions {live['sessions']}, connectors {live['connectors']}, "
-              f"tasks {live['tasks']} for {len(self.accounts)} accounts")
+        print(memory)
         print(f"memory verdict: {'INCONCLUSIVE' if flat is None else 'FLAT' if flat else 'GROWING'}: {verdict}")
         for what, items in (("lost", [c for a in self.accounts for c in a.lost]), ("wrong cancel", self.wrong_cancels),
                             ("inside Retry-After", self.inside_retry_after),
@@ -591,6 +631,22 @@ class Soak:
                 print(f"  {what}: {item}")
         bad = lost or self.wrong_cancels or self.inside_retry_after or n_unequal or not all(recovered) or flat is False
         return 1 if bad else 0
+
+    def snapshot(self):
+        return tracemalloc.take_snapshot() if self.args.trace_memory else None
+
+    def heap_growth(self, snap_start) -> None:
+        diff = tracemalloc.take_snapshot().compare_to(snap_start, "filename")
+        groups = collections.Counter()
+        for stat in diff:
+            name = stat.traceback[0].filename
+            group = ("tradewarden" if "/tradewarden/" in name else "ccxt" if "/ccxt/" in name
+                     else "aiohttp" if "/aiohttp/" in name else "other")
+            groups[group] += stat.size_diff
+        print("Python heap growth since warm-up by package (tracemalloc): " +
+              ", ".join(f"{g} {v / 2**20:+.2f} MiB" for g, v in groups.most_common()))
+        for stat in tracemalloc.take_snapshot().compare_to(snap_start, "lineno")[:5]:
+            print(f"  {stat}")
 
 
 def main() -> int:
@@ -603,6 +659,8 @@ def main() -> int:
     p.add_argument("--retention", type=int, default=60,
                    help="seconds finished orders stay in the ledger (the operator's default is 86400: a soak "
                         "shorter than that would measure the ledger filling up by design)")
+    p.add_argument("--book", type=int, default=20,
+                   help="open orders per account the bots keep the book at (at it they only fill and cancel)")
     p.add_argument("--sample", type=float, default=10.0, help="seconds between memory samples")
     p.add_argument("--trace-memory", action="store_true",
                    help="trace the Python heap (tracemalloc; slower): sampled total and where it grew")

@@ -90,10 +90,17 @@ def crd_installed(kubeconfig: str) -> str:
 
 @pytest.fixture
 def namespace(kubeconfig: str):
-    """A fresh namespace, deleted afterwards (without waiting)."""
+    """A fresh namespace, deleted afterwards (without waiting). TradingAccounts left in it keep the
+    operator's finalizer once their operator is gone; it is dropped after the deletion started (so no
+    operator can add it back), or the namespace would stay Terminating on the API server forever."""
     name = "tw-" + uuid.uuid4().hex[:10]
     kubectl(kubeconfig, "create", "namespace", name)
     try:
         yield name
     finally:
         kubectl(kubeconfig, "delete", "namespace", name, "--wait=false", check=False)
+        left = kubectl(kubeconfig, "get", "-n", name, "tradingaccounts.tradewarden.io", "-o", "name",
+                       check=False).stdout.split()
+        if left:
+            kubectl(kubeconfig, "patch", "-n", name, *left, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}', check=False)
