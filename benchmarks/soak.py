@@ -187,7 +187,7 @@ class Account:
     stream: object = None
     tasks: list = field(default_factory=list)
     tracked: dict = field(default_factory=dict)   # owned client id -> finished when last seen
-    lost: set = field(default_factory=set)
+    lost: dict = field(default_factory=dict)        # client id -> how it was lost
     seq: int = 0
     name: str = ""                                 # the TradingAccount's (operator soak)
     restored: object = None                        # the ledger read back from status (operator soak)
@@ -283,9 +283,10 @@ class Soak:
                 if finished:
                     del a.tracked[cid]
                 else:
-                    a.lost.add(cid)
+                    a.lost.setdefault(cid, "left the ledger while active")
             elif o.state is OrderState.LOST:
-                a.lost.add(cid)
+                e = led.orders.get(cid)
+                a.lost.setdefault(cid, f"marked lost (misses {getattr(e, 'misses', '?')}, updated {o.updated_ms})")
         for entry in led.orders.values():
             if led.is_owned(entry.order.client_order_id):
                 a.tracked[entry.order.client_order_id] = entry.order.state in FINISHED
@@ -485,9 +486,12 @@ class Soak:
                     f"then at least 4 samples are needed (have {len(steady)}); run longer"), None
         s_early = slope([(r["t"] / 60, r["rss"]) for r in early]) if len(early) > 1 else 0.0
         s_steady = slope([(r["t"] / 60, r["rss"]) for r in steady])
+        late = steady[len(steady) // 2:]
         text = (f"RSS slope while the ledgers fill (t <= {warm} s) {s_early:+.2f} MiB/min, steady state "
                 f"{s_steady:+.2f} MiB/min ({steady[0]['rss']:.1f} -> {steady[-1]['rss']:.1f} MiB over the last "
-                f"{(steady[-1]['t'] - steady[0]['t']) / 60:.1f} min)")
+                f"{(steady[-1]['t'] - steady[0]['t']) / 60:.1f} min; its second half "
+                f"{slope([(r['t'] / 60, r['rss']) for r in late]):+.2f} MiB/min, "
+                f"{min(r['rss'] for r in late):.1f}..{max(r['rss'] for r in late):.1f} MiB)")
         if "py_heap" in rows[0]:
             text += f"; Python heap steady state {slope([(r['t'] / 60, r['py_heap']) for r in steady]):+.2f} MiB/min"
         if "rss_after_trim" in rows[0]:
@@ -624,7 +628,7 @@ class Soak:
         print(f"ledgers unequal to the exchange after recovery: {n_unequal}")
         print(memory)
         print(f"memory verdict: {'INCONCLUSIVE' if flat is None else 'FLAT' if flat else 'GROWING'}: {verdict}")
-        for what, items in (("lost", [c for a in self.accounts for c in a.lost]), ("wrong cancel", self.wrong_cancels),
+        for what, items in (("lost", [f"account {a.i} {c}: {why}" for a in self.accounts for c, why in a.lost.items()]), ("wrong cancel", self.wrong_cancels),
                             ("inside Retry-After", self.inside_retry_after),
                             ("unequal", [f"{i}: {v[:3]}" for i, v in unequal.items() if v])):
             for item in items[:5]:

@@ -59,7 +59,41 @@ def report(*_):
         for group in ("filename", "lineno"):
             for stat in snap.compare_to(base[0], group)[:12]:
                 fh.write(f"  {stat}\\n")
+        census(fh)
     os.replace(out + ".part", out)
+def census(fh):
+    """Live objects that could pile up (ccxt instances, WebSocket and HTTP machinery) and, for the
+    kinds with many, what holds the oldest."""
+    import gc, types, collections
+    gc.collect()
+    kinds = ("Exchange", "ZLibDecompressor", "WebSocketReader", "ClientWebSocketResponse", "ClientResponse",
+             "ClientSession", "TCPConnector", "Client", "Task", "Future")
+    found = collections.defaultdict(list)
+    for o in gc.get_objects():
+        for k in type(o).__mro__:
+            if k.__name__ in kinds:
+                found[k.__name__].append(o)
+                break
+    fh.write("live: " + ", ".join(f"{k} {len(v)}" for k, v in sorted(found.items())) + "\\n")
+    ignore = {id(found)} | {id(v) for v in found.values()}
+    for kind, objs in sorted(found.items()):
+        if len(objs) <= 12 or kind in ("Task", "Future"):
+            continue
+        for obj in objs[:2]:
+            chain, cur = [], obj
+            seen = set(ignore) | {id(obj)}
+            for _ in range(10):
+                refs = [r for r in gc.get_referrers(cur) if id(r) not in seen
+                        and not isinstance(r, (types.FrameType, types.CoroutineType))]
+                if not refs:
+                    break
+                cur = refs[0]
+                seen.add(id(cur))
+                desc = type(cur).__name__
+                if isinstance(cur, dict):
+                    desc += "{" + ",".join(map(str, list(cur)[:5])) + "}"
+                chain.append(desc)
+            fh.write(f"  a {kind} is held by: " + " <- ".join(chain) + "\\n")
 signal.signal(signal.SIGUSR1, report)
 from tradewarden.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -223,6 +257,17 @@ class OperatorSoak(Soak):
         for a in self.accounts:
             self.track(a)
         return recovered
+
+    async def unequal(self, a: Account) -> list[str]:
+        """The ledger in status against the exchange. Status writes are coalesced (a few seconds), and a
+        stale check may cancel right after the last run: compared until equal, for up to 60 s."""
+        for _ in range(30):
+            self.refresh()
+            diff = await super().unequal(a)
+            if not diff:
+                return []
+            await asyncio.sleep(2.0)
+        return diff
 
     async def teardown(self) -> None:
         try:

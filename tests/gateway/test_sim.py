@@ -221,6 +221,36 @@ async def test_stream_recovers_from_rejected_subscribe(sim, account, gateways):
     await order_roundtrip(gw, it, "BTC/USDT", "tw-s5")
 
 
+@pytest.mark.parametrize("exchange, symbols, time_path", [("binance", SPOT, "/api/v3/time"),
+                                                           ("binanceusdm", USDM, "/fapi/v1/time")])
+async def test_venue_clock_jump_is_absorbed_by_one_resync(sim, account, gateways, exchange, symbols, time_path):
+    """The venue's clock jumps beyond recvWindow (either way): the requests it refuses (-1021, not
+    processed) are sent once more after one shared offset measurement, so the snapshot and a cancel
+    succeed instead of failing a whole run."""
+    key, secret = account
+    gw = gateways(exchange, key, secret)
+    await gw.start(symbols)
+    placed = await place(gw, symbols[0], 20000, "tw-clock")
+    for offset in (25_000, -25_000):
+        sim.set_clock_offset(offset)
+        sim.request_log.clear()
+        snap = await gw.snapshot(symbols)
+        assert snap.balances.ok and snap.open_orders.ok and snap.positions.ok, snap
+        assert [o.client_order_id for o in snap.open_orders.value] == ["tw-clock"]
+        log = [r for r in sim.requests() if r["key"] == key or r["path"] == time_path]
+        refused = [r for r in log if r["status"] == 400]
+        assert refused and all(r["path"] != time_path for r in refused)
+        assert [r["path"] for r in log].count(time_path) == 1          # one measurement for the sections
+        assert gw._rest.options["timeDifference"] == pytest.approx(-offset, abs=1000)
+    sim.set_clock_offset(0)
+    sim.request_log.clear()
+    cancelled = await gw.cancel_order(symbols[0], exchange_order_id=str(placed["id"]))
+    assert cancelled is None or cancelled.state is OrderState.CANCELED
+    deletes = [r["status"] for r in sim.requests() if r["method"] == "DELETE"]
+    assert deletes == [400, 200]                                        # refused unprocessed, then done
+    assert (await gw.fetch_order(symbols[0], exchange_order_id=str(placed["id"]))).state is OrderState.CANCELED
+
+
 async def test_closing_the_gateway_closes_streams_and_sockets(sim, account, gateways):
     key, secret = account
     gw = gateways("binanceusdm", key, secret)

@@ -52,6 +52,8 @@ class CcxtGateway:
             forget_secrets(self._secrets)        # no gateway: nothing of it is left registered
             raise
         self._sem = asyncio.Semaphore(concurrency)
+        self._clock_lock = asyncio.Lock()
+        self._clock_generation = 0     # bumped by every offset measurement
         self._streams: set = set()
         self._stream_options = dict(stream_options or {})
         self._closed = False
@@ -100,22 +102,40 @@ class CcxtGateway:
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]], *, write: bool = False) -> T:
         if self._closed:
             raise Invalid("gateway is closed")
-        try:
-            async with self._sem:
-                return await fn()
-        except GatewayError:
-            raise
-        except asyncio.CancelledError:
-            raise
-        except ccxt.InvalidNonce as exc:
-            # our clock is off the venue's: re-measure the offset for the next request
+        for attempt in (1, 2):
+            clock = self._clock_generation
+            try:
+                async with self._sem:
+                    return await fn()
+            except GatewayError:
+                raise
+            except asyncio.CancelledError:
+                raise
+            except ccxt.InvalidNonce as exc:
+                # -1021: our clock is off the venue's and the venue refused the request before
+                # processing it (a write too), so re-measuring the offset and sending it once more
+                # is safe; a second refusal is reported
+                if attempt == 1 and await self.resync_clock(since=clock):
+                    continue
+                raise self.map_error(exc, write=write, what=what) from None
+            except Exception as exc:
+                raise self.map_error(exc, write=write, what=what) from None
+        raise AssertionError("unreachable")
+
+    async def resync_clock(self, since: int | None = None) -> bool:
+        """Measure the venue's clock offset again (for REST and the next stream connection). ``since``:
+        the measurement the refused request was signed with; when a concurrent caller has measured
+        after it, that measurement is used. False when it could not be taken."""
+        async with self._clock_lock:
+            if since is not None and self._clock_generation != since:
+                return True
             try:
                 await self._rest.load_time_difference()
-            except Exception:
-                pass
-            raise self.map_error(exc, write=write, what=what) from None
-        except Exception as exc:
-            raise self.map_error(exc, write=write, what=what) from None
+            except Exception as exc:   # noqa: BLE001 - the request's own error is what gets reported
+                log.info("could not measure the venue's clock offset: %s", type(exc).__name__)
+                return False
+            self._clock_generation += 1
+            return True
 
     async def start(self, symbols: Sequence[str] = ()) -> None:
         """Load markets (shared by every account of this exchange and endpoint), check every symbol

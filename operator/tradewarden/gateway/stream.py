@@ -179,10 +179,7 @@ class UserDataStream:
                 return
             if conn.rejected_code == -1021 or "InvalidNonce" in reason:
                 # our clock drifted from the venue's: measure the offset again before the next attempt
-                try:
-                    await self.gw._rest.load_time_difference()
-                except Exception:
-                    pass
+                await self.gw.resync_clock()
             if conn.announced or not reported_down:
                 self._emit(ConnectionEvent(ConnectionState.DISCONNECTED, reason, _now_ms()))
                 reported_down = True
