@@ -283,13 +283,22 @@ class Soak:
                 if finished:
                     del a.tracked[cid]
                 else:
-                    a.lost.setdefault(cid, "left the ledger while active")
+                    self.left_ledger(a, cid)
             elif o.state is OrderState.LOST:
                 e = led.orders.get(cid)
                 a.lost.setdefault(cid, f"marked lost (misses {getattr(e, 'misses', '?')}, updated {o.updated_ms})")
         for entry in led.orders.values():
             if led.is_owned(entry.order.client_order_id):
                 a.tracked[entry.order.client_order_id] = entry.order.state in FINISHED
+
+    def left_ledger(self, a: Account, cid: str) -> None:
+        """An owned order last seen active is gone from the ledger. Here every change is seen (the soak
+        tracks after each run and event), so that is a loss."""
+        del a.tracked[cid]
+        a.lost.setdefault(cid, "left the ledger while active")
+
+    async def confirm_losses(self) -> None:
+        """Hook: settle what could only be suspected while running (the operator soak)."""
 
     # ---- what runs ---------------------------------------------------------------------------------
 
@@ -606,6 +615,7 @@ class Soak:
             if snap_start is not None:
                 self.heap_growth(snap_start)
             unequal = {a.i: await self.unequal(a) for a in self.accounts}
+            await self.confirm_losses()
             lost = sum(len(a.lost) for a in self.accounts)
             memory = self.describe_memory(rss_start, rss_end)
         finally:
@@ -628,7 +638,8 @@ class Soak:
         print(f"ledgers unequal to the exchange after recovery: {n_unequal}")
         print(memory)
         print(f"memory verdict: {'INCONCLUSIVE' if flat is None else 'FLAT' if flat else 'GROWING'}: {verdict}")
-        for what, items in (("lost", [f"account {a.i} {c}: {why}" for a in self.accounts for c, why in a.lost.items()]), ("wrong cancel", self.wrong_cancels),
+        lost_items = [f"account {a.i} {cid}: {why}" for a in self.accounts for cid, why in a.lost.items()]
+        for what, items in (("lost", lost_items), ("wrong cancel", self.wrong_cancels),
                             ("inside Retry-After", self.inside_retry_after),
                             ("unequal", [f"{i}: {v[:3]}" for i, v in unequal.items() if v])):
             for item in items[:5]:

@@ -41,6 +41,11 @@ _ERROR_TABLE_BY_FAMILY = {"api": "spot", "sapi": "spot", "fapi": "linear", "dapi
                           "eapi": "option", "papi": "portfolioMargin"}
 
 # options that keep ccxt off endpoints a spot / USD-M account does not need (see binance-and-ccxt notes)
+# tradewarden reads Binance's user-data payloads from the socket (stream.py's tap), not from ccxt.pro's
+# caches, which by default keep the last 1,000 parsed orders and trades (with their raw payloads) per
+# connection: about 10 MiB per account on a connection that lives for hours. Kept small instead.
+PRO_CACHE_LIMITS = {"ordersLimit": 20, "tradesLimit": 20}
+
 BINANCE_OPTIONS: dict[str, dict[str, Any]] = {
     "binance": {
         "defaultType": "spot",
@@ -199,6 +204,8 @@ def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | No
                  *, pro: bool, logger: logging.Logger) -> Any:
     cls = exchange_class(exchange_id, pro)
     options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BINANCE_OPTIONS.get(exchange_id, {}).items()}
+    if pro and exchange_id in BINANCE_OPTIONS:
+        options.update(PRO_CACHE_LIMITS)
     config = {
         "apiKey": api_key,
         "secret": secret,
