@@ -224,6 +224,7 @@ class Soak:
         self.errors: list[str] = []
         self.samples: list[dict] = []
         self.t_start = 0.0
+        self.result: dict = {}
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -624,6 +625,7 @@ class Soak:
         verdict, flat = self.verdict()
 
         corrected = sum(self.discrepancies.values())
+        lost_items = [f"account {a.i} {cid}: {why}" for a in self.accounts for cid, why in a.lost.items()]
         n_unequal = sum(1 for v in unequal.values() if v)
         print(f"soak: {args.accounts} accounts ({sum(a.futures for a in self.accounts)} USD-M, "
               f"{sum(a.policy is Policy.OBSERVE_ONLY for a in self.accounts)} ObserveOnly), "
@@ -638,12 +640,18 @@ class Soak:
         print(f"ledgers unequal to the exchange after recovery: {n_unequal}")
         print(memory)
         print(f"memory verdict: {'INCONCLUSIVE' if flat is None else 'FLAT' if flat else 'GROWING'}: {verdict}")
-        lost_items = [f"account {a.i} {cid}: {why}" for a in self.accounts for cid, why in a.lost.items()]
         for what, items in (("lost", lost_items), ("wrong cancel", self.wrong_cancels),
                             ("inside Retry-After", self.inside_retry_after),
                             ("unequal", [f"{i}: {v[:3]}" for i, v in unequal.items() if v])):
             for item in items[:5]:
                 print(f"  {what}: {item}")
+        self.result = {"faults": sum(self.faults.values()), "fault_kinds": len(self.faults), "runs": self.runs,
+                       "discrepancies": corrected, "recovered": sum(recovered), "accounts": len(recovered),
+                       "lost": lost, "wrong_cancels": len(self.wrong_cancels),
+                       "inside_retry_after": len(self.inside_retry_after), "unequal": n_unequal, "memory_flat": flat,
+                       "detail": {"lost": lost_items[:5], "wrong_cancels": self.wrong_cancels[:5],
+                                  "inside_retry_after": self.inside_retry_after[:5],
+                                  "unequal": {i: v[:3] for i, v in unequal.items() if v}}}
         bad = lost or self.wrong_cancels or self.inside_retry_after or n_unequal or not all(recovered) or flat is False
         return 1 if bad else 0
 
@@ -664,7 +672,7 @@ class Soak:
             print(f"  {stat}")
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=3.0,
                    help="minutes of faults (the memory verdict needs the ledgers' retention + 30 s, then 40 s)")
@@ -681,7 +689,11 @@ def main() -> int:
                    help="trace the Python heap (tracemalloc; slower): sampled total and where it grew")
     p.add_argument("--malloc-trim", action="store_true",
                    help="at every sample also print RSS after glibc malloc_trim(0)")
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     if args.trace_memory:
         tracemalloc.start()
     return asyncio.run(Soak(args).run())

@@ -136,6 +136,7 @@ class OperatorSoak(Soak):
         self.stale_cancelled = 0
         self.suspects: list[tuple[Account, str, int]] = []
         self.purged_unseen = 0      # finished and purged between two status reads (not a loss)
+        self.clock_offset = 0       # how far the venue's clock is ahead of ours (skew faults), ms
 
     # ---- setup: TradingAccounts served by `tradewarden run` ---------------------------------------
 
@@ -211,9 +212,17 @@ class OperatorSoak(Soak):
             a.tasks = [asyncio.create_task(self.bot(a, until))]
 
     async def skew(self) -> None:
-        """The venue's clock jumps beyond recvWindow; the operator must re-sync its offset."""
-        off = self.rng.choice([-1, 1]) * self.rng.randrange(12_000, 30_000)
-        await self.sim.call("POST", "/clock", {"offsetMs": off})
+        """Our clock falls behind the venue's beyond recvWindow: the venue's clock jumps 12-30 s ahead
+        (never back: a venue's timestamps are monotonic; the operator's own clock cannot be moved from
+        here, soak.py covers both directions in process). The operator must re-measure its offset.
+        At most 90 s in all, so retention and staleness stay meaningful; beyond it, a socket drop."""
+        if self.clock_offset > 60_000:
+            self.faults["skew"] -= 1
+            self.faults["drop"] += 1
+            await self.sim.call("POST", "/streams/drop", {"abort": False})
+            return
+        self.clock_offset += self.rng.randrange(12_000, 30_000)
+        await self.sim.call("POST", "/clock", {"offsetMs": self.clock_offset})
 
     def measure(self) -> dict:
         """The operator process: RSS and CPU seconds, the status it keeps, the ledgers in it."""
@@ -235,7 +244,6 @@ class OperatorSoak(Soak):
         """Faults cleared: ask each account for a run (the reconcile annotation) until one finds nothing
         and the account is Ready; the Correct accounts' stale cleanup runs on its own timer."""
         await asyncio.gather(*(t for a in self.accounts for t in a.tasks), return_exceptions=True)
-        await self.sim.call("POST", "/clock", {"offsetMs": 0})
         await asyncio.sleep(self.args.stale_check_s + 2)
         recovered = []
         for a in self.accounts:
@@ -266,11 +274,11 @@ class OperatorSoak(Soak):
         stream gap) and be purged by retention between two reads, which is no loss. Suspected here,
         settled against the exchange at the end."""
         del a.tracked[cid]
-        self.suspects.append((a, cid, int(time.time() * 1000)))
+        self.suspects.append((a, cid, int(time.time() * 1000) + self.clock_offset))    # the venue's time
 
     async def confirm_losses(self) -> None:
         """A suspect is lost unless the exchange has it finished for longer than the retention when it
-        left the ledger (35 s of slack: the venue's clock jumps by up to 30 s in the skew faults)."""
+        left the ledger (35 s of slack for a skew fault landing between two status reads)."""
         from soak import FINISHED, SIM_STATE, cid_of
         orders: dict[str, dict[str, dict]] = {}
         for a, cid, left_ms in self.suspects:
@@ -332,10 +340,10 @@ class OperatorSoak(Soak):
         return (f"runs: {self.runs} ({self.run_failures} failed or partial while faults lasted; the status "
                 f"counters), stale orders cancelled: {self.stale_cancelled}, stream reconnects: {reconnects}, "
                 f"Events: {events}; owned orders that finished and were purged between two status reads: "
-                f"{self.purged_unseen}")
+                f"{self.purged_unseen}; unreadable status ledgers: {sum('ledger' in e for e in self.errors)}")
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--accounts", type=int, default=5)
@@ -347,9 +355,12 @@ def main() -> int:
     p.add_argument("--sample", type=float, default=15.0, help="seconds between memory samples")
     p.add_argument("--trace-memory", action="store_true",
                    help="run the operator under tracemalloc and print where its Python heap grew after warm-up")
-    args = p.parse_args()
-    args.malloc_trim = False
-    return asyncio.run(OperatorSoak(args).run())
+    p.set_defaults(malloc_trim=False)
+    return p
+
+
+def main() -> int:
+    return asyncio.run(OperatorSoak(build_parser().parse_args()).run())
 
 
 if __name__ == "__main__":

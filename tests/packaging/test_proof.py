@@ -181,7 +181,8 @@ def test_chart_installed_operator_reconciles_and_exports_metrics(crd_installed, 
         text = wait_for("emergency stop metric", lambda: (t := scrape(metrics_port)) and
                         value(t, "tradewarden_emergency_stop_active", **lb) == 1 and t, timeout=60, operator=Op())
         assert value(text, "tradewarden_emergency_stops_total", **lb) == 1
-        assert tsim.open_orders(api_key) == []
+        # the breaker (and its metric) opens before the cancels go out: the book empties just after
+        wait_for("the emergency stop's cancels", lambda: tsim.open_orders(api_key) == [], timeout=60, operator=Op())
         assert "Forbidden" not in log_path.read_text(errors="replace"), log_path.read_text()[-3000:]
     finally:
         if proc is not None and proc.poll() is None:
