@@ -102,7 +102,8 @@ class CcxtGateway:
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]], *, write: bool = False) -> T:
         if self._closed:
             raise Invalid("gateway is closed")
-        for attempt in (1, 2):
+        retried = False
+        while True:
             clock = self._clock_generation
             try:
                 async with self._sem:
@@ -115,12 +116,12 @@ class CcxtGateway:
                 # -1021: our clock is off the venue's and the venue refused the request before
                 # processing it (a write too), so re-measuring the offset and sending it once more
                 # is safe; a second refusal is reported
-                if attempt == 1 and await self.resync_clock(since=clock):
+                if not retried and await self.resync_clock(since=clock):
+                    retried = True
                     continue
                 raise self.map_error(exc, write=write, what=what) from None
             except Exception as exc:
                 raise self.map_error(exc, write=write, what=what) from None
-        raise AssertionError("unreachable")
 
     async def resync_clock(self, since: int | None = None) -> bool:
         """Measure the venue's clock offset again (for REST and the next stream connection). ``since``:

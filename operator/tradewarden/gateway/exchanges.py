@@ -40,12 +40,12 @@ _SENT = contextvars.ContextVar("tw_sent", default=None)
 _ERROR_TABLE_BY_FAMILY = {"api": "spot", "sapi": "spot", "fapi": "linear", "dapi": "inverse",
                           "eapi": "option", "papi": "portfolioMargin"}
 
-# options that keep ccxt off endpoints a spot / USD-M account does not need (see binance-and-ccxt notes)
 # tradewarden reads Binance's user-data payloads from the socket (stream.py's tap), not from ccxt.pro's
 # caches, which by default keep the last 1,000 parsed orders and trades (with their raw payloads) per
-# connection: about 10 MiB per account on a connection that lives for hours. Kept small instead.
+# connection: about 5 MiB per account on a connection that lives for hours (bench_stream_memory.py).
 PRO_CACHE_LIMITS = {"ordersLimit": 20, "tradesLimit": 20}
 
+# options that keep ccxt off endpoints a spot / USD-M account does not need (see binance-and-ccxt notes)
 BINANCE_OPTIONS: dict[str, dict[str, Any]] = {
     "binance": {
         "defaultType": "spot",
