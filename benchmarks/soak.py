@@ -426,10 +426,13 @@ class Soak:
         for r in log:
             if not r["path"].startswith(("/api/", "/fapi/")):
                 continue
-            t = r["time"]
+            t = r.get("wall", r["time"])     # the machine's clock: skew faults move the venue's
             for venue, start, end in self.windows:    # spot and USD-M are separate hosts and limits
                 if venue == r["venue"] and start + 150 < t < end:
-                    self.inside_retry_after.append(f"{r['method']} {r['path']} {t - start} ms after a limit")
+                    at = time.strftime("%H:%M:%S", time.localtime(t / 1000))
+                    who = by_key[r["key"]].i if r["key"] in by_key else "?"
+                    self.inside_retry_after.append(f"{r['method']} {r['path']} at {at}, {t - start} ms after a "
+                                                   f"limit (account {who})")
                     break
             if r["status"] in (429, 418):
                 ra = self.retry_after_by_fault.get(r.get("fault"), 0)
@@ -440,7 +443,7 @@ class Soak:
                 if a.key not in orders:
                     orders[a.key] = await self.sim.orders(a.key, a.venue)
                 self.check_cancel(a, r, orders[a.key])
-        now = max((r["time"] for r in log), default=0)
+        now = max((r.get("wall", r["time"]) for r in log), default=0)
         self.windows = [w for w in self.windows if w[2] > now - 1000]
 
     def check_cancel(self, a: Account, r: dict, orders: dict[int, dict]) -> None:

@@ -547,8 +547,8 @@ class Simulator:
         ip = request.remote or "?"
         venue = self._venue_of(path)
         route = self.routes.get((method, path))
-        entry: dict[str, Any] = {"time": t0, "method": method, "path": path, "ip": ip, "key": None,
-                                 "weight": 0, "status": 0, "venue": venue, "params": {}}
+        entry: dict[str, Any] = {"time": t0, "wall": int(time.time() * 1000), "method": method, "path": path,
+                                 "ip": ip, "key": None, "weight": 0, "status": 0, "venue": venue, "params": {}}
         try:
             if route is None:
                 known = any(p == path for (_, p) in self.routes)
