@@ -120,7 +120,7 @@ class Section(Generic[T]):
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What the exchange says, fetched concurrently, section by section."""
-    taken_ms: int
+    taken_ms: int       # when, on the venue's clock (our clock corrected by the measured offset)
     balances: Section[Mapping[str, Balance]]
     open_orders: Section[Sequence[Order]]
     positions: Section[Sequence[Position]]   # USD-M: the venue's; spot: empty list (derived by the core)

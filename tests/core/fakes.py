@@ -51,6 +51,7 @@ class FakeExchange:
         self.algo_calls: list[tuple[str, str, bool]] = []   # (method, client order id, algo flag)
         self.faults: dict[str, Any] = {}
         self.cancel_all_leaves: list[int] = []      # per cancel_all call: how many orders survive it
+        self.venue_ahead_ms = 0                      # the venue's clock minus ours (snapshot times)
 
     # ---- test helpers ----
     def put(self, *orders: Order) -> None:
@@ -89,7 +90,7 @@ class FakeExchange:
         self._fault("snapshot")
         wanted = set(symbols)
         return Snapshot(
-            taken_ms=self.clock.ms(),
+            taken_ms=self.clock.ms() + self.venue_ahead_ms,
             balances=self._section("balances", dict(self.balances)),
             open_orders=self._section("open_orders", [o for o in self.open_orders() if o.symbol in wanted]),
             positions=self._section("positions", list(self.positions.values())),

@@ -205,6 +205,25 @@ async def test_order_created_after_the_snapshot_is_not_missing():
     assert report.discrepancies == [] and ("fetch_order", "tw-new") not in ex.calls
 
 
+@pytest.mark.parametrize("venue_ahead_s", [-60, 60])
+async def test_missing_order_found_whatever_the_venue_clock_offset(venue_ahead_s):
+    """The grace for orders "too recent to be missing" compares the order's times with the snapshot's
+    (both the venue's clock) and the ledger's change time with ours: a venue clock a minute off either
+    way neither hides a vanished order for a minute nor makes a fresh one missing."""
+    clock, ex, runner = await synced()
+    ex.venue_ahead_ms = venue_ahead_s * 1000
+    venue_now = clock.ms() + ex.venue_ahead_ms
+    # the stream reported tw-9 open (venue time), then it filled while an event was lost
+    await runner.apply_event(OrderEvent(order("tw-9", created_ms=venue_now, updated_ms=venue_now), venue_now))
+    ex.put(order("tw-9", created_ms=venue_now, filled="1", state=OrderState.FILLED, updated_ms=venue_now + 500))
+    await runner.reconcile()
+    assert ("fetch_order", "tw-9") not in ex.calls          # still inside the grace: not yet missing
+    await clock.sleep(10)
+    report = await runner.reconcile()
+    assert ("fetch_order", "tw-9") in ex.calls
+    assert runner.ledger.order("tw-9").state is OrderState.FILLED, report
+
+
 async def test_partial_state_keeps_failed_section_and_reconciles_the_rest():
     clock, ex, runner = await synced()
     ex.faults["balances"] = Temporary("balances timed out")

@@ -242,6 +242,7 @@ async def test_venue_clock_jump_is_absorbed_by_one_resync(sim, account, gateways
         assert refused and all(r["path"] != time_path for r in refused)
         assert [r["path"] for r in log].count(time_path) == 1          # one measurement for the sections
         assert gw._rest.options["timeDifference"] == pytest.approx(-offset, abs=1000)
+        assert snap.taken_ms == pytest.approx(sim.now_ms(), abs=2000)     # on the venue's clock
     sim.set_clock_offset(0)
     sim.request_log.clear()
     cancelled = await gw.cancel_order(symbols[0], exchange_order_id=str(placed["id"]))

@@ -119,7 +119,7 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
     else:
         _stale(plan, "positions", snapshot.balances.error)
     if snapshot.open_orders.ok and snapshot.open_orders.value is not None:
-        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, config, plan)
+        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, now_ms, config, plan)
     else:
         _stale(plan, "orders", snapshot.open_orders.error)
     return plan
@@ -196,7 +196,7 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], symbols: Iterab
                 "position", symbol, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value"))
 
 
-def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, config: AccountConfig,
+def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms: int, config: AccountConfig,
             plan: Plan) -> None:
     listed: dict[str, Order] = {}
     for o in open_orders:
@@ -227,14 +227,16 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, config:
             plan.discrepancies.append(Discrepancy(
                 "fill", key, fmt_order(local), fmt_order(ex), "ledger set to the exchange's order"))
     scope = set(config.symbols)
-    horizon = taken_ms - int(config.missing_grace_s * 1000)
+    grace_ms = int(config.missing_grace_s * 1000)
+    horizon = taken_ms - grace_ms        # the venue's clock, as the order's own times
+    local_horizon = now_ms - grace_ms    # ours, as the ledger's changed_ms
     budget = config.max_requests_per_run
     for key, entry in local_orders.items():
         local = entry.order
         if not local.state.active or key in listed or local.symbol not in scope:
             continue
         if local.created_ms > horizon or local.updated_ms > horizon or (
-                entry.source == SOURCE_STREAM and entry.changed_ms > horizon):
+                entry.source == SOURCE_STREAM and entry.changed_ms > local_horizon):
             continue                     # too recent to be missing: may not be listed yet
         if budget > 0:
             plan.fetches.append(local)

@@ -174,12 +174,15 @@ class CcxtGateway:
         """Balances, open orders and positions, fetched concurrently, each with its own outcome."""
         await self._ensure_markets()
         self._check_symbols(symbols)
-        taken_ms = int(time.time() * 1000)
+        started_ms = int(time.time() * 1000)
         balances, orders, positions = await asyncio.gather(
             self._section(self.fetch_balances()),
             self._section(self.fetch_open_orders(symbols)),
             self._section(self.fetch_positions(symbols)) if self.futures else _empty_list(),
         )
+        # on the venue's clock, like the timestamps it is compared with, by the offset as measured now
+        # (a -1021 during the snapshot measured it again); ccxt's timeDifference is ours minus the venue's
+        taken_ms = started_ms - int(self._rest.options.get("timeDifference") or 0)
         return Snapshot(taken_ms=taken_ms, balances=balances, open_orders=orders, positions=positions)
 
     @staticmethod
