@@ -76,10 +76,14 @@ def census(accounts) -> dict:
         elif isinstance(o, aiohttp.BaseConnector):
             n["connectors"] += 1
     n["tasks"] = len(asyncio.all_tasks())
-    n["ledger"] = sum(len(a.ledger.orders) for a in accounts if a.ledger is not None)
-    n["ledger_open"] = sum(1 for a in accounts if a.ledger is not None
-                           for e in a.ledger.orders.values() if e.order.state not in FINISHED)
-    return n
+    return {**n, **ledger_sizes(accounts)}
+
+
+def ledger_sizes(accounts) -> dict:
+    """Orders the accounts' ledgers hold, and how many of them are active."""
+    ledgers = [a.ledger for a in accounts if a.ledger is not None]
+    return {"ledger": sum(len(led.orders) for led in ledgers),
+            "ledger_open": sum(1 for led in ledgers for e in led.orders.values() if e.order.state.active)}
 
 
 def slope(points: list[tuple[float, float]]) -> float:

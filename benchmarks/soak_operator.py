@@ -33,7 +33,7 @@ import time
 import uuid
 
 from bench_controller import ROOT, api, kubeconfig, proc_cpu_mem, sh
-from soak import SPOT, STALE_S, USDM, Account, Soak
+from soak import SPOT, STALE_S, USDM, Account, Soak, ledger_sizes
 
 from tests.controller.conftest import Operator
 from tradewarden.core.ledger import Ledger, LedgerFormatError
@@ -232,9 +232,7 @@ class OperatorSoak(Soak):
             self.track(a)
         return {"rss": rss, "cpu_s": cpu,
                 "status_kib": sum(len(json.dumps(s)) for s in self.status.values()) / 1024,
-                "ledger": sum(len(a.ledger.orders) for a in self.accounts if a.ledger is not None),
-                "ledger_open": sum(1 for a in self.accounts if a.ledger is not None
-                                   for e in a.ledger.orders.values() if e.order.state.active),
+                **ledger_sizes(self.accounts),
                 "ready": sum(self.condition(a, "Ready") == "True" for a in self.accounts),
                 "runs": self.runs}
 
