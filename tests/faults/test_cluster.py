@@ -227,7 +227,10 @@ def test_operator_under_its_service_account_rbac(crd_installed, namespace, tsim,
 
 # ---- the API server restarted under the operator (a dedicated control plane) ---------------------
 
-CP_ENV = {"TRADEWARDEN_CACHE": "/tmp/tw-faults-cp", "TRADEWARDEN_API_PORT": "26443", "TRADEWARDEN_ETCD_PORT": "33790"}
+# ports below Linux's ephemeral range (32768-60999): a port inside it can be taken at any moment by some
+# connection's local end (etcd once failed with "address already in use" on 33790)
+CP_ENV = {"TRADEWARDEN_CACHE": "/tmp/tw-faults-cp-24790", "TRADEWARDEN_API_PORT": "26443",
+          "TRADEWARDEN_ETCD_PORT": "24790"}
 
 
 def controlplane(action: str) -> str:
