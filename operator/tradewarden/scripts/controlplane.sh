@@ -14,7 +14,7 @@ set -euo pipefail
 
 CACHE=${TRADEWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tradewarden}
 BIN=$CACHE/bin
-RUN=$CACHE/run
+RUN=${TRADEWARDEN_RUN:-$CACHE/run}   # a second control plane: its own RUN and ports
 ETCD_PORT=${TRADEWARDEN_ETCD_PORT:-23790}
 API_PORT=${TRADEWARDEN_API_PORT:-16443}
 K8S_SRC_DIR=kubernetes-1.20.5+really1.20.2
