@@ -198,6 +198,10 @@ class Invalid(GatewayError):
     """Bad symbol, bad parameters: retrying the same request will not help."""
 
 
+class SymbolNotListed(Invalid):
+    """A symbol of the account that the exchange does not list ("unknown symbol: X/Y")."""
+
+
 class Unsupported(GatewayError):
     """The exchange lacks a capability tradewarden needs ("unsupported: <capability>")."""
 

@@ -10,7 +10,9 @@ import pytest
 from tradewarden import domain, models
 from tradewarden.controller import events as ev
 from tradewarden.controller import status as st
-from tradewarden.controller.account import backoff_s, gateway_problem, requested_by
+from tradewarden.controller.lifecycle import requested_by
+from tradewarden.controller.schedule import backoff_s
+from tradewarden.controller.vocabulary import Problem, gateway_problem
 from tradewarden.controller.credentials import CredentialsError, parse_secret
 from tradewarden.core import Discrepancy, MonitoringState, RunReport
 
@@ -91,13 +93,13 @@ def test_bounded_ledger_refuses_a_huge_dump():
 
 
 def test_problem_sets_error_phase_and_credentials_condition():
-    s = st.build_status(st.StatusInputs(generation=1, problem=st.Problem("SecretNotFound", "Secret 'x' not found",
+    s = st.build_status(st.StatusInputs(generation=1, problem=Problem("SecretNotFound", "Secret 'x' not found",
                                                                          credentials=True)), {}, T0)
     c = {x["type"]: x for x in s["conditions"]}
     assert s["phase"] == "Error"
     assert c["CredentialsValid"]["status"] == "False" and c["CredentialsValid"]["reason"] == "SecretNotFound"
     assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "SecretNotFound"
-    s2 = st.build_status(st.StatusInputs(generation=1, problem=st.Problem("SymbolNotListed", "unknown symbol: X/Y")),
+    s2 = st.build_status(st.StatusInputs(generation=1, problem=Problem("SymbolNotListed", "unknown symbol: X/Y")),
                          {}, T0)
     c2 = {x["type"]: x for x in s2["conditions"]}
     assert c2["CredentialsValid"]["status"] == "Unknown" and c2["Synced"]["reason"] == "SymbolNotListed"
@@ -188,7 +190,9 @@ def test_gateway_problems_and_backoff():
     redact = lambda t: t.replace("SECRETVALUE", "***")  # noqa: E731
     p = gateway_problem(domain.AuthenticationFailed("invalid key SECRETVALUE"), redact)
     assert p.reason == "AuthenticationFailed" and p.credentials and "SECRETVALUE" not in p.message
-    assert gateway_problem(domain.Invalid("unknown symbol: FOO/USDT"), redact).reason == "SymbolNotListed"
+    assert gateway_problem(domain.SymbolNotListed("unknown symbol: FOO/USDT"), redact).reason == "SymbolNotListed"
+    # by type, never by the words of the message
+    assert gateway_problem(domain.Invalid("bad symbol parameter"), redact).reason == "InvalidSpec"
     assert gateway_problem(domain.Temporary("connection refused"), redact).reason == "EndpointUnreachable"
     assert gateway_problem(domain.Unsupported("unsupported: fetchOpenOrders"), redact).reason == "UnsupportedExchange"
     delays = [backoff_s(n) for n in range(1, 12)]

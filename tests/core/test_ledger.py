@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from tradewarden.core import AccountConfig, AccountRunner, Ledger, LedgerFormatError
+from tradewarden.core import AccountConfig, Ledger, LedgerFormatError
+from tradewarden.service import AccountRunner
 from tradewarden.domain import Balance, OrderState, Policy
 from tradewarden.models import TradingAccountSpec
 

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from tradewarden.core import AccountConfig, AccountRunner, Ledger
+from tradewarden.core import AccountConfig, Ledger
+from tradewarden.service import AccountRunner
 from tradewarden.domain import (AuthenticationFailed, Balance, BalanceEvent, ConnectionEvent, ConnectionState, OrderEvent, OrderState,
                                 Policy, Position, PositionEvent, Temporary, UnknownOutcome)
 

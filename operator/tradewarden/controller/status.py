@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .. import domain
 from ..core.monitor import FAILING_AFTER, STALE_AFTER_MS
+from .vocabulary import Problem, StreamState
 from ..models import MAX_STATUS_BALANCES, MAX_STATUS_OPEN_ORDERS, MAX_STATUS_POSITIONS
 
 # Condition types.
@@ -185,14 +186,6 @@ def metrics_status(monitor: Any) -> dict[str, Any]:
 
 
 # ---- the whole status -----------------------------------------------------------------------------
-
-@dataclass
-class Problem:
-    """Why the account cannot be served right now (shown on Ready and the matching condition)."""
-    reason: str
-    message: str
-    credentials: bool = False   # a credentials problem: CredentialsValid=False
-
 
 @dataclass
 class StatusInputs:

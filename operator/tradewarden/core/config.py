@@ -1,6 +1,7 @@
 """Per-account settings of the core, and the reports it returns."""
 from __future__ import annotations
 
+import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -10,6 +11,23 @@ from tradewarden.domain import Order, Policy, dec
 
 KINDS = ("balance", "fill", "missing", "lost", "orphan", "position", "stale")
 SECTIONS = ("balances", "orders", "positions")
+
+
+class Trigger(enum.StrEnum):
+    """What started a run (``status.lastReconciliation.trigger``, the Events' "(... run)")."""
+    INITIAL = "initial"
+    RESUME = "resume"                      # the initial sync of a ledger restored from status
+    TIMER = "timer"
+    ANNOTATION = "annotation"
+    STREAM_RECONNECT = "stream-reconnect"
+    EMERGENCY_STOP = "emergency-stop"
+    STALE = "stale"                        # the stale-order check, as the supervisor names it
+    STALE_CLEANUP = "stale-cleanup"        # ... and as its report names it
+
+
+def is_futures(exchange: str, symbols: Sequence[str]) -> bool:
+    """Is this a derivatives (USD-M) account: the one rule, by exchange id or contract symbols."""
+    return exchange.endswith("usdm") or any(":" in s for s in symbols)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +76,9 @@ class AccountConfig:
         return self.policy is Policy.OBSERVE_ONLY
 
     @classmethod
-    def from_spec(cls, spec: Any) -> "AccountConfig":
-        """From a ``models.TradingAccountSpec``. Floats of the resource become Decimals as printed."""
+    def from_spec(cls, spec: Any, futures: bool | None = None) -> "AccountConfig":
+        """From a ``models.TradingAccountSpec``. Floats of the resource become Decimals as printed.
+        ``futures``: the gateway's answer when it has one (it decides what it fetches)."""
         return cls(
             symbols=list(spec.symbols),
             policy=Policy(spec.policy),
@@ -70,7 +89,7 @@ class AccountConfig:
             retention_s=spec.retention.finishedOrdersSeconds,
             missing_retries=spec.reconciliation.missingOrderRetries,
             interval_s=spec.reconciliation.intervalSeconds,
-            futures=spec.exchange.endswith("usdm") or any(":" in s for s in spec.symbols),
+            futures=is_futures(spec.exchange, spec.symbols) if futures is None else bool(futures),
         )
 
 

@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 import ccxt
 
 from ..domain import (CancelAllResult, GatewayError, Invalid, Order, OrderNotFound, Section, Snapshot,
-                      Temporary, Unsupported)
+                      SymbolNotListed, Temporary, Unsupported)
 from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheaper
 from .errors import map_error, scrub
 from .exchanges import forget_secrets, new_exchange, scrubbing_logger
@@ -166,7 +166,7 @@ class CcxtGateway:
     def _check_symbols(self, symbols: Sequence[str]) -> None:
         unknown = [s for s in symbols if s not in self._rest.markets]
         if unknown:
-            raise Invalid("unknown symbol: " + ", ".join(unknown))
+            raise SymbolNotListed("unknown symbol: " + ", ".join(unknown))
 
     # ---- snapshot ----------------------------------------------------------------------------------
 
