@@ -14,7 +14,7 @@ from tradewarden.controller.lifecycle import requested_by
 from tradewarden.controller.schedule import backoff_s
 from tradewarden.controller.vocabulary import Problem, gateway_problem
 from tradewarden.controller.credentials import CredentialsError, parse_secret
-from tradewarden.core import Discrepancy, MonitoringState, RunReport
+from tradewarden.core import Discrepancy, MonitoringState, Outcome, RunReport
 
 T0 = 1_764_000_000_000
 
@@ -108,7 +108,7 @@ def test_problem_sets_error_phase_and_credentials_condition():
 def test_emergency_stop_and_alerts():
     estop = {"active": True, "reason": "runaway bot", "requestedBy": "kubectl-annotate", "state": "Completed",
              "ordersCancelled": 7, "remaining": 0}
-    bal = Discrepancy("balance", "USDT", "10000", "10500", "ledger set to the exchange's value")
+    bal = Discrepancy("balance", "USDT", "10000", "10500", "ledger set to the exchange's value", Outcome.CORRECTED)
     mon = MonitoringState(runs=9, consecutive_failures=4)
     s = st.build_status(ready_inputs(estop=estop, report=report([bal]), monitor=mon), {}, T0)
     c = {x["type"]: x for x in s["conditions"]}
@@ -137,9 +137,11 @@ def test_merge_patch_roundtrip():
 
 
 def test_events_are_aggregated_and_bounded():
-    ds = [Discrepancy("balance", f"A{i}", "1", "2", "ledger set to the exchange's value") for i in range(1000)]
-    ds += [Discrepancy("fill", "tw-9", "open 0/1", "filled 1/1", "ledger set to the exchange's order")]
-    ds += [Discrepancy("stale", "tw-3", "open", "canceled", "cancelled (stale); exchange says canceled")]
+    ds = [Discrepancy("balance", f"A{i}", "1", "2", "ledger set to the exchange's value", Outcome.CORRECTED) for i in range(1000)]
+    ds += [Discrepancy("fill", "tw-9", "open 0/1", "filled 1/1", "ledger set to the exchange's order",
+                       Outcome.CORRECTED)]
+    ds += [Discrepancy("stale", "tw-3", "open", "canceled", "cancelled (stale); exchange says canceled",
+                       Outcome.CANCELLED)]
     out = ev.run_events(ds, trigger="annotation")
     reasons = [e.reason for e in out]
     assert reasons == ["BalanceMismatch", "MissedFill", "StaleOrder", "StaleOrderCancelled", "Corrected"]
@@ -147,7 +149,8 @@ def test_events_are_aggregated_and_bounded():
     assert bal.type == "Warning" and "1000 balance discrepancies" in bal.message and "(+995 more)" in bal.message
     assert "A0 local=1 exchange=2" in bal.message and len(bal.message) <= ev.MAX_MESSAGE
     assert "1001 local entries corrected" in out[-1].message
-    observe = ev.run_events([Discrepancy("stale", "tw-3", "o", "open for 99s", "reported only (policy ObserveOnly)")])
+    observe = ev.run_events([Discrepancy("stale", "tw-3", "o", "open for 99s", "reported only (policy ObserveOnly)",
+                                             Outcome.REPORTED)])
     assert [e.reason for e in observe] == ["StaleOrder"]
 
 
@@ -201,8 +204,10 @@ def test_gateway_problems_and_backoff():
 
 def test_a_cancel_answered_filled_is_not_counted_as_a_cancel():
     from tradewarden.controller import events as ev
-    done = Discrepancy("stale", "tw-1", "open", "canceled", "cancelled (stale); exchange says canceled")
-    raced = Discrepancy("stale", "tw-2", "open", "filled", "cancelled (stale); exchange says filled")
+    done = Discrepancy("stale", "tw-1", "open", "canceled", "cancelled (stale); exchange says canceled",
+                       Outcome.CANCELLED)
+    raced = Discrepancy("stale", "tw-2", "open", "filled", "cancelled (stale); exchange says filled",
+                        Outcome.CANCEL_ANSWERED)
     assert ev.is_cancel(done) and not ev.is_cancel(raced)
     specs = ev.run_events([done, raced], trigger="stale")
     (cancel_event,) = [e for e in specs if e.reason == "StaleOrderCancelled"]

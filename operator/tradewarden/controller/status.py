@@ -1,6 +1,6 @@
 """Pure builders of the TradingAccount status (no kopf, no I/O, no clock: ``now_ms`` is passed in).
 
-The supervisor (``account.py``) gathers what it knows into :class:`StatusInputs`; :func:`build_status`
+The supervisor (``supervisor.py``) gathers what it knows into :class:`StatusInputs`; :func:`build_status`
 turns it into the ``status`` dict; :func:`merge_patch` says what changed since the last write, so the
 API server is written only when something did.
 """

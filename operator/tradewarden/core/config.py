@@ -25,6 +25,23 @@ class Trigger(enum.StrEnum):
     STALE_CLEANUP = "stale-cleanup"        # ... and as its report names it
 
 
+class Outcome(enum.StrEnum):
+    """What was done about a discrepancy (``Discrepancy.action`` says it in words for humans)."""
+    CORRECTED = "corrected"              # the ledger now holds the exchange's value
+    ADOPTED = "adopted"                  # an order the ledger did not know is now in it
+    DECLARED_LOST = "declared-lost"      # unknown to the exchange after bounded retries: kept, reported
+    PENDING = "pending"                  # asked again next run (deferred, not found yet, query failed)
+    CANCELLED = "cancelled"              # a stale owned order: the exchange confirmed the cancel
+    CANCEL_ANSWERED = "cancel-answered"  # ... the cancel's answer was another final state (it filled first)
+    CANCEL_UNKNOWN = "cancel-unknown"    # ... the cancel's outcome is unknown: re-checked next run
+    CANCEL_FAILED = "cancel-failed"      # ... the cancel was refused: tried again next run
+    REPORTED = "reported"                # ObserveOnly: what Correct would have done, not done
+
+    @property
+    def corrects_ledger(self) -> bool:
+        return self in (Outcome.CORRECTED, Outcome.ADOPTED, Outcome.DECLARED_LOST)
+
+
 def is_futures(exchange: str, symbols: Sequence[str]) -> bool:
     """Is this a derivatives (USD-M) account: the one rule, by exchange id or contract symbols."""
     return exchange.endswith("usdm") or any(":" in s for s in symbols)
@@ -105,11 +122,12 @@ class Discrepancy:
     entity: str        # asset, client order id or symbol
     local: str
     exchange: str
-    action: str
+    action: str        # what was done, in words
+    outcome: Outcome   # what was done, as a type
 
     def to_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "entity": self.entity, "local": self.local,
-                "exchange": self.exchange, "action": self.action}
+                "exchange": self.exchange, "action": self.action, "outcome": str(self.outcome)}
 
 
 @dataclass(slots=True)
