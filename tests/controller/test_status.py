@@ -12,7 +12,8 @@ from tradewarden.controller import events as ev
 from tradewarden.controller import status as st
 from tradewarden.controller.lifecycle import requested_by
 from tradewarden.controller.schedule import backoff_s
-from tradewarden.controller.vocabulary import Problem, gateway_problem
+from tradewarden.controller.emergency import EmergencyStop, StopState
+from tradewarden.controller.vocabulary import Problem, StreamState, gateway_problem
 from tradewarden.controller.credentials import CredentialsError, parse_secret
 from tradewarden.core import Discrepancy, MonitoringState, Outcome, RunReport
 
@@ -36,7 +37,7 @@ def ready_inputs(**kw) -> st.StatusInputs:
                           "BTC": domain.Balance("BTC", Decimal("1.50000000"), Decimal("0.5")),
                           "ETH": domain.Balance("ETH", Decimal("0"), Decimal("0"))},
                 orders=[order(1), order(2, coid="manual-1")], positions=[], monitor=MonitoringState(runs=1),
-                stream_state="connected", last_success_ms=T0, estop={"active": False})
+                stream_state=StreamState.CONNECTED, last_success_ms=T0, estop=EmergencyStop())
     base.update(kw)
     return st.StatusInputs(**base)
 
@@ -65,7 +66,7 @@ def test_last_transition_time_changes_only_on_flip():
     later = st.build_status(ready_inputs(), first, T0 + 60_000)
     assert first["conditions"] == later["conditions"]
     assert st.merge_patch(first, later) == {}            # nothing changed: nothing to write
-    down = st.build_status(ready_inputs(stream_state="reconnecting"), later, T0 + 120_000)
+    down = st.build_status(ready_inputs(stream_state=StreamState.RECONNECTING), later, T0 + 120_000)
     c = {x["type"]: x for x in down["conditions"]}
     assert c["StreamConnected"]["status"] == "False"
     assert c["StreamConnected"]["lastTransitionTime"] == st.rfc3339(T0 + 120_000)
@@ -106,8 +107,8 @@ def test_problem_sets_error_phase_and_credentials_condition():
 
 
 def test_emergency_stop_and_alerts():
-    estop = {"active": True, "reason": "runaway bot", "requestedBy": "kubectl-annotate", "state": "Completed",
-             "ordersCancelled": 7, "remaining": 0}
+    estop = EmergencyStop(active=True, reason="runaway bot", requested_by="kubectl-annotate",
+                          state=StopState.COMPLETED, orders_cancelled=7, remaining=0)
     bal = Discrepancy("balance", "USDT", "10000", "10500", "ledger set to the exchange's value", Outcome.CORRECTED)
     mon = MonitoringState(runs=9, consecutive_failures=4)
     s = st.build_status(ready_inputs(estop=estop, report=report([bal]), monitor=mon), {}, T0)
@@ -212,3 +213,16 @@ def test_a_cancel_answered_filled_is_not_counted_as_a_cancel():
     specs = ev.run_events([done, raced], trigger="stale")
     (cancel_event,) = [e for e in specs if e.reason == "StaleOrderCancelled"]
     assert cancel_event.message.startswith("1 stale owned orders cancelled") and "tw-2" not in cancel_event.message
+
+
+def test_status_is_built_through_the_model_and_survives_a_foreign_previous():
+    """The writer goes through the status model the CRD is generated from: a part carried over from a
+    status another version wrote, which no longer fits the model, is replaced, never written back."""
+    previous = {"metrics": {"runs": 3, "noSuchField": 1}, "stream": {"state": "connected", "since": "t"},
+                "lastReconciliation": {"time": "2026-01-01T00:00:00Z", "trigger": "timer"}}
+    s = st.build_status(st.StatusInputs(generation=1, stream_enabled=True), previous, T0)
+    assert s["metrics"] == {} and s["lastReconciliation"] == previous["lastReconciliation"]
+    assert s["stream"]["since"] == "t" and s["stream"]["state"] == "disconnected"
+    models.TradingAccountStatus.model_validate(s)
+    with pytest.raises(Exception):
+        models.TradingAccountStatus.model_validate({"metrics": {"noSuchField": 1}})

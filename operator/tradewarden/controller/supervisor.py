@@ -587,7 +587,7 @@ class AccountSupervisor:
             last_success_ms=last_success, stream_enabled=spec.stream.enabled if spec else True,
             stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
             stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
-            estop=s.stop.to_status(), last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,
+            estop=s.stop, last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,
             ledger_note=self._ledger_note)
 
 
