@@ -33,6 +33,11 @@ def body(*, generation=1, annotations=None, deleting=False, **spec):
     return {"metadata": meta, "spec": s}
 
 
+def obs(**kw) -> lifecycle.Observed:
+    """The resource observed by a supervisor whose gateway says: spot."""
+    return observe(body(**kw), known_exchanges=EXCHANGES, futures=False)
+
+
 def seen(o: lifecycle.Observed, **kw) -> State:
     """The state of a supervisor that has accepted, built, configured and synced ``o``."""
     base = dict(built=True, identity=o.identity, seen_generation=o.generation, config=o.config,
@@ -42,16 +47,17 @@ def seen(o: lifecycle.Observed, **kw) -> State:
     return State(**base)
 
 
-O = observe(body(), known_exchanges=EXCHANGES)
-STOPPING = observe(body(annotations={ESTOP: "runaway"}), known_exchanges=EXCHANGES)
+O = obs()
+STOPPING = obs(annotations={ESTOP: "runaway"})
 OPEN = EmergencyStop(active=True, reason="runaway", requested_by="kubectl-annotate", state=StopState.CANCELLING)
 DONE = replace(OPEN, state=StopState.COMPLETED)
 
 
 CASES = [
     # (name, observed, state, expected action)
-    ("deleting: nothing", observe(body(deleting=True), known_exchanges=EXCHANGES), State(), Idle()),
-    ("first sight: accept the spec", O, State(), AcceptSpec(1, O.identity, rebuild=False, forget=False, retry_now=True)),
+    ("deleting: nothing", obs(deleting=True), State(), Idle()),
+    ("first sight: accept the spec", O, State(),
+     AcceptSpec(1, O.identity, rebuild=False, forget=False, retry_now=True)),
     ("accepted: build", O, State(identity=O.identity, seen_generation=1), Build()),
     ("build failed: wait for the backoff", O, State(identity=O.identity, seen_generation=1, retry_at=NOW + 5),
      Idle(NOW + 5)),
@@ -71,22 +77,20 @@ CASES = [
     ("new generation: accepted, retried now", replace(O, generation=2), seen(O, retry_at=NOW + 99),
      AcceptSpec(2, O.identity, rebuild=False, forget=False, retry_now=True)),
     ("symbols changed: rebuild, same account",
-     observe(body(symbols=["BTC/USDT", "ETH/USDT"]), known_exchanges=EXCHANGES), seen(O),
-     AcceptSpec(1, observe(body(symbols=["BTC/USDT", "ETH/USDT"]), known_exchanges=EXCHANGES).identity,
+     obs(symbols=["BTC/USDT", "ETH/USDT"]), seen(O),
+     AcceptSpec(1, obs(symbols=["BTC/USDT", "ETH/USDT"]).identity,
                 rebuild=True, forget=False, retry_now=False)),
     ("secret changed: rebuild, forget the ledger",
-     observe(body(credentialsSecretRef={"name": "other"}), known_exchanges=EXCHANGES), seen(O),
-     AcceptSpec(1, observe(body(credentialsSecretRef={"name": "other"}), known_exchanges=EXCHANGES).identity,
+     obs(credentialsSecretRef={"name": "other"}), seen(O),
+     AcceptSpec(1, obs(credentialsSecretRef={"name": "other"}).identity,
                 rebuild=True, forget=True, retry_now=False)),
-    ("tolerance changed: reconfigure", observe(body(reconciliation={"balanceTolerance": 0.01}),
-                                               known_exchanges=EXCHANGES), seen(O), Configure()),
-    ("check interval changed: reconfigure", observe(body(staleOrders={"checkIntervalSeconds": 5}),
-                                                   known_exchanges=EXCHANGES), seen(O), Configure()),
-    ("invalid spec: reject", observe(body(symbols=[]), known_exchanges=EXCHANGES), seen(O),
-     Reject(observe(body(symbols=[]), known_exchanges=EXCHANGES).problem)),
-    ("unknown exchange: reject", observe(body(exchange="nosuch"), known_exchanges=EXCHANGES), State(),
+    ("tolerance changed: reconfigure", obs(reconciliation={"balanceTolerance": 0.01}), seen(O), Configure()),
+    ("check interval changed: reconfigure", obs(staleOrders={"checkIntervalSeconds": 5}), seen(O), Configure()),
+    ("invalid spec: reject", obs(symbols=[]), seen(O),
+     Reject(obs(symbols=[]).problem)),
+    ("unknown exchange: reject", obs(exchange="nosuch"), State(),
      Reject(Problem("UnknownExchange", "ccxt has no exchange 'nosuch'"))),
-    ("rejected already: nothing", observe(body(exchange="nosuch"), known_exchanges=EXCHANGES),
+    ("rejected already: nothing", obs(exchange="nosuch"),
      State(problem=Problem("UnknownExchange", "ccxt has no exchange 'nosuch'")), Idle()),
     # the emergency stop
     ("stop requested: open the breaker first", STOPPING, State(), OpenBreaker("runaway", "kubectl-annotate")),
@@ -94,9 +98,8 @@ CASES = [
      OpenBreaker("runaway", "kubectl-annotate")),
     ("a new reason re-opens", replace(STOPPING, estop="other"), seen(STOPPING, stop=DONE),
      OpenBreaker("other", "kubectl-annotate")),
-    ("breaker open, invalid spec: still rejected", observe(body(symbols=[], annotations={ESTOP: "runaway"}),
-                                                          known_exchanges=EXCHANGES), seen(O, stop=OPEN),
-     Reject(observe(body(symbols=[]), known_exchanges=EXCHANGES).problem)),
+    ("breaker open, invalid spec: still rejected", obs(symbols=[], annotations={ESTOP: "runaway"}), seen(O, stop=OPEN),
+     Reject(obs(symbols=[]).problem)),
     ("breaker open, no gateway: build it", STOPPING, State(identity=O.identity, seen_generation=1, stop=OPEN), Build()),
     ("breaker open, built: attempt", STOPPING, seen(O, stop=OPEN), Stop(emergency.Attempt())),
     ("completed stop holds without a gateway", STOPPING, State(identity=O.identity, seen_generation=1, stop=DONE),
@@ -128,10 +131,10 @@ def test_decide_is_pure():
 
 def test_observe_reads_the_resource():
     o = observe(body(annotations={ESTOP: "why", RECONCILE_AT: "t9"}, exchange="binanceusdm",
-                     symbols=["BTC/USDT:USDT"], stream={"enabled": False}), known_exchanges=EXCHANGES)
+                     symbols=["BTC/USDT:USDT"], stream={"enabled": False}), known_exchanges=EXCHANGES, futures=True)
     assert (o.estop, o.estop_requested_by, o.reconcile_requested) == ("why", "kubectl-annotate", "t9")
     assert o.config.futures and not o.stream_enabled and o.problem is None
-    bad = observe(body(symbols=["btc-usdt"]), known_exchanges=EXCHANGES)
+    bad = obs(symbols=["btc-usdt"])
     assert bad.problem.reason == "InvalidSpec" and bad.problem.message.startswith("spec.symbols")
     # the gateway's answer overrides the spec's guess
     assert observe(body(), known_exchanges=EXCHANGES, futures=True).config.futures

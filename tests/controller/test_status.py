@@ -15,6 +15,7 @@ from tradewarden.controller.schedule import backoff_s
 from tradewarden.controller.emergency import EmergencyStop, StopState
 from tradewarden.controller.vocabulary import Problem, StreamState, gateway_problem
 from tradewarden.controller.credentials import CredentialsError, parse_secret
+from tradewarden.redact import REDACTED
 from tradewarden.core import Discrepancy, MonitoringState, Outcome, RunReport
 
 T0 = 1_764_000_000_000
@@ -165,7 +166,7 @@ def test_credentials_parse_and_never_leak():
                      secret_key="secret")
     assert (c.api_key, c.secret) == ("KEY123456", "SECRET987654")
     assert "SECRET" not in repr(c) and "KEY123" not in repr(c)
-    assert c.redact("bad key KEY123456 sig SECRET987654") == "bad key *** sig ***"
+    assert c.redact("bad key KEY123456 sig SECRET987654") == f"bad key {REDACTED} sig {REDACTED}"
     with pytest.raises(CredentialsError) as e:
         parse_secret(None, name="s", api_key_key="apiKey", secret_key="secret")
     assert e.value.reason == "SecretNotFound"

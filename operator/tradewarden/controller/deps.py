@@ -30,7 +30,7 @@ class AccountGateway(domain.Gateway, Protocol):
 
 class GatewayFactory(Protocol):
     def __call__(self, exchange_id: str, api_key: str, secret: str, endpoint: str | None = None, *,
-                 budgets: Any = None, owned_prefix: str = "tw-") -> AccountGateway: ...
+                 budgets: Any = None) -> AccountGateway: ...
 
 
 class Budgets(Protocol):

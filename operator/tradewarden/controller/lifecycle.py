@@ -64,7 +64,7 @@ class Observed:
     spec: models.TradingAccountSpec | None = None
     problem: Problem | None = None           # the spec cannot be served (InvalidSpec, UnknownExchange)
     identity: Identity | None = None
-    config: AccountConfig | None = None      # the core's config for this spec
+    config: AccountConfig | None = None      # the core's config for this spec (known once a gateway is)
     check_interval_s: int = 60
     stream_enabled: bool = True
     saved_ledger: bool = False               # status carries a ledger to resume from
@@ -113,7 +113,7 @@ def observe(body: Mapping[str, Any], *, known_exchanges: Collection[str], future
     parsed = parse_spec(body.get("spec") or {}, known_exchanges)
     if isinstance(parsed, Problem):
         return Observed(problem=parsed, **base)
-    config = AccountConfig.from_spec(parsed, futures=futures)
+    config = AccountConfig.from_spec(parsed, futures=futures) if futures is not None else None
     return Observed(spec=parsed, identity=identity_of(parsed), config=config,
                     check_interval_s=parsed.staleOrders.checkIntervalSeconds, stream_enabled=parsed.stream.enabled,
                     **base)

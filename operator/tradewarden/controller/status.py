@@ -136,7 +136,7 @@ def order_status(o: domain.Order, owned_prefix: str) -> dict[str, Any]:
         "price": dstr(o.price),
         "amount": dstr(o.amount),
         "filled": dstr(o.filled),
-        "owned": bool(owned_prefix) and o.client_order_id.startswith(owned_prefix),
+        "owned": domain.is_owned(o.client_order_id, owned_prefix),
         **({"createdAt": rfc3339(o.created_ms)} if o.created_ms else {}),
     }
 
@@ -146,7 +146,7 @@ def open_orders_status(orders: Iterable[domain.Order] | None, owned_prefix: str,
     """Active orders: the full count and the oldest ``limit`` (the ones a human looks for first)."""
     active = [o for o in (orders or []) if o.state.active]
     active.sort(key=lambda o: (o.created_ms, o.symbol, o.client_order_id))
-    owned = sum(1 for o in active if owned_prefix and o.client_order_id.startswith(owned_prefix))
+    owned = sum(1 for o in active if domain.is_owned(o.client_order_id, owned_prefix))
     return {"count": len(active), "owned": owned, "truncated": len(active) > limit,
             "items": [order_status(o, owned_prefix) for o in active[:limit]]}
 

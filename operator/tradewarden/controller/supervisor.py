@@ -287,8 +287,7 @@ class AccountSupervisor:
         gw = None
         try:
             gw = self.deps.gateway_factory(spec.exchange, creds.api_key, creds.secret, spec.endpoint,
-                                           budgets=self.deps.budgets,
-                                           owned_prefix=spec.staleOrders.ownedClientOrderIdPrefix)
+                                           budgets=self.deps.budgets)
             await asyncio.wait_for(gw.start(list(spec.symbols)), timeout=GATEWAY_START_TIMEOUT_S)
         except asyncio.CancelledError:
             if gw is not None:

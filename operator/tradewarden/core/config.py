@@ -42,11 +42,6 @@ class Outcome(enum.StrEnum):
         return self in (Outcome.CORRECTED, Outcome.ADOPTED, Outcome.DECLARED_LOST)
 
 
-def is_futures(exchange: str, symbols: Sequence[str]) -> bool:
-    """Is this a derivatives (USD-M) account: the one rule, by exchange id or contract symbols."""
-    return exchange.endswith("usdm") or any(":" in s for s in symbols)
-
-
 @dataclass(frozen=True, slots=True)
 class AccountConfig:
     """What the core needs to know about one account (built from the TradingAccount spec).
@@ -93,9 +88,10 @@ class AccountConfig:
         return self.policy is Policy.OBSERVE_ONLY
 
     @classmethod
-    def from_spec(cls, spec: Any, futures: bool | None = None) -> "AccountConfig":
+    def from_spec(cls, spec: Any, *, futures: bool) -> "AccountConfig":
         """From a ``models.TradingAccountSpec``. Floats of the resource become Decimals as printed.
-        ``futures``: the gateway's answer when it has one (it decides what it fetches)."""
+        ``futures``: the gateway's answer to "is this a derivatives account" (the one definition: it
+        decides what the gateway fetches, so the core must agree with it)."""
         return cls(
             symbols=list(spec.symbols),
             policy=Policy(spec.policy),
@@ -106,7 +102,7 @@ class AccountConfig:
             retention_s=spec.retention.finishedOrdersSeconds,
             missing_retries=spec.reconciliation.missingOrderRetries,
             interval_s=spec.reconciliation.intervalSeconds,
-            futures=is_futures(spec.exchange, spec.symbols) if futures is None else bool(futures),
+            futures=futures,
         )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from tradewarden.domain import Order, OrderNotFound, OrderState, UnknownOutcome
+from tradewarden.domain import Order, OrderNotFound, OrderState, UnknownOutcome, is_owned
 
 from .config import AccountConfig, Discrepancy, Outcome
 from .ledger import SOURCE_CANCEL, Ledger, supersedes
@@ -41,7 +41,7 @@ def plan_stale(ledger: Ledger, config: AccountConfig, now_ms: int) -> StalePlan:
     prefix = config.owned_prefix
     for entry in ledger.orders.values():
         order = entry.order
-        if not order.state.active or not is_owned(order, prefix):
+        if not order.state.active or not is_owned(order.client_order_id, prefix):
             continue
         if entry.recheck:
             plan.rechecks.append(order)
@@ -55,10 +55,6 @@ def plan_stale(ledger: Ledger, config: AccountConfig, now_ms: int) -> StalePlan:
                 plan.deferred += 1
     plan.stale.sort(key=lambda o: o.created_ms or o.updated_ms)
     return plan
-
-
-def is_owned(order: Order, prefix: str) -> bool:
-    return bool(prefix) and order.client_order_id.startswith(prefix)
 
 
 def report_only(orders: Iterable[Order], now_ms: int) -> list[Discrepancy]:

@@ -27,13 +27,13 @@ from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
 from tradewarden.domain import (ZERO, AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
-                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent)
+                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent, is_owned)
 
 from ..core.config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, Trigger, base_asset
 from ..core.ledger import SOURCE_REST, SOURCE_STREAM, Ledger
 from ..core.monitor import MonitoringState
 from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
-from ..core.stale import is_owned, needs_query, plan_stale, purge, report_only, resolve_cancel
+from ..core.stale import needs_query, plan_stale, purge, report_only, resolve_cancel
 
 log = logging.getLogger("tradewarden.service")
 
@@ -156,7 +156,7 @@ class AccountRunner:
         prefix = self.config.owned_prefix
 
         async def one(order: Order) -> Order | Exception | None:
-            if not is_owned(order, prefix):     # defence in depth: foreign orders are never cancelled
+            if not is_owned(order.client_order_id, prefix):     # defence in depth: foreign orders are never cancelled
                 raise AssertionError(f"refusing to cancel foreign order {order.client_order_id!r}")
             async with sem:
                 try:
