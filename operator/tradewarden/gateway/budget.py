@@ -183,10 +183,6 @@ class RateBudget:
         self._roll()
         return self._used
 
-    @property
-    def blocked_until(self) -> float:
-        return self._blocked_until
-
     def blocked_for(self) -> float:
         return max(0.0, self._blocked_until - self.clock())
 
