@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 from .. import domain
-from .vocabulary import gateway_problem  # noqa: F401 - re-exported for the supervisor
 
 
 class KubeAPI(Protocol):
