@@ -247,9 +247,9 @@ class AccountSupervisor:
             return None
         if self._tele is None or self._tele.attributes.get("exchange") != exchange:
             self._tele = t.account(self.namespace, self.name, exchange)
-            if self._restored_success_ms:
-                self._tele.set_last_success(self._restored_success_ms / 1000.0)
             self._tele.set_emergency_stop_active(bool(self._estop.get("active")))
+        if self._runner is not None and self._tele.monitor is not self._runner.monitor:
+            self._tele.attach(self._runner.monitor)     # run history and health: the monitor's, read at scrape
         return self._tele
 
     def _set_problem(self, problem: st.Problem | None) -> None:
@@ -529,8 +529,12 @@ class AccountSupervisor:
                     self.log.warning("status.ledger not restored (%s): starting from a fresh sync", exc)
             self._kept_ledger = self._kept_monitor = None
             runner = AccountRunner(self._gateway_for_runner(), config, ledger=ledger, clock=self.deps.clock, monitor=monitor)
+            if monitor is None:
+                runner.monitor.restore_last_success(self._restored_success_ms)
         previous = self._config
         self._runner = runner
+        if self._tele is not None:
+            self._telemetry(self._tele.attributes["exchange"])
         self._config = config
         self._dirty = True
         if previous is not None and self._synced:
@@ -616,16 +620,13 @@ class AccountSupervisor:
         if kind != "stale":                 # lastReconciliation shows reconciliations, not stale checks
             self._report = report
         self._dirty = True
-        counts = report.counts_by_kind()
         if tele is not None:
-            tele.run_finished(report.duration_ms / 1000.0, bool(report.ok), counts)
+            if kind != "stale":              # outcomes and counts are the monitor's (runner.monitor)
+                tele.observe_run(report.duration_ms / 1000.0)
             try:
                 tele.set_open_orders(sum(1 for _ in self._runner.ledger.active_orders()))
             except Exception:  # noqa: BLE001
                 pass
-            cancelled = report.cancelled     # confirmed by the exchange (not "cancel sent, order filled")
-            if cancelled:
-                tele.stale_cancelled(cancelled)
         observe = getattr(self._config, "observe_only", False)
         for spec in ev.run_events(report.discrepancies, trigger=trigger, observe_only=observe)[:EVENTS_PER_RUN]:
             self._post(spec.type, spec.reason, spec.message)
@@ -637,8 +638,8 @@ class AccountSupervisor:
         self._last_run_ok = False
         self._last_run_error = st.clip(error, 512)
         self._dirty = True
-        if tele is not None:
-            tele.run_finished(time.monotonic() - t0, False, {})
+        if tele is not None:       # the failure itself was recorded by the runner's monitor
+            tele.observe_run(time.monotonic() - t0)
 
     # ---- stream ---------------------------------------------------------------------------------------
 
@@ -801,9 +802,7 @@ class AccountSupervisor:
         spec = getattr(self, "_spec", None)
         now_ms = self._now_ms()
         ledger_dump = None
-        balances = orders = positions = monitor = None
-        alerts: Mapping[str, bool] = {}
-        last_success = self._restored_success_ms
+        balances = orders = positions = monitor = health = None
         if runner is not None and (self._synced or self._estop.get("active")):
             ledger = runner.ledger
             balances = ledger.balance_values()
@@ -812,20 +811,14 @@ class AccountSupervisor:
             ledger_dump, self._ledger_note = _bounded_dump(ledger)
         if runner is not None:
             monitor = runner.monitor
-            interval = spec.reconciliation.intervalSeconds if spec else 300
-            try:
-                alerts = monitor.alerts(now_ms, interval)
-            except Exception:  # noqa: BLE001
-                alerts = {}
-            if getattr(monitor, "last_success_ms", None):
-                last_success = monitor.last_success_ms
+            health = monitor.health(now_ms, spec.reconciliation.intervalSeconds if spec else 300)
         return st.StatusInputs(
             generation=self._generation, problem=self._problem, credentials_ok=self._credentials_ok,
             synced=self._synced, report=self._report, last_run_ok=self._last_run_ok,
             last_run_error=self._last_run_error, balances=balances, orders=orders, positions=positions,
             owned_prefix=spec.staleOrders.ownedClientOrderIdPrefix if spec else "tw-",
-            monitor=monitor, alerts=alerts, interval_s=spec.reconciliation.intervalSeconds if spec else 300,
-            last_success_ms=last_success, stream_enabled=spec.stream.enabled if spec else True,
+            monitor=monitor, health=health, restored_success_ms=self._restored_success_ms,
+            stream_enabled=spec.stream.enabled if spec else True,
             stream_state=self._stream_state, stream_since_ms=self._stream_since_ms,
             stream_reconnects=self._stream_reconnects, stream_last_event_ms=self._stream_last_event_ms,
             estop=self._estop, last_handled_reconcile_at=self._last_handled, ledger=ledger_dump,
