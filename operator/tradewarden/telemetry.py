@@ -63,6 +63,7 @@ METRIC_NAMES = (
     "tradewarden_emergency_stops_total",
     "tradewarden_emergency_stop_active",
     "tradewarden_exchange_weight_used",
+    "tradewarden_exchange_weight_limit",
     "tradewarden_rate_limit_wait_seconds_total",
 )
 
@@ -157,6 +158,7 @@ class Telemetry:
         self._lock = threading.RLock()
         self._accounts: dict[tuple[str, str], AccountTelemetry] = {}
         self._weights: dict[tuple[str, str], float] = {}
+        self._limits: dict[tuple[str, str], float] = {}
         self._waits: dict[str, float] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics_port: int | None = None
@@ -330,6 +332,11 @@ class Telemetry:
                 rows = list(self._weights.items())
             return [Observation(w, {"exchange": ex, "host": host}) for (ex, host), w in rows]
 
+        def limits(_options: CallbackOptions):
+            with self._lock:
+                rows = list(self._limits.items())
+            return [Observation(w, {"exchange": ex, "host": host}) for (ex, host), w in rows]
+
         def waits(_options: CallbackOptions):
             with self._lock:
                 rows = list(self._waits.items())
@@ -337,6 +344,8 @@ class Telemetry:
 
         m.create_observable_gauge(PREFIX + "exchange_weight_used", callbacks=[weights], unit="1",
                                   description="Request weight used in the exchange's current window, per host")
+        m.create_observable_gauge(PREFIX + "exchange_weight_limit", callbacks=[limits], unit="1",
+                                  description="Request weight allowed per window by the exchange, per host")
         m.create_observable_counter(PREFIX + "rate_limit_wait_seconds_total", callbacks=[waits], unit="s",
                                     description="Seconds spent waiting for the exchange rate budget")
 
@@ -382,12 +391,16 @@ class Telemetry:
             log.debug("could not drop histogram series", exc_info=True)
 
     # -- process-wide ---------------------------------------------------------------------------------
-    def exchange_weight_used(self, exchange: str, host: str, weight: float) -> None:
+    def exchange_weight_used(self, exchange: str, host: str, weight: float, limit: float | None = None) -> None:
+        """The weight used in the current window and, when known, the window's limit (per host)."""
         with self._lock:
             self._weights[(str(exchange), str(host))] = float(weight)
+            if limit:
+                self._limits[(str(exchange), str(host))] = float(limit)
 
     def rate_limit_wait(self, exchange: str, seconds: float) -> None:
-        if seconds <= 0:
+        """Add ``seconds`` waited for the exchange's budget (0 makes the series exist: a counter at 0)."""
+        if seconds < 0:
             return
         with self._lock:
             self._waits[str(exchange)] = self._waits.get(str(exchange), 0.0) + float(seconds)

@@ -69,7 +69,8 @@ def test_scrape_shows_account_metrics(telemetry):
     a.stream_reconnected()
     a.stream_reconnected()
     a.emergency_stop()
-    telemetry.exchange_weight_used("binance", "api.binance.com", 37)
+    telemetry.exchange_weight_used("binance", "api.binance.com", 37, limit=6000)
+    telemetry.rate_limit_wait("binanceusdm", 0)          # the counter exists from the first figures, at 0
     telemetry.rate_limit_wait("binance", 1.5)
     telemetry.rate_limit_wait("binance", 0.25)
 
@@ -94,6 +95,8 @@ def test_scrape_shows_account_metrics(telemetry):
     assert value(text, "tradewarden_emergency_stops_total", **lb) == 1
     assert value(text, "tradewarden_emergency_stop_active", **lb) == 1
     assert value(text, "tradewarden_exchange_weight_used", exchange="binance", host="api.binance.com") == 37
+    assert value(text, "tradewarden_exchange_weight_limit", exchange="binance", host="api.binance.com") == 6000
+    assert value(text, "tradewarden_rate_limit_wait_seconds_total", exchange="binanceusdm") == 0
     assert value(text, "tradewarden_rate_limit_wait_seconds_total", exchange="binance") == 1.75
     # the first run was the last success: the stale check in between moved nothing
     assert value(text, "tradewarden_last_success_timestamp_seconds", **lb) == 1_700_000_000

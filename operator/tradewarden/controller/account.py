@@ -121,7 +121,8 @@ def publish_budgets(telemetry: Any, budgets: Any, exchange: str, family: str) ->
             key = str(b.get("key"))
             if not key.endswith("/" + family):
                 continue
-            telemetry.exchange_weight_used(exchange, key, float(b.get("last_server_used") or b.get("used") or 0))
+            telemetry.exchange_weight_used(exchange, key, float(b.get("last_server_used") or b.get("used") or 0),
+                                           limit=float(b.get("limit") or 0))
             waited = float(b.get("wait_seconds") or 0.0)
             telemetry.rate_limit_wait(exchange, waited - _published_waits.get(key, 0.0))
             _published_waits[key] = waited
