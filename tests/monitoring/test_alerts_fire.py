@@ -78,7 +78,8 @@ def test_events_and_status_writes_name_tradewarden(stack):
         assert e["reportingComponent"] == "tradewarden", e
         assert e["source"]["component"] == "tradewarden", e       # kubectl describe's "From" column
         assert e["reportingInstance"] == POD, e
-    managed = acct.obj()["metadata"]["managedFields"]
+    out = kubectl(acct.kc, "-n", acct.ns, "get", "ta", acct.name, "-o", "json", "--show-managed-fields").stdout
+    managed = json.loads(out)["metadata"]["managedFields"]
     status_writers = {m["manager"] for m in managed if "f:status" in (m.get("fieldsV1") or {})}
     assert status_writers == {"tradewarden"}, managed
 

@@ -144,7 +144,9 @@ def test_monitoring_objects(render):
     assert by["TradewardenReconciliationStale"]["expr"] == (
         "(time() - (tradewarden_last_success_timestamp_seconds or tradewarden_monitored_since_timestamp_seconds) > 600)"
         " unless on(namespace, name, exchange) (tradewarden_emergency_stop_active == 1)")
-    assert by["TradewardenBalanceMismatch"]["expr"] == "tradewarden_last_run_balance_mismatches > 0"
+    assert by["TradewardenBalanceMismatch"]["expr"] == (
+        "(tradewarden_last_run_balance_mismatches > 0) unless on(namespace, name, exchange)"
+        " (tradewarden_emergency_stop_active == 1)")
     for r in rules:
         assert r["labels"]["team"] == "trading" and r["labels"]["severity"]
         assert r["annotations"]["runbook_url"].endswith("#" + r["alert"].lower())
