@@ -126,7 +126,25 @@ class Prometheus:
         states = {a["state"] for a in self.alerts(alertname=alertname, **labels)}
         return "firing" if "firing" in states else "pending" if "pending" in states else "inactive"
 
+    def fired_at(self, alertname: str, for_s: float = 0.0, **labels: str) -> float:
+        """Unix time the alert started firing: its activeAt (when the expression first held) plus its
+        ``for`` (Prometheus reports only activeAt)."""
+        (alert,) = [a for a in self.alerts(alertname=alertname, **labels) if a["state"] == "firing"]
+        return parse_time(alert["activeAt"]) + for_s
+
     def targets_up(self) -> bool:
         return all(t["health"] == "up" for t in self.api("targets")["activeTargets"]) and \
             bool(self.api("targets")["activeTargets"])
 
+
+
+def parse_time(text: str) -> float:
+    """Prometheus's RFC 3339 time (nanoseconds, 'Z') as Unix seconds."""
+    import datetime as dt
+    import re
+
+    m = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", text)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    base = dt.datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
+    return base.timestamp() + (float("0" + m.group(2)) if m.group(2) else 0.0)

@@ -8,7 +8,9 @@ tests/monitoring/test_alerts_fire.py and benchmarks/bench_alerts.py.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import pathlib
 import time
 import urllib.request
 import uuid
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tests.conftest import kubectl
-from tests.controller.conftest import account, apply, cond, get_ta, secret, wait_for
+from tests.controller.conftest import Operator, ThreadSim, account, apply, cond, get_ta, secret, wait_for
+from tests.monitoring import prom as pm
 
 ALERTS = ("TradewardenReconciliationFailing", "TradewardenReconciliationStale", "TradewardenBalanceMismatch",
           "TradewardenStreamDown", "TradewardenEmergencyStopActive")
@@ -138,3 +141,36 @@ def wait_state(prom: Any, alert: str, state: str, labels: dict[str, str], timeou
 def active(prom: Any, labels: dict[str, str]) -> dict[str, str]:
     """alertname -> state of every pending or firing alert on the account."""
     return {a["labels"]["alertname"]: a["state"] for a in prom.alerts(**labels)}
+
+
+@contextlib.contextmanager
+def running(kc: str, helm_bin: str, workdir: pathlib.Path, rule_values: tuple[str, ...], *, interval_s: int,
+            env: dict[str, str] | None = None, prefix: str = "tw-prom-"):
+    """A namespace with one Ready account on a fresh simulator, its operator (metrics on 127.0.0.1) and a
+    Prometheus with the chart's rules (rendered with ``rule_values``) scraping it; all removed after."""
+    ns = prefix + uuid.uuid4().hex[:8]
+    kubectl(kc, "create", "namespace", ns)
+    tsim = ThreadSim()
+    port = pm.free_port()
+    op = prom = None
+    try:
+        acct = Account(kc, ns, tsim, port)
+        acct.create(interval_s=interval_s)
+        op = Operator(kc, ns, workdir / "operator.log", env={"TRADEWARDEN_METRICS_HOST": "127.0.0.1", **(env or {})},
+                      args=["--metrics-port", str(port)])
+        op.start()
+        acct.operator = op
+        acct.wait_ready()
+        prom = pm.Prometheus(workdir / "prometheus", [f"127.0.0.1:{port}"], pm.rendered_rules(helm_bin, *rule_values))
+        yield acct, prom
+    finally:
+        if prom is not None:
+            prom.stop()
+        kubectl(kc, "-n", ns, "delete", "ta", "--all", "--wait=false", check=False)
+        if op is not None:
+            time.sleep(1)       # the operator releases its finalizer while it still runs
+            op.stop()
+        kubectl(kc, "-n", ns, "patch", "ta", "acct", "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                check=False)
+        kubectl(kc, "delete", "namespace", ns, "--wait=false", check=False)
+        tsim.stop()

@@ -21,9 +21,9 @@ import uuid
 import pytest
 
 from tests.conftest import kubectl
-from tests.controller.conftest import Operator, cond, events_of, wait_for
+from tests.controller.conftest import cond, events_of, wait_for
 from tests.monitoring import prom as pm
-from tests.monitoring.scenario import ALERTS, Account, active, wait_state
+from tests.monitoring.scenario import ALERTS, active, running, wait_state
 
 pytestmark = [pytest.mark.cluster, pytest.mark.sim, pytest.mark.timeout(600)]
 
@@ -39,38 +39,12 @@ POD = "tradewarden-7d9f-" + uuid.uuid4().hex[:5]
 
 @pytest.fixture(scope="module")
 def stack(crd_installed, helm_bin, tmp_path_factory):
-    from tests.controller.conftest import ThreadSim
-
-    kc = crd_installed
-    ns = "tw-prom-" + uuid.uuid4().hex[:8]
-    kubectl(kc, "create", "namespace", ns)
-    work = tmp_path_factory.mktemp("monitoring")
-    tsim = ThreadSim()
-    port = pm.free_port()
-    op = prom = None
-    try:
-        acct = Account(kc, ns, tsim, port)
-        acct.create(interval_s=INTERVAL_S)
-        op = Operator(kc, ns, work / "operator.log", env={"POD_ID": POD, "TRADEWARDEN_METRICS_HOST": "127.0.0.1"},
-                      args=["--metrics-port", str(port)])
-        op.start()
-        acct.operator = op
-        acct.wait_ready()
-        prom = pm.Prometheus(work / "prometheus", [f"127.0.0.1:{port}"], pm.rendered_rules(helm_bin, *RULE_VALUES))
+    with running(crd_installed, helm_bin, tmp_path_factory.mktemp("monitoring"), RULE_VALUES,
+                 interval_s=INTERVAL_S, env={"POD_ID": POD}) as (acct, prom):
         yield acct, prom
-    finally:
-        if prom is not None:
-            prom.stop()
-        kubectl(kc, "-n", ns, "delete", "ta", "--all", "--wait=false", check=False)
-        if op is not None:
-            time.sleep(1)
-            op.stop()
-        kubectl(kc, "-n", ns, "patch", "ta", "acct", "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
-                check=False)
-        kubectl(kc, "delete", "namespace", ns, "--wait=false", check=False)
-        tsim.stop()
 
 
+@needs_prometheus
 def test_events_and_status_writes_name_tradewarden(stack):
     acct, _ = stack
     events = wait_for("an Event", lambda: events_of(acct.kc, acct.ns, acct.name), operator=acct.operator)
