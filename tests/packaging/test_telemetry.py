@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tradewarden import telemetry as tm
 from tradewarden.core import MonitoringState, RunReport
-from tradewarden.core.config import Discrepancy
+from tradewarden.core.config import Discrepancy, Outcome
 
 
 def run(mon: MonitoringState, t_ms: int, ok: bool = True, kinds: dict | None = None, stale: bool = False) -> None:
@@ -18,7 +18,7 @@ def run(mon: MonitoringState, t_ms: int, ok: bool = True, kinds: dict | None = N
     r = RunReport(trigger="stale-cleanup" if stale else "timer", started_ms=t_ms - 100, finished_ms=t_ms,
                   error=None if ok else "boom")
     for kind, n in (kinds or {}).items():
-        r.discrepancies += [Discrepancy(kind, f"e{i}", "1", "2", "x") for i in range(n)]
+        r.discrepancies += [Discrepancy(kind, f"e{i}", "1", "2", "x", Outcome.CORRECTED) for i in range(n)]
     mon.record_stale(r) if stale else mon.record_run(r)
 
 
