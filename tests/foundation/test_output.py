@@ -36,16 +36,20 @@ def test_console_json_lines_carry_no_escapes():
 
 
 def test_operator_logs_are_json_lines(capsys):
-    output.configure_operator_logging("json", verbose=False)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
     try:
+        output.configure_operator_logging("json", verbose=False)
         logging.getLogger("tradewarden.test").warning("run failed: %s", "503")
         err = capsys.readouterr().err
         (record,) = [r for r in output.json_lines(err) if r.get("message") == "run failed: 503"]
         assert record["severity"] == "warn" and record["timestamp"]
-    finally:
         output.configure_operator_logging("text", verbose=False)
-    logging.getLogger("tradewarden.test").warning("plain again")
-    assert "plain again" in capsys.readouterr().err
+        logging.getLogger("tradewarden.test").warning("plain again")
+        err = capsys.readouterr().err
+        assert "plain again" in err and not err.lstrip().startswith("{")
+    finally:
+        root.handlers[:], root.level = saved
 
 
 def test_cli_log_format_before_or_after_the_subcommand(monkeypatch):

@@ -33,7 +33,8 @@ def test_chart_versions_match_package():
 
 def test_helm_lint_strict(helm_bin):
     for sets in ([], ["--set", "watchNamespaces={a,b}", "--set", "serviceMonitor.enabled=true",
-                      "--set", "prometheusRule.enabled=true", "--set", "otel.endpoint=http://otel:4318"]):
+                      "--set", "prometheusRule.enabled=true", "--set", "otel.endpoint=http://otel:4318",
+                      "--set", "grafanaDashboard.enabled=true"]):
         r = helm(helm_bin, "lint", "--strict", str(CHART), *sets)
         assert "0 chart(s) failed" in r.stdout
 
