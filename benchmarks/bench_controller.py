@@ -6,9 +6,15 @@ Prints, each with a baseline measured in the same run:
   2. stream event -> status latency: an order placed out of band -> status.openOrders shows it
      (baseline: the same change made visible by a reconcile-annotation run);
   3. CPU, memory and API-server writes for 100 accounts on one operator over a short window,
-     extrapolated per hour (baseline: the same operator process idle with no account).
+     extrapolated per hour (baseline: the same operator process idle with no account);
+  4. memory anatomy (``--only anatomy``, no Kubernetes): in a fresh process, what importing the
+     gateway costs with ccxt loaded lazily and in full, and per account what one account's gateway,
+     runner and stream hold (RSS, tracemalloc's top sites, ccxt instances and TLS contexts per
+     account), with this version's sharing and without it (baseline: ccxt's defaults), at
+     ``--anatomy-sizes`` accounts.
 
     .venv/bin/python benchmarks/bench_controller.py [--accounts 100] [--window 90] [--skip-scale]
+    .venv/bin/python benchmarks/bench_controller.py --only anatomy [--anatomy-sizes 50,200]
 
 Figures are for this machine; compare the ratios, not the absolute numbers.
 """
@@ -314,13 +320,107 @@ def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, wind
         sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
 
 
+ANATOMY_CHILD = r"""
+import asyncio, gc, json, os, sys, time, tracemalloc, uuid
+sys.path.insert(0, sys.argv[1])
+def rss():
+    with open("/proc/self/status") as fh:
+        return int(fh.read().split("VmRSS:")[1].split()[0]) / 1024
+r0 = rss(); m0 = len(sys.modules)
+import tradewarden.gateway as gwpkg
+import ccxt.async_support, ccxt.pro
+ccxt.async_support.binance; ccxt.pro.binance
+r_import = rss() - r0
+ccxt_modules = sum(1 for m in sys.modules if m.split(".")[0] == "ccxt")
+n, url, keys, share = int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), sys.argv[5] == "1"
+if not share:   # ccxt's default: every instance builds its own TLS context
+    from tradewarden.gateway import exchanges
+    exchanges.shared_ssl_context = lambda cafile: None
+from tradewarden.core.config import AccountConfig
+from tradewarden.service import AccountRunner
+from tradewarden.domain import ConnectionEvent
+async def one(k, s):
+    gw = gwpkg.create_gateway("binance", k, s, url)
+    await gw.start(["BTC/USDT"])
+    cfg = AccountConfig(symbols=["BTC/USDT"])
+    runner = AccountRunner(gw, cfg)
+    await runner.reconcile()
+    stream = gw.stream(["BTC/USDT"])
+    async for ev in stream:
+        if isinstance(ev, ConnectionEvent):
+            break
+    return gw, runner, stream
+async def main():
+    held = [await one(*keys[0])]             # warm-up: lazy imports, shared markets, first TLS context
+    gc.collect(); tracemalloc.start(25); m1 = rss(); t1 = tracemalloc.take_snapshot()
+    for k, s in keys[1:n + 1]:
+        held.append(await one(k, s))
+    await asyncio.sleep(1)
+    gc.collect(); m2 = rss(); t2 = tracemalloc.take_snapshot()
+    import ssl
+    objs = gc.get_objects()
+    n_ccxt = sum(1 for o in objs if isinstance(o, ccxt.async_support.Exchange))
+    ctxs = {id(o.ssl_context) for o in objs if isinstance(o, ccxt.async_support.Exchange) and o.ssl_context}
+    diff = t2.compare_to(t1, "filename")
+    top = [(str(d.traceback[0].filename).split("site-packages/")[-1].split("operator/")[-1], d.size_diff)
+           for d in diff[:6]]
+    print(json.dumps({"import_mib": r_import, "ccxt_modules": ccxt_modules, "modules": len(sys.modules) - m0,
+                      "rss_per_account_mib": (m2 - m1) / n,
+                      "traced_per_account_mib": sum(d.size_diff for d in diff) / n / 2**20,
+                      "ccxt_instances_per_account": n_ccxt / (n + 1), "tls_contexts": len(ctxs),
+                      "top": top}))
+    for gw, runner, stream in held:
+        await stream.aclose(); await gw.close()
+asyncio.run(main())
+"""
+
+
+def bench_anatomy(tsim: ThreadSim, sizes: list[int]) -> None:
+    """Memory per account and at import, each in a fresh process (the simulator stays in this one)."""
+    keys = []
+    for i in range(max(sizes) + 1):
+        key, sec = f"anat-{i}-" + uuid.uuid4().hex, uuid.uuid4().hex
+        tsim.call(tsim.sim.add_account, key, sec, balances={"USDT": "1000", "BTC": "1"})
+        keys.append([key, sec])
+
+    def child(n: int, share: bool, ccxt_import: str) -> dict:
+        env = dict(os.environ, TRADEWARDEN_CCXT_IMPORT=ccxt_import)
+        out = subprocess.run([sys.executable, "-c", ANATOMY_CHILD, str(ROOT / "operator"), str(n), tsim.url,
+                              json.dumps(keys), "1" if share else "0"],
+                             capture_output=True, text=True, env=env, timeout=900)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    for n in sizes:
+        base = child(n, share=False, ccxt_import="full")
+        now = child(n, share=True, ccxt_import="lazy")
+        for label, r in (("baseline (ccxt defaults, full import)", base), ("this version", now)):
+            print(f"[anatomy] {n} accounts, {label}: import gateway+ccxt {r['import_mib']:.1f} MiB "
+                  f"({r['ccxt_modules']} ccxt modules, {r['modules']} modules); per account RSS "
+                  f"{r['rss_per_account_mib']:.3f} MiB, traced {r['traced_per_account_mib']:.3f} MiB; "
+                  f"ccxt instances/account {r['ccxt_instances_per_account']:.2f}, TLS contexts {r['tls_contexts']}")
+            print("[anatomy]   top traced growth: " + ", ".join(f"{f} {b / n / 1024:.0f} KiB/acct" for f, b in r["top"]))
+        print(f"[anatomy] {n} accounts: per-account RSS ratio this/baseline "
+              f"{now['rss_per_account_mib'] / max(base['rss_per_account_mib'], 1e-9):.2f}; import "
+              f"{now['import_mib']:.1f} vs {base['import_mib']:.1f} MiB")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--accounts", type=int, default=100)
     p.add_argument("--window", type=float, default=90.0)
     p.add_argument("--skip-scale", action="store_true")
-    p.add_argument("--only", choices=["estop", "stream", "scale"])
+    p.add_argument("--only", choices=["estop", "stream", "scale", "anatomy"])
+    p.add_argument("--anatomy-sizes", default="50,200")
     args = p.parse_args()
+    if args.only == "anatomy":
+        tsim = ThreadSim()
+        try:
+            bench_anatomy(tsim, [int(x) for x in args.anatomy_sizes.split(",")])
+        finally:
+            tsim.stop()
+        return 0
     kc = kubeconfig()
     sh(kc, "apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
     sh(kc, "wait", "--for", "condition=established", "--timeout=60s", "crd/tradingaccounts.tradewarden.io")

@@ -8,6 +8,10 @@ Out: domain types and the domain error vocabulary only, never ccxt dicts or ccxt
     async for event in gw.stream(["BTC/USDT"]): ...
     await gw.close()
 """
+from .ccxt_import import install as _install_ccxt
+
+_install_ccxt()      # before anything imports ccxt: only the exchanges in use are loaded
+
 from .budget import (RateBudget, RateBudgets, backoff_delay, cheapest_open_orders_weight, default_budgets,
                      jittered_offset, per_symbol_is_cheaper, request_weight)
 from .ccxt_gateway import CcxtGateway, create_gateway

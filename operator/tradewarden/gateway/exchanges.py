@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import ssl
 from collections import Counter
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -200,6 +201,23 @@ def exchange_class(exchange_id: str, pro: bool) -> type:
     return cls
 
 
+_SSL_CONTEXTS: dict[str, ssl.SSLContext] = {}
+
+
+def shared_ssl_context(cafile: str) -> ssl.SSLContext:
+    """One TLS client context per CA bundle for the whole process.
+
+    ccxt's async base builds ``ssl.create_default_context(cafile=certifi)`` in every instance's
+    session: about 0.7 MiB of OpenSSL memory each (the parsed CA store, invisible to tracemalloc),
+    two instances per account (REST and stream), which was most of an account's footprint. The
+    context carries no per-connection or per-account state (no client certificate): verification
+    and hostname checking are the same as ccxt's own."""
+    ctx = _SSL_CONTEXTS.get(cafile)
+    if ctx is None:
+        ctx = _SSL_CONTEXTS[cafile] = ssl.create_default_context(cafile=cafile)
+    return ctx
+
+
 def rewrite_urls(exchange: Any, endpoint: str) -> None:
     """Point every REST and WebSocket URL of ``exchange`` at ``endpoint`` keeping each path."""
     point_at(exchange, endpoint)
@@ -222,6 +240,9 @@ def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | No
         "timeout": 10000,
     }
     ex = cls(config)
+    if getattr(ex, "verify", False) is True and getattr(ex, "ssl_context", None) is None and \
+            not ex.safe_bool(ex.options, "include_OS_certificates", False):
+        ex.ssl_context = shared_ssl_context(ex.cafile)     # before ccxt opens its session
     ex.tw_budgets = budgets
     ex.tw_secrets = tuple(s for s in (api_key, secret) if s)
     if endpoint:
@@ -255,4 +276,4 @@ def forget_secrets(secrets: tuple[str, ...]) -> None:
 
 
 __all__ = ["BINANCE_OPTIONS", "TradewardenExchangeMixin", "exchange_class", "exchange_ids", "new_exchange", "rewrite_urls",
-           "scrubbing_logger", "forget_secrets"]
+           "scrubbing_logger", "shared_ssl_context", "forget_secrets"]
