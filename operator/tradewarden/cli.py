@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .controller.main import run
     return run(namespaces=args.namespace, all_namespaces=args.all_namespaces,
                standalone=args.standalone, metrics_port=args.metrics_port,
-               liveness=args.liveness, peering=args.peering, verbose=args.verbose)
+               liveness=args.liveness, peering=args.peering, verbose=args.verbose, shards=args.shards)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRADEWARDEN_METRICS_PORT", "9464")),
                    help="port of the Prometheus /metrics endpoint (0 turns it off)")
     s.add_argument("--liveness", default=os.environ.get("TRADEWARDEN_LIVENESS", "http://0.0.0.0:8080/healthz"))
+    s.add_argument("--shards", type=int, default=None,
+                   help="split accounts across replicas in this many shards held through Leases "
+                        "(TRADEWARDEN_SHARDS; 0, the default: one active replica through kopf peering)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_run)
 
