@@ -56,3 +56,44 @@ def test_every_ccxt_instance_shares_one_tls_context():
     b = new_exchange("binanceusdm", "k2", "s2", None, default_budgets(), pro=True, logger=log)
     assert a.ssl_context is b.ssl_context is shared_ssl_context(a.cafile)
     assert a.ssl_context.verify_mode.name == "CERT_REQUIRED" and a.ssl_context.check_hostname
+
+
+# ---- issue 18 part 3: a replica's share of the egress's weight ----
+
+def test_a_replica_spends_at_most_its_share_and_the_ip_total_still_binds():
+    from tradewarden.gateway.budget import RateBudget
+
+    t = [600.0]
+    b = RateBudget(key="h/api", limit=1000, safety=0.9, clock=lambda: t[0], share=0.5)
+    assert b.usable == 900 and b.own_usable == 450
+    assert b.try_spend(400) == 0 and b.try_spend(50) == 0
+    assert b.try_spend(1) > 0                    # its half is spent: wait for the next window
+    t[0] += 60
+    assert b.try_spend(100) == 0                 # a new window
+    # the venue's counter (all replicas behind the IP) says 850 used: the IP limit binds first
+    b.observe(200, {"X-MBX-USED-WEIGHT-1M": "850"}, b.window())
+    assert b.try_spend(100) > 0 and b.try_spend(50) == 0
+    assert b.snapshot()["share"] == 0.5
+
+
+def test_shares_of_replicas_behind_one_ip_sum_below_the_limit():
+    from tradewarden.gateway.budget import RateBudget
+
+    t = [600.0]
+    replicas = [RateBudget(key="h/api", limit=6000, clock=lambda: t[0], share=1 / 3) for _ in range(3)]
+    spent = 0
+    for b in replicas:                            # each spends greedily, one weight-20 request at a time
+        while b.try_spend(20) == 0:
+            spent += 20
+    assert spent <= 6000 * 0.9 and spent >= 6000 * 0.9 - 3 * 20
+
+
+def test_rate_share_setting():
+    import pytest
+    from tradewarden.gateway.budget import RateBudgets, rate_share
+
+    assert rate_share({}) == 1.0 and rate_share({"TRADEWARDEN_RATE_SHARE": "0.25"}) == 0.25
+    for bad in ("0", "1.5", "-1"):
+        with pytest.raises(ValueError):
+            rate_share({"TRADEWARDEN_RATE_SHARE": bad})
+    assert RateBudgets(share=0.5).for_url("https://api.binance.com/api/v3/account").share == 0.5
