@@ -15,6 +15,8 @@ Prints, each with a baseline measured in the same run:
 
     .venv/bin/python benchmarks/bench_controller.py [--accounts 100] [--window 90] [--skip-scale]
     .venv/bin/python benchmarks/bench_controller.py --only anatomy [--anatomy-sizes 50,200]
+    .venv/bin/python benchmarks/bench_controller.py --only scale --accounts 50 --window 30 --scale-baseline
+    .venv/bin/python benchmarks/bench_controller.py --only shards --accounts 200 --replicas 3 [--lease 15]
 
 Figures are for this machine; compare the ratios, not the absolute numbers.
 """
@@ -25,6 +27,7 @@ import asyncio
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -258,11 +261,16 @@ def bench_stream_latency(kc: str, tsim: ThreadSim, tmp: pathlib.Path, samples: i
         sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
 
 
-def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, window: float) -> None:
+BASELINE_ENV = {"TRADEWARDEN_CCXT_IMPORT": "full", "TRADEWARDEN_CCXT_SHARING": "off"}
+
+
+def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, window: float,
+                env: dict | None = None, label: str = "") -> dict:
     ns = "tw-bench-" + uuid.uuid4().hex[:6]
     sh(kc, "create", "namespace", ns)
     sim = tsim.sim
-    op = Operator(kc, ns, tmp / "scale.log")
+    tag = f"[scale{label}]"
+    op = Operator(kc, ns, tmp / f"scale{label.replace(' ', '-')}.log", env=env)
     op.start()
     time.sleep(8)   # the process is up and watching, no account yet
     c0, m0 = proc_cpu_mem(op.proc.pid)
@@ -306,15 +314,16 @@ def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, wind
         writes, events = counter.modified, counter.events() - e0
         counter.stop()
         per_h = 3600 / dt
-        print(f"[scale] {accounts} accounts ready in {t_ready:.1f}s (initial syncs through one rate budget)")
-        print(f"[scale] steady window {dt:.0f}s, intervalSeconds={interval}, checkIntervalSeconds={check}: "
+        print(f"{tag} {accounts} accounts ready in {t_ready:.1f}s (initial syncs through one rate budget)")
+        print(f"{tag} steady window {dt:.0f}s, intervalSeconds={interval}, checkIntervalSeconds={check}: "
               f"CPU {(c1 - c0):.2f}s -> {(c1 - c0) * per_h / 3600 * 100:.1f}% of a core "
               f"({(c1 - c0) * per_h:.0f} CPU-s/h); RSS {rss:.0f} MiB")
-        print(f"[scale] API writes in window: {writes} TradingAccount updates + {events} Events -> "
+        print(f"{tag} API writes in window: {writes} TradingAccount updates + {events} Events -> "
               f"{(writes + events) * per_h:.0f}/h ({(writes + events) * per_h / accounts:.1f}/h per account; "
               f"runs per account per hour at this config: {3600 / interval + 3600 / check:.0f})")
-        print(f"[scale] baseline idle operator (0 accounts): CPU {idle_cpu_h:.1f} CPU-s/h, RSS {m1:.0f} MiB; "
-              f"RSS per account {(rss - m1) / accounts:.1f} MiB")
+        print(f"{tag} idle operator (0 accounts): CPU {idle_cpu_h:.1f} CPU-s/h, RSS {m1:.0f} MiB; "
+              f"RSS per account {(rss - m1) / accounts:.2f} MiB")
+        return {"idle": m1, "rss": rss, "per_account": (rss - m1) / accounts, "ready_s": t_ready}
     finally:
         op.stop()
         sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
@@ -333,9 +342,9 @@ ccxt.async_support.binance; ccxt.pro.binance
 r_import = rss() - r0
 ccxt_modules = sum(1 for m in sys.modules if m.split(".")[0] == "ccxt")
 n, url, keys, share = int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), sys.argv[5] == "1"
-if not share:   # ccxt's default: every instance builds its own TLS context
+if not share:   # ccxt's defaults: a TLS context and the definitions per instance, compressed sockets
     from tradewarden.gateway import exchanges
-    exchanges.shared_ssl_context = lambda cafile: None
+    exchanges.CCXT_SHARING = False
 from tradewarden.core.config import AccountConfig
 from tradewarden.service import AccountRunner
 from tradewarden.domain import ConnectionEvent
@@ -406,13 +415,119 @@ def bench_anatomy(tsim: ThreadSim, sizes: list[int]) -> None:
               f"{now['import_mib']:.1f} vs {base['import_mib']:.1f} MiB")
 
 
+_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*?(stopped )?supervising ([^/\s]+)/(\S+)")
+
+
+def serving_intervals(log: str, ns: str, end: float) -> dict[str, list[tuple[float, float]]]:
+    """account -> [(start, stop)] (epoch seconds) of one replica's supervisors, from its log."""
+    import datetime
+
+    open_: dict[str, float] = {}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for line in log.splitlines():
+        m = _LINE.search(line)
+        if not m or m.group(3) != ns:
+            continue
+        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        name = m.group(4)
+        if m.group(2):
+            if name in open_:
+                out.setdefault(name, []).append((open_.pop(name), t))
+        else:
+            open_.setdefault(name, t)
+    for name, t in open_.items():
+        out.setdefault(name, []).append((t, end))
+    return out
+
+
+def bench_shards(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, replicas: int,
+                 lease_s: int, shards: int = 32) -> None:
+    """R replicas split N accounts; one is killed; time until the others serve its accounts; no
+    account served by two replicas at once (from the replicas' logs and the Leases)."""
+    ns = "tw-bench-" + uuid.uuid4().hex[:6]
+    sh(kc, "create", "namespace", ns)
+    sim = tsim.sim
+    custom, _ = api(kc)
+    docs = []
+    for i in range(accounts):
+        key, sec = f"shard-{i}-" + uuid.uuid4().hex, uuid.uuid4().hex
+        tsim.call(sim.add_account, key, sec, balances={"USDT": "100000"})
+        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"c{i}", "namespace": ns},
+                     "stringData": {"apiKey": key, "secret": sec}})
+        docs.append({"apiVersion": "tradewarden.io/v1alpha1", "kind": "TradingAccount",
+                     "metadata": {"name": f"a{i}", "namespace": ns},
+                     "spec": {"exchange": "binance", "endpoint": tsim.url, "symbols": ["BTC/USDT"],
+                              "credentialsSecretRef": {"name": f"c{i}"},
+                              "reconciliation": {"intervalSeconds": 300}}})
+    sh(kc, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    env = {"TRADEWARDEN_SHARDS": str(shards), "TRADEWARDEN_SHARD_LEASE_SECONDS": str(lease_s),
+           "TRADEWARDEN_RATE_SHARE": f"{1 / replicas:.4f}"}
+    ops = [Operator(kc, ns, tmp / f"shard-{r}.log", env={**env, "POD_NAME": f"replica-{r}"}) for r in range(replicas)]
+    names = {f"a{i}" for i in range(accounts)}
+    t0 = time.perf_counter()
+    for op in ops:
+        op.start()
+    try:
+        def current(op: Operator) -> set[str]:
+            return {n for n, iv in serving_intervals(op.log(), ns, time.time()).items() if iv[-1][1] >= time.time() - 0.001}
+
+        def split() -> bool:
+            sets = [current(op) for op in ops]
+            return set().union(*sets) == names and sum(len(x) for x in sets) == accounts
+
+        def all_ready() -> bool:
+            items = custom.list_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts")["items"]
+            return sum(1 for o in items if cond(o, "Ready") == "True") == accounts
+        poll(split, 600, 1.0)
+        poll(all_ready, 600, 1.0)
+        t_ready = time.perf_counter() - t0
+        shares = [len(current(op)) for op in ops]
+        rss = [proc_cpu_mem(op.proc.pid)[1] for op in ops]
+        print(f"[shards] {accounts} accounts, {replicas} replicas, {shards} shards, lease {lease_s}s: split and all Ready "
+              f"in {t_ready:.1f}s; accounts per replica {shares}; RSS per replica {[round(r) for r in rss]} MiB")
+        victim = ops[0]
+        moving = current(victim)
+        victim.kill()
+        t_kill, w_kill = time.perf_counter(), time.time()
+        survivors = ops[1:]
+        poll(lambda: set().union(*[current(op) for op in survivors]) == names, 300, 0.5)
+        t_moved = time.perf_counter() - t_kill
+        print(f"[shards] replica killed: its {len(moving)} accounts served by the others {t_moved:.1f}s later "
+              f"(bound: lease {lease_s}s + renewal {lease_s / 5:.0f}s + supervisor start); shares now "
+              f"{[len(current(op)) for op in survivors]}")
+        time.sleep(3)
+        # no account served by two replicas at once: per account, the replicas' intervals never overlap
+        per_replica = [serving_intervals(victim.log(), ns, w_kill)] + \
+                      [serving_intervals(op.log(), ns, time.time()) for op in survivors]
+        overlaps = 0
+        for n in names:
+            spans = sorted((a, b, r) for r, iv in enumerate(per_replica) for a, b in iv.get(n, []))
+            for (a1, b1, r1), (a2, b2, r2) in zip(spans, spans[1:]):
+                if r1 != r2 and a2 < b1:
+                    overlaps += 1
+        items = json.loads(sh(kc, "-n", ns, "get", "leases", "-o", "json").stdout)["items"]
+        holders = {i["spec"].get("holderIdentity") for i in items if "-shard-" in i["metadata"]["name"]}
+        print(f"[shards] accounts served by two replicas at once (log intervals, 1 ms resolution): {overlaps}; "
+              f"shard Lease holders now: {sorted(h.rsplit('-', 1)[0] for h in holders if h)}")
+    finally:
+        for op in ops:
+            op.stop()
+        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--accounts", type=int, default=100)
     p.add_argument("--window", type=float, default=90.0)
     p.add_argument("--skip-scale", action="store_true")
-    p.add_argument("--only", choices=["estop", "stream", "scale", "anatomy"])
+    p.add_argument("--only", choices=["estop", "stream", "scale", "anatomy", "shards"])
+    p.add_argument("--replicas", type=int, default=3)
+    p.add_argument("--lease", type=int, default=15)
     p.add_argument("--anatomy-sizes", default="50,200")
+    p.add_argument("--scale-baseline", action="store_true",
+                   help="also run the scale part with ccxt's defaults first (TRADEWARDEN_CCXT_IMPORT=full, "
+                        "TRADEWARDEN_CCXT_SHARING=off) and print the ratios")
     args = p.parse_args()
     if args.only == "anatomy":
         tsim = ThreadSim()
@@ -432,8 +547,17 @@ def main() -> int:
             bench_emergency_stop(kc, tsim, tmp)
         if args.only in (None, "stream"):
             bench_stream_latency(kc, tsim, tmp)
+        if args.only == "shards":
+            bench_shards(kc, tsim, tmp, args.accounts, args.replicas, args.lease)
         if args.only == "scale" or (args.only is None and not args.skip_scale):
-            bench_scale(kc, tsim, tmp, args.accounts, args.window)
+            base = None
+            if args.scale_baseline:   # the same operator with ccxt's defaults (full import, a TLS context each)
+                base = bench_scale(kc, tsim, tmp, args.accounts, args.window, env=BASELINE_ENV, label=" baseline")
+            now = bench_scale(kc, tsim, tmp, args.accounts, args.window)
+            if base:
+                print(f"[scale] this version / baseline: idle RSS {now['idle']:.0f}/{base['idle']:.0f} MiB "
+                      f"({now['idle'] / base['idle']:.2f}x), per account {now['per_account']:.2f}/"
+                      f"{base['per_account']:.2f} MiB ({now['per_account'] / max(base['per_account'], 1e-9):.2f}x)")
     finally:
         tsim.stop()
     return 0

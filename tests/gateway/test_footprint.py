@@ -97,3 +97,22 @@ def test_rate_share_setting():
         with pytest.raises(ValueError):
             rate_share({"TRADEWARDEN_RATE_SHARE": bad})
     assert RateBudgets(share=0.5).for_url("https://api.binance.com/api/v3/account").share == 0.5
+
+
+def test_definitions_are_shared_per_class_and_the_error_table_still_maps():
+    import logging
+
+    import ccxt
+    from tradewarden.gateway.budget import default_budgets
+    from tradewarden.gateway.exchanges import PRO_WS_OPTIONS, new_exchange
+
+    log = logging.getLogger("t")
+    a = new_exchange("binance", "k1", "s1", None, default_budgets(), pro=False, logger=log)
+    b = new_exchange("binance", "k2", "s2", "http://127.0.0.1:1", default_budgets(), pro=False, logger=log)
+    assert a.api is b.api and a.exceptions is b.exceptions and a.features is b.features
+    assert a.urls is not b.urls and a.options is not b.options       # per account: never shared
+    assert "http://127.0.0.1:1" in str(b.urls) and "127.0.0.1" not in str(a.urls)
+    table = b.get_exceptions_by_url("http://127.0.0.1:1/api/v3/order", "exact")
+    assert table["-1099"] is ccxt.AuthenticationError and table is a.exceptions["spot"]["exact"]
+    pro = new_exchange("binance", "k3", "s3", None, default_budgets(), pro=True, logger=log)
+    assert pro.options["ws"]["compress"] == PRO_WS_OPTIONS["ws"]["compress"] == 0
