@@ -144,17 +144,19 @@ def sharder(store: MemLeases, clock: Clock, ident: str, shards: int = 8) -> Shar
     return Sharder(ShardSettings(shards=shards, identity=ident, duration_s=D), store, clock=clock)
 
 
-def served(*sharders: Sharder) -> dict[str, frozenset[int]]:
-    return {s.me: s.serving_shards() for s in sharders}
+async def settled_pair() -> tuple[MemLeases, Clock, Sharder, Sharder]:
+    """Replicas a and b, three ticks each: the shards split between them."""
+    store, clock = MemLeases(), Clock()
+    a, b = sharder(store, clock, "a"), sharder(store, clock, "b")
+    for _ in range(3):
+        await a.tick()
+        await b.tick()
+    return store, clock, a, b
 
 
 def test_two_replicas_split_then_one_dies_and_the_other_takes_over_after_the_lease_duration():
     async def go() -> None:
-        store, clock = MemLeases(), Clock()
-        a, b = sharder(store, clock, "a"), sharder(store, clock, "b")
-        for _ in range(3):
-            await a.tick()
-            await b.tick()
+        store, clock, a, b = await settled_pair()
         sa, sb = a.serving_shards(), b.serving_shards()
         assert sa | sb == frozenset(range(8)) and not sa & sb and sa and sb
         # b dies (no more ticks): a keeps its own shards and takes b's only once b's member lease
@@ -181,7 +183,6 @@ def test_a_joining_replica_gets_its_shards_only_after_the_holder_drained_and_rel
         await a.tick()
         assert a.serving_shards() == frozenset(range(8))
         # a supervisor of every shard is running on a
-        ctx = {k: None for k in range(8)}
         a.serving_count = {k: 1 for k in range(8)}
         b = sharder(store, clock, "b")
         await b.tick()                      # b joins: all shards held by a (alive): b serves nothing
@@ -197,19 +198,13 @@ def test_a_joining_replica_gets_its_shards_only_after_the_holder_drained_and_rel
         assert all(store.holders()[k] is None for k in moving)
         await b.tick()
         assert b.serving_shards() == moving and not (a.serving_shards() & moving)
-        del ctx
     asyncio.run(go())
 
 
 def test_a_replica_cut_off_from_the_api_server_stops_serving_before_anyone_may_take_over():
     async def go() -> None:
-        store, clock = MemLeases(), Clock()
-        a, b = sharder(store, clock, "a"), sharder(store, clock, "b")
-        for _ in range(3):
-            await a.tick()
-            await b.tick()
+        store, clock, a, b = await settled_pair()
         mine_a = a.serving_shards()
-        store_for_a = store
         # a loses the API server; b keeps going. a's own view lapses margin_s before b's takeover.
         a_cut_at = clock.t
         lapse_a = None
