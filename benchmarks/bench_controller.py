@@ -337,6 +337,7 @@ def rss():
         return int(fh.read().split("VmRSS:")[1].split()[0]) / 1024
 r0 = rss(); m0 = len(sys.modules)
 import tradewarden.gateway as gwpkg
+gwpkg.create_gateway          # the gateway's modules (they load ccxt, lazily unless turned off)
 import ccxt.async_support, ccxt.pro
 ccxt.async_support.binance; ccxt.pro.binance
 r_import = rss() - r0

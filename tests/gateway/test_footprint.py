@@ -10,6 +10,8 @@ import sys
 PROBE = r"""
 import json, sys
 import tradewarden.gateway
+assert "ccxt" not in sys.modules          # the package alone (budgets, markets) does not load ccxt
+from tradewarden.gateway import create_gateway
 import ccxt, ccxt.async_support as a, ccxt.pro as p
 from ccxt.async_support import binanceusdm
 from tradewarden.gateway.exchanges import exchange_class

@@ -7,6 +7,10 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
+from .ccxt_import import install as _lazy_ccxt
+
+_lazy_ccxt()       # before the first import of ccxt: only the exchanges in use are loaded
+
 import ccxt
 
 from ..domain import (CancelAllResult, GatewayError, Invalid, Order, OrderNotFound, Section, Snapshot,

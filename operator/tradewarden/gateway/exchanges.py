@@ -25,6 +25,10 @@ from collections import Counter
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from .ccxt_import import install as _lazy_ccxt
+
+_lazy_ccxt()       # before the first import of ccxt: only the exchanges in use are loaded
+
 import ccxt
 import ccxt.async_support as ccxt_async
 import ccxt.pro as ccxt_pro
