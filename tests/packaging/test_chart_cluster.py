@@ -176,7 +176,7 @@ def test_helm_upgrade_serves_a_field_the_crd_gained(helm_bin, crd_installed, nam
         assert field not in stored["spec"], "the unknown field should be pruned before the upgrade"
 
         # --force-conflicts: this CRD was first applied by kubectl (the session's), another field manager
-        # of .spec.versions; a CRD helm created needs no flag (test_in_cluster.py upgrades one)
+        # of .spec.versions; a CRD that helm itself created needs no flag
         helm(helm_bin, "upgrade", release, str(_chart_with_new_field(tmp_path, field)), *common,
              "--force-conflicts", kubeconfig=kc)
         kubectl(kc, "wait", "--for", "condition=established", "--timeout=60s", "crd/tradingaccounts.tradewarden.io")
