@@ -54,7 +54,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
-    return demo_main(keep=args.keep, fast=args.fast)
+    return demo_main(keep=args.keep, fast=args.fast, in_cluster=args.in_cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole mission in one command (control plane, simulator, operator)")
     s.add_argument("--keep", action="store_true", help="keep everything running at the end")
     s.add_argument("--fast", action="store_true", help="shorter pauses between steps")
+    s.add_argument("--in-cluster", action="store_true",
+                   help="run the operator as a Pod from its image (built here) on the local node, installed by helm")
     s.set_defaults(func=cmd_demo)
     return p
 

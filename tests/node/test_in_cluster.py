@@ -18,13 +18,14 @@ from tests.controller.conftest import ThreadSim, account, apply, cond, get_ta, s
 from tests.packaging.conftest import CHART, helm
 from tests.packaging.test_chart_cluster import _chart_with_new_field
 
-from .conftest import IMAGE_SCRIPT
+from tradewarden import incluster
+from tradewarden.incluster import operator_pods, wait_ready_pod
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.sim]
 
 
 def test_image_user_entrypoint_and_size(operator_image):
-    info = json.loads(subprocess.run(["bash", str(IMAGE_SCRIPT), "inspect"], capture_output=True, text=True,
+    info = json.loads(subprocess.run(["bash", str(incluster.SCRIPTS / "image.sh"), "inspect"], capture_output=True, text=True,
                                      check=True, timeout=120).stdout)
     assert info["ref"] == operator_image
     assert info["user"] == "10001:10001"
@@ -32,22 +33,6 @@ def test_image_user_entrypoint_and_size(operator_image):
     assert {"8080/tcp", "8081/tcp", "9464/tcp"} <= set(info["exposed_ports"])
     # Debian's python3 with the locked dependencies (ccxt and the kubernetes client weigh ~200 MB)
     assert 150e6 < info["archive_bytes"] < 700e6, info["archive_bytes"]
-
-
-def pods(kc: str, ns: str, release: str) -> list[dict]:
-    out = kubectl(kc, "-n", ns, "get", "pods", "-l",
-                  f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator", "-o", "json").stdout
-    return json.loads(out)["items"]
-
-
-def ready_pod(kc: str, ns: str, release: str) -> dict | None:
-    for p in pods(kc, ns, release):
-        if p["metadata"].get("deletionTimestamp"):
-            continue
-        conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
-        if p["status"].get("phase") == "Running" and conds.get("Ready") == "True":
-            return p
-    return None
 
 
 def pod_log(kc: str, ns: str, release: str) -> str:
@@ -67,10 +52,7 @@ def test_operator_pod_installs_reconciles_stops_upgrades_uninstalls(node, operat
                                                                     tmp_path):
     kc, ns = node.kubeconfig, namespace
     release = "tw" + uuid.uuid4().hex[:8]
-    repository, tag = operator_image.rsplit(":", 1)
-    values = ["--namespace", ns, "--set", f"watchNamespaces={{{ns}}}", "--set", f"peering.name=p-{release}",
-              "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
-              "--set", "image.pullPolicy=Never", *node.in_cluster_values()]
+    values = incluster.install_values(node, operator_image, ns, release)
     field = "upgradeProbe" + uuid.uuid4().hex[:6]
     tsim = ThreadSim(host=node.ip)
 
@@ -87,8 +69,7 @@ def test_operator_pod_installs_reconciles_stops_upgrades_uninstalls(node, operat
 
         # install: the CRD exists already (earlier tiers), the release adopts it
         helm(helm_bin, "install", release, str(CHART), *values, "--take-ownership", kubeconfig=kc, timeout=300)
-        pod = wait_for("the operator Pod Running and Ready", lambda: ready_pod(kc, ns, release), timeout=240,
-                       interval=1, operator=Log())
+        pod = wait_ready_pod(kc, ns, release)
         spec = pod["spec"]
         assert spec["serviceAccountName"] == f"{release}-tradewarden"
         (c,) = spec["containers"]
@@ -131,12 +112,11 @@ def test_operator_pod_installs_reconciles_stops_upgrades_uninstalls(node, operat
              "--force-conflicts", kubeconfig=kc, timeout=300)
         kubectl(kc, "-n", ns, "patch", "ta", "main", "--type=merge", "-p", json.dumps({"spec": {field: "served"}}))
         assert get_ta(kc, ns, "main")["spec"][field] == "served"
-        wait_for("the upgraded operator Ready", lambda: (p := ready_pod(kc, ns, release)) and
-                 p["metadata"]["name"] != pod["metadata"]["name"] and p, timeout=240, interval=1, operator=Log())
+        wait_ready_pod(kc, ns, release, not_named=pod["metadata"]["name"])
 
         # uninstall: the post-delete Job releases the finalizer; deleting the account then completes
         helm(helm_bin, "uninstall", release, "--namespace", ns, kubeconfig=kc, timeout=300)
-        assert not pods(kc, ns, release) or all(p["metadata"].get("deletionTimestamp") for p in pods(kc, ns, release))
+        assert all(p["metadata"].get("deletionTimestamp") for p in operator_pods(kc, ns, release))
         obj = get_ta(kc, ns, "main")
         assert "tradewarden.io/finalizer" not in (obj["metadata"].get("finalizers") or [])
         kubectl(kc, "-n", ns, "delete", "ta", "main", "--timeout=30s")
