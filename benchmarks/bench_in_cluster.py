@@ -29,7 +29,8 @@ import uuid
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.controller.conftest import Operator, ThreadSim, account, apply, cond, get_ta, secret  # noqa: E402
+from tests.controller.conftest import (Operator, ThreadSim, account, apply, cond, get_ta, secret,  # noqa: E402
+                                      wait_for)
 from tradewarden import incluster  # noqa: E402
 
 IMAGE_SH = incluster.SCRIPTS / "image.sh"
@@ -56,16 +57,6 @@ def context_copy(dst: pathlib.Path) -> pathlib.Path:
         shutil.copy2(ROOT / name, dst / name)
     shutil.copytree(ROOT / "operator", dst / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dst
-
-
-def wait(what: str, fn, timeout: float = 240, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def account_ready(kc: str, ns: str, name: str) -> bool:
@@ -115,12 +106,13 @@ def pod_figures(rounds: int) -> None:
                        "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": 0,
                                 "containers": [{"name": "s", "image": image, "imagePullPolicy": "Never",
                                                 "command": ["python", "-c", "import time; time.sleep(3600)"]}]}}
-                wait("the namespace's ServiceAccount", lambda: kubectl(kc, "-n", ns, "get", "sa", "default",
-                                                                          check=False))
+                wait_for("the namespace's ServiceAccount", lambda: kubectl(kc, "-n", ns, "get", "sa", "default",
+                                                                              check=False), interval=0.1)
                 t0 = time.monotonic()
                 kubectl(kc, "apply", "-f", "-", input=json.dumps(pod))
-                wait("the sleeper Running", lambda: json.loads(kubectl(kc, "-n", ns, "get", "pod", name, "-o",
-                                                                       "json"))["status"].get("phase") == "Running")
+                wait_for("the sleeper Running", lambda: json.loads(kubectl(kc, "-n", ns, "get", "pod", name, "-o",
+                                                                       "json"))["status"].get("phase") == "Running",
+                         timeout=240, interval=0.1)
                 baselines.append(time.monotonic() - t0)
                 kubectl(kc, "-n", ns, "delete", "pod", name, "--wait=false")
 
@@ -135,7 +127,8 @@ def pod_figures(rounds: int) -> None:
                     apply(kc, account(ns, "local", endpoint=tsim.url, symbols=["BTC/USDT"], secret_name="creds"))
                     t0 = time.monotonic()
                     op.start()
-                    wait("the local operator's account Ready", lambda: account_ready(kc, ns, "local"))
+                    wait_for("the local operator's account Ready", lambda: account_ready(kc, ns, "local"),
+                             timeout=240, interval=0.1)
                     local_to_account.append(time.monotonic() - t0)
                     kubectl(kc, "-n", ns, "delete", "ta", "local", "--timeout=60s")
                     op.stop()
@@ -150,7 +143,8 @@ def pod_figures(rounds: int) -> None:
                 t1 = time.monotonic()
                 installs.append(t1 - t0)
                 apply(kc, account(ns, "pod", endpoint=tsim.url, symbols=["BTC/USDT"], secret_name="creds"))
-                wait("the Pod operator's account Ready", lambda: account_ready(kc, ns, "pod"))
+                wait_for("the Pod operator's account Ready", lambda: account_ready(kc, ns, "pod"), timeout=240,
+                         interval=0.1)
                 pod_to_account.append(time.monotonic() - t1)
                 kubectl(kc, "-n", ns, "delete", "ta", "pod", "--timeout=60s")
                 incluster.helm("uninstall", release, "--namespace", ns, kubeconfig=kc)

