@@ -15,13 +15,14 @@ import pytest
 
 from tests.conftest import kubectl
 from tests.controller.conftest import ThreadSim, account, apply, cond, get_ta, secret, wait_for
-from tests.packaging.conftest import CHART, helm
+from tests.packaging.conftest import CHART
 from tests.packaging.test_chart_cluster import _chart_with_new_field
 
 from tradewarden import incluster
 from tradewarden.incluster import operator_pods, wait_ready_pod
 
-pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.sim]
+# the first test of the tier also waits for the node and the image (cold: a build of several minutes)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.cluster, pytest.mark.node, pytest.mark.sim]
 
 
 def test_image_user_entrypoint_and_size(operator_image):
@@ -48,8 +49,7 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_operator_pod_installs_reconciles_stops_upgrades_uninstalls(node, operator_image, namespace, helm_bin,
-                                                                    tmp_path):
+def test_operator_pod_installs_reconciles_stops_upgrades_uninstalls(node, operator_image, namespace, tmp_path):
     kc, ns = node.kubeconfig, namespace
     release = "tw" + uuid.uuid4().hex[:8]
     values = incluster.install_values(node, operator_image, ns, release)
@@ -68,7 +68,7 @@ def test_operator_pod_installs_reconciles_stops_upgrades_uninstalls(node, operat
                       price=str(40000 + i), time_in_force="GTC", client_order_id=f"tw-pod-{i}")
 
         # install: the CRD exists already (earlier tiers), the release adopts it
-        helm(helm_bin, "install", release, str(CHART), *values, "--take-ownership", kubeconfig=kc, timeout=300)
+        incluster.helm("install", release, str(CHART), *values, "--take-ownership", kubeconfig=kc, timeout=300)
         pod = wait_ready_pod(kc, ns, release)
         spec = pod["spec"]
         assert spec["serviceAccountName"] == f"{release}-tradewarden"
@@ -108,21 +108,21 @@ def test_operator_pod_installs_reconciles_stops_upgrades_uninstalls(node, operat
 
         # upgrade to a chart whose CRD gained a field: the field is served; the operator comes back Ready
         # --force-conflicts: the CRD was first applied with kubectl by the earlier tiers (another manager)
-        helm(helm_bin, "upgrade", release, str(_chart_with_new_field(tmp_path, field)), *values,
+        incluster.helm("upgrade", release, str(_chart_with_new_field(tmp_path, field)), *values,
              "--force-conflicts", kubeconfig=kc, timeout=300)
         kubectl(kc, "-n", ns, "patch", "ta", "main", "--type=merge", "-p", json.dumps({"spec": {field: "served"}}))
         assert get_ta(kc, ns, "main")["spec"][field] == "served"
         wait_ready_pod(kc, ns, release, not_named=pod["metadata"]["name"])
 
         # uninstall: the post-delete Job releases the finalizer; deleting the account then completes
-        helm(helm_bin, "uninstall", release, "--namespace", ns, kubeconfig=kc, timeout=300)
+        incluster.helm("uninstall", release, "--namespace", ns, kubeconfig=kc, timeout=300)
         assert all(p["metadata"].get("deletionTimestamp") for p in operator_pods(kc, ns, release))
         obj = get_ta(kc, ns, "main")
         assert "tradewarden.io/finalizer" not in (obj["metadata"].get("finalizers") or [])
         kubectl(kc, "-n", ns, "delete", "ta", "main", "--timeout=30s")
         assert get_ta(kc, ns, "main") is None
     finally:
-        helm(helm_bin, "uninstall", release, "--namespace", ns, check=False, kubeconfig=kc, timeout=300)
+        incluster.helm("uninstall", release, "--namespace", ns, check=False, kubeconfig=kc, timeout=300)
         for i in range(2):   # the test's field off the shared CRD
             kubectl(kc, "patch", "crd", "tradingaccounts.tradewarden.io", "--type=json", "-p", json.dumps([
                 {"op": "remove", "path": f"/spec/versions/{i}/schema/openAPIV3Schema/properties/spec/properties/"

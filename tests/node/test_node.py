@@ -10,7 +10,8 @@ import pytest
 from tests.conftest import kubectl
 from tests.controller.conftest import ThreadSim, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.node]
+# the first test of the tier also waits for the node and the image (cold: a build of several minutes)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.cluster, pytest.mark.node]
 
 
 def test_node_ready(node):

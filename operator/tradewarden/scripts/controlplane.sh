@@ -180,14 +180,14 @@ start() {
       --service-account-issuer=https://kubernetes.default.svc.cluster.local \
       --service-account-key-file="$RUN/pki/sa.pub" --service-account-signing-key-file="$RUN/pki/sa.key" \
       --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none \
-      --allow-privileged=true \
+      --allow-privileged=true --kubelet-preferred-address-types=InternalIP,Hostname \
       --v=1 > "$RUN/apiserver.log" 2>&1 < /dev/null &
     echo $! > "$RUN/apiserver.pid"
     wait_up 60 ready apiserver "$RUN/apiserver.log" kube-apiserver
     setsid "$BIN/kube-controller-manager" --kubeconfig="$RUN/kubeconfig" \
       --authentication-kubeconfig="$RUN/kubeconfig" --authorization-kubeconfig="$RUN/kubeconfig" \
       --leader-elect=false --bind-address=127.0.0.1 --port=0 --secure-port=0 \
-      --controllers=namespace,garbagecollector,serviceaccount-token,serviceaccount,deployment,replicaset,job \
+      --controllers=namespace,garbagecollector,serviceaccount-token,serviceaccount,deployment,replicaset,job,nodelifecycle \
       --service-account-private-key-file="$RUN/pki/sa.key" --root-ca-file="$RUN/pki/ca.crt" \
       --v=1 > "$RUN/kcm.log" 2>&1 < /dev/null &
     echo $! > "$RUN/kcm.pid"
@@ -305,6 +305,9 @@ state = "$NODE_DIR/containerd/state"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   disable_apparmor = true
+  # the kubelet asks -998 for sandboxes; lowering the score below containerd's own is refused here
+  # (runc: "failed to update /proc/self/oom_score_adj: Permission denied"): clamp to containerd's
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -358,8 +361,8 @@ start_node() {
       --container-runtime=remote --container-runtime-endpoint="unix://$NODE_DIR/containerd.sock" \
       --root-dir="$NODE_DIR/kubelet" --cert-dir="$NODE_DIR/kubelet/pki" \
       --cgroup-driver=cgroupfs --fail-swap-on=false \
-      --hostname-override="$NODE_NAME" --node-ip=127.0.0.1 \
-      --address=127.0.0.1 --port="$KUBELET_PORT" --read-only-port=0 \
+      --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
+      --address="$NODE_IP" --port="$KUBELET_PORT" --read-only-port=0 \
       --healthz-bind-address=127.0.0.1 --healthz-port="$((KUBELET_PORT + 1))" \
       --eviction-hard='memory.available<100Mi,nodefs.available<1%,imagefs.available<1%' \
       --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
@@ -402,6 +405,8 @@ stop_node_quiet() {
     done
   fi
   stop_pid kubelet
+  # the Node object goes too: a restarted kubelet must not be taken for Ready on its predecessor's status
+  ready && kube delete node "$NODE_NAME" --wait=false >/dev/null 2>&1 || true
   stop_pid apiproxy
   if alive containerd; then   # whatever the kubelet left: kill and delete its tasks and containers
     local t
