@@ -54,6 +54,12 @@ class Side(str, enum.Enum):
     SELL = "sell"
 
 
+def is_owned(client_order_id: str, prefix: str) -> bool:
+    """Ownership, the one rule: an order is tradewarden's (a candidate for a stale cancel) when its
+    client order id starts with the account's owned prefix; every other order is foreign."""
+    return bool(prefix) and client_order_id.startswith(prefix)
+
+
 class Policy(str, enum.Enum):
     CORRECT = "Correct"          # correct local state and act on the exchange (stale cancels)
     OBSERVE_ONLY = "ObserveOnly"  # detect and report; never write to the exchange
@@ -196,6 +202,10 @@ class UnknownOutcome(GatewayError):
 
 class Invalid(GatewayError):
     """Bad symbol, bad parameters: retrying the same request will not help."""
+
+
+class SymbolNotListed(Invalid):
+    """A symbol of the account that the exchange does not list ("unknown symbol: X/Y")."""
 
 
 class Unsupported(GatewayError):
