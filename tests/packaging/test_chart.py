@@ -233,6 +233,11 @@ def test_notes_tell_how_to_create_and_stop(helm_bin):
     notes = r.stdout.split("NOTES:", 1)[1]
     assert "kind: TradingAccount" in notes and "credentialsSecretRef" in notes
     assert 'annotate ta main tradewarden.io/emergency-stop="<reason>"' in notes
+    # the default image exists only where it was built: the notes say so, and how to load it
+    assert "is not published" in notes and "kind load docker-image localhost/tradewarden:0.1.0" in notes
+    r = helm(helm_bin, "install", "tw", str(CHART), "--dry-run=client", "--namespace", "ops",
+             "--set", "image.repository=registry.example.com/tradewarden")
+    assert "is not published" not in r.stdout
 
 
 def _manifest(name: str) -> list[dict]:
