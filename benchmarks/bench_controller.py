@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import pathlib
 import re
@@ -470,12 +471,25 @@ def bench_shards(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, rep
     for op in ops:
         op.start()
     try:
+        from tradewarden.controller.sharding import preferred, shard_of
+
         def current(op: Operator) -> set[str]:
-            return {n for n, iv in serving_intervals(op.log(), ns, time.time()).items() if iv[-1][1] >= time.time() - 0.001}
+            return {n for n, iv in serving_intervals(op.log(), ns, math.inf).items() if iv[-1][1] == math.inf}
+
+        def members() -> set[str]:
+            items = json.loads(sh(kc, "-n", ns, "get", "leases", "-o", "json").stdout)["items"]
+            return {i["spec"].get("holderIdentity") for i in items if "-member-" in i["metadata"]["name"]} - {None}
 
         def split() -> bool:
-            sets = [current(op) for op in ops]
-            return set().union(*sets) == names and sum(len(x) for x in sets) == accounts
+            """Settled: every replica serves exactly the accounts whose shard prefers it."""
+            live = members()
+            if len(live) != len(ops):
+                return False
+            for r, op in enumerate(ops):
+                want = {n for n in names if preferred(shard_of(ns, n, shards), live).rsplit("-", 1)[0] == f"replica-{r}"}
+                if current(op) != want:
+                    return False
+            return True
 
         def all_ready() -> bool:
             items = custom.list_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts")["items"]
