@@ -194,9 +194,21 @@ class LastReconciliation(_Model):
     discrepancyCount: Annotated[int, Field(description="Discrepancies found in the run.")] = 0
     discrepancies: Annotated[dict[str, int], Field(
         description="Discrepancies by kind: balance, fill, missing, lost, orphan, position, stale.")] = {}
+    adoptedOrders: Annotated[int, Field(
+        description="Pre-existing open orders adopted by the run (first listing of a ledger that had none): "
+                    "not discrepancies.")] = 0
     staleSections: Annotated[list[str], Field(
         description="Snapshot sections whose query failed (their local state was kept).")] = []
     error: Annotated[str, Field(description="Why the run failed, when it did.")] = ""
+
+
+class AdoptionStatus(_Model):
+    """The orders found open when the ledger first listed the account's orders (a new account, or no
+    saved ledger): adopted into the ledger, reported here and by an OrdersAdopted Event, never as
+    discrepancies (nothing believed differed)."""
+    count: Annotated[int, Field(description="Orders adopted.")] = 0
+    owned: Annotated[int, Field(description="Of which owned (client order id prefix).")] = 0
+    time: Annotated[str | None, Field(description="When (RFC 3339).")] = None
 
 
 class MetricsStatus(_Model):
@@ -250,6 +262,8 @@ class TradingAccountStatus(_Model):
         description=f"Net positions (up to {MAX_STATUS_POSITIONS}).")] = []
     lastReconciliation: Annotated[LastReconciliation, Field(
         description="The last reconciliation run.")] = LastReconciliation()
+    adoption: Annotated[AdoptionStatus, Field(
+        description="Pre-existing orders adopted at the first sync.")] = AdoptionStatus()
     lastHandledReconcileAt: Annotated[str, Field(
         description=f"The last value of the {ANNOTATION_RECONCILE_REQUESTED_AT} annotation handled.")] = ""
     metrics: Annotated[MetricsStatus, Field(description="Monitoring counters.")] = MetricsStatus()

@@ -42,7 +42,7 @@ async def synced(**kw):
 
 # ---- initial sync --------------------------------------------------------------------------
 
-async def test_initial_sync_loads_everything_and_reports_orphans_only():
+async def test_initial_sync_adopts_pre_existing_orders_without_discrepancies():
     clock, ex, runner = make()
     t0 = clock.ms() - HOUR_MS
     ex.balance("USDT", "1000", "100")
@@ -52,8 +52,11 @@ async def test_initial_sync_loads_everything_and_reports_orphans_only():
            order("tw-old", created_ms=t0, state=OrderState.FILLED, filled="1"))
     report = await runner.initial_sync()
     assert report.ok and report.trigger == "initial"
-    # a fresh ledger has no belief about balances: they are the baseline, not mismatches
-    assert kinds(report) == [("orphan", "manual-1"), ("orphan", "tw-1")]
+    # a fresh ledger has no belief about balances nor orders: they are the baseline, not mismatches;
+    # the open orders are adopted (issue 19 item 4), reported as adoption, never as orphans
+    assert kinds(report) == []
+    assert sorted(o.client_order_id for o in report.adopted) == ["manual-1", "tw-1"]
+    assert runner.monitor.discrepancies_total == 0
     led = runner.ledger
     assert led.balance_values().keys() == {"USDT", "BTC"}
     assert led.balance("USDT").locked == Decimal("100")
@@ -63,6 +66,36 @@ async def test_initial_sync_loads_everything_and_reports_orphans_only():
     assert led.is_owned("tw-1") and not led.is_owned("manual-1")
     assert led.synced_ms > 0 and runner.monitor.runs == 1 and runner.monitor.last_success_ms > 0
     assert ex.writes == []
+    # after the first listing, an order the ledger does not know is an orphan again
+    ex.put(order("manual-2", created_ms=clock.ms()))
+    clock.t += 60
+    again = await runner.reconcile()
+    assert kinds(again) == [("orphan", "manual-2")] and again.adopted == []
+
+
+async def test_adoption_survives_a_restart_only_through_the_saved_ledger():
+    clock, ex, runner = make()
+    ex.put(order("tw-1", created_ms=clock.ms() - HOUR_MS))
+    first = await runner.initial_sync()
+    assert [o.client_order_id for o in first.adopted] == ["tw-1"]
+    # a ledger restored from the dump knows the orders were listed: a new order is an orphan
+    ex.put(order("manual-9", created_ms=clock.ms()))
+    restored = Ledger.load(runner.ledger.dump())
+    assert restored.knows_orders
+    restarted = AccountRunner(ex, runner.config, ledger=restored, clock=clock)
+    clock.t += 60
+    assert kinds(await restarted.initial_sync()) == [("orphan", "manual-9")]
+    # a first listing that came back while balances failed still ends adoption (the run is not a
+    # full sync, but the ledger now has a belief about orders)
+    clock2, ex2, runner2 = make()
+    ex2.put(order("tw-1", created_ms=clock2.ms() - HOUR_MS))
+    ex2.faults["balances"] = [Temporary("balances down")]
+    partial = await runner2.initial_sync()
+    assert not partial.ok and [o.client_order_id for o in partial.adopted] == ["tw-1"]
+    assert runner2.ledger.synced_ms == 0 and runner2.ledger.knows_orders
+    ex2.put(order("manual-3", created_ms=clock2.ms()))
+    clock2.t += 60
+    assert kinds(await runner2.reconcile()) == [("orphan", "manual-3")]
 
 
 async def test_initial_sync_from_restored_ledger_asks_the_final_state_of_vanished_orders():

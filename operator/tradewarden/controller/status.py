@@ -171,9 +171,16 @@ def last_reconciliation(report: Any) -> dict[str, Any]:
         "trigger": str(report.trigger),
         "discrepancyCount": sum(counts.values()),
         "discrepancies": dict(sorted(counts.items())),
+        "adoptedOrders": len(getattr(report, "adopted", None) or ()),
         "staleSections": sorted(str(s) for s in (report.stale_sections or [])),
         "error": clip(report.error or ""),
     }
+
+
+def adoption_status(orders: Sequence[Any], owned_prefix: str, when_ms: int) -> dict[str, Any]:
+    """status.adoption for the orders a first listing adopted."""
+    owned = sum(1 for o in orders if domain.is_owned(o.client_order_id, owned_prefix))
+    return {"count": len(orders), "owned": owned, "time": rfc3339(when_ms)}
 
 
 def metrics_status(monitor: Any) -> dict[str, Any]:
@@ -217,6 +224,7 @@ class StatusInputs:
     last_handled_reconcile_at: str = ""
     ledger: Mapping[str, Any] | None = None
     ledger_note: str = ""                   # set when the ledger was too large to keep in status
+    adoption: Mapping[str, Any] | None = None   # status.adoption, once orders were adopted
 
 
 def stale_after_s(interval_s: int) -> int:
@@ -369,6 +377,7 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
             out[k] = kept(previous, k, default)
     out["lastReconciliation"] = (last_reconciliation(s.report) if s.report is not None
                                  else kept(previous, "lastReconciliation", {}))
+    out["adoption"] = dict(s.adoption) if s.adoption is not None else kept(previous, "adoption", {})
     out["lastHandledReconcileAt"] = s.last_handled_reconcile_at or ""
     out["metrics"] = metrics_status(s.monitor) if s.monitor is not None else kept(previous, "metrics", {})
     prev_stream = kept(previous, "stream", {})

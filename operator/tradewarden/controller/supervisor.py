@@ -77,6 +77,7 @@ class AccountSupervisor:
         self._last_run_error = ""
         self._restored_success_ms = st.parse_rfc3339((previous.get("metrics") or {}).get("lastSuccessTime"))
         self._ledger_note = ""
+        self._adoption: dict[str, Any] | None = None     # status.adoption (None: keep the previous)
         self._kept_ledger: Any = None
         self._kept_monitor: Any = None
         self._discard_saved_ledger = False
@@ -460,6 +461,13 @@ class AccountSupervisor:
         observe_only = runner.config.observe_only
         for spec in ev.run_events(report.discrepancies, trigger=trigger, observe_only=observe_only)[:EVENTS_PER_RUN]:
             self._post(spec.type, spec.reason, spec.message)
+        adopted = getattr(report, "adopted", None)
+        if adopted:
+            prefix = runner.config.owned_prefix
+            self._adoption = st.adoption_status(adopted, prefix, report.finished_ms)
+            spec = ev.adoption_event(adopted, prefix, trigger=str(trigger))
+            if spec is not None:
+                self._post(spec.type, spec.reason, spec.message)
         if not report.ok:
             self.log.warning("%s run failed: %s", trigger, report.error)
         return report
@@ -587,7 +595,7 @@ class AccountSupervisor:
             stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
             stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
             estop=s.stop, last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,
-            ledger_note=self._ledger_note)
+            ledger_note=self._ledger_note, adoption=self._adoption)
 
 
 def _cancelling() -> bool:

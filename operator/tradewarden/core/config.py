@@ -139,6 +139,8 @@ class RunReport:
     deferred: int = 0      # queries/cancels left for the next run (per-run request bound)
     purged: int = 0        # finished orders purged
     cancelled: int = 0     # stale owned orders the exchange confirmed cancelled
+    # pre-existing orders taken into a ledger that had never listed orders (not discrepancies)
+    adopted: list[Order] = field(default_factory=list)
 
     @property
     def duration_ms(self) -> int:

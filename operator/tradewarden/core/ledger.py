@@ -82,7 +82,7 @@ class PositionEntry:
 class Ledger:
     """Local state of one account. Plain dicts: every lookup is O(1), every pass O(n)."""
 
-    __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated")
+    __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms")
 
     def __init__(self, owned_prefix: str = "tw-") -> None:
         self.orders: dict[str, OrderEntry] = {}
@@ -91,11 +91,20 @@ class Ledger:
         self.owned_prefix = owned_prefix
         self.synced_ms = 0          # end of the last run that reconciled every section (0: never)
         self.truncated = 0          # orders left out of the dump this ledger was restored from
+        # end of the last run whose open-orders section came back (0: never). Until then the
+        # ledger has no belief about orders: the first listing is adopted, not reported as orphans.
+        self.orders_ms = 0
 
     # ---- reading -------------------------------------------------------------------------
 
     def is_owned(self, client_order_id: str) -> bool:
         return is_owned(client_order_id, self.owned_prefix)
+
+    @property
+    def knows_orders(self) -> bool:
+        """The ledger has a belief about the account's open orders: a run listed them before (or a
+        full sync did). Until then, listed orders are adopted, not orphans."""
+        return self.orders_ms > 0 or self.synced_ms > 0
 
     def order(self, key: str) -> Order | None:
         entry = self.orders.get(key)
@@ -234,6 +243,7 @@ class Ledger:
             "v": FORMAT_VERSION,
             "prefix": self.owned_prefix,
             "synced": self.synced_ms,
+            "os": self.orders_ms,
             "truncated": truncated + max(0, len(balances) - DEFAULT_DUMP_MAX_BALANCES)
                          + max(0, len(positions) - DEFAULT_DUMP_MAX_POSITIONS),
             "o": [_order_row(e) for _, e in entries],
@@ -258,6 +268,7 @@ class Ledger:
         try:
             ledger.synced_ms = int(data.get("synced", 0))
             ledger.truncated = int(data.get("truncated", 0))
+            ledger.orders_ms = int(data.get("os", ledger.synced_ms))
             for i, row in enumerate(data.get("o", [])):
                 where = f"order #{i}"
                 entry = _order_entry(row)

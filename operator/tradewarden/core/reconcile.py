@@ -48,6 +48,7 @@ class Correction:
 class Plan:
     discrepancies: list[Discrepancy] = field(default_factory=list)
     corrections: list[Correction] = field(default_factory=list)
+    adopted: list[Order] = field(default_factory=list)     # first listing: known from now on, not discrepancies
     fetches: list[Order] = field(default_factory=list)     # targeted queries to send now
     deferred: list[Order] = field(default_factory=list)    # over the per-run bound: next run
     stale_sections: list[str] = field(default_factory=list)
@@ -203,15 +204,19 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
     listed: dict[str, Order] = {}
     for o in open_orders:
         listed[Ledger.order_id(o)] = o
-    # Restored from a truncated dump: unknown listed orders are most likely ones the dump left
-    # out, so they are adopted without crying "orphan" (the runner clears ``truncated`` after).
-    silent_adopt = ledger.truncated > 0
+    # Adoption, not discrepancy: on the first listing the ledger has ever seen (a new account, or no
+    # saved ledger) every order is pre-existing, so nothing about it can differ from a belief. The
+    # same holds after a restore from a truncated dump: unknown listed orders are most likely ones
+    # the dump left out. (The runner sets ``orders_ms`` and clears ``truncated`` after the run.)
+    adopting = not ledger.knows_orders or ledger.truncated > 0
     local_orders = ledger.orders
     for key, ex in listed.items():
         entry = local_orders.get(key)
         if entry is None:
             plan.corrections.append(Correction("order", key, ex))
-            if not silent_adopt:
+            if adopting:
+                plan.adopted.append(ex)
+            else:
                 plan.discrepancies.append(Discrepancy(
                     "orphan", key, "absent", fmt_order(ex),
                     "adopted: " + ("owned" if ledger.is_owned(ex.client_order_id) else "foreign")

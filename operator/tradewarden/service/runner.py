@@ -118,8 +118,10 @@ class AccountRunner:
             report.requests += len(plan.fetches)
             self._apply(resolve_fetches(self.ledger, results, config, expected=expected), report)
         report.deferred = len(plan.deferred)
+        report.adopted.extend(plan.adopted)
         if "orders" not in plan.stale_sections:
             self.ledger.truncated = 0
+            self.ledger.orders_ms = now
         if plan.complete:
             self.ledger.synced_ms = now
         report.purged = purge(self.ledger, config, self.now_ms())
