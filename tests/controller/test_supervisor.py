@@ -70,7 +70,8 @@ async def test_status_is_written_only_when_something_changed(sim):
         assert "balances" not in kube.patches[-1] and "openOrders" not in kube.patches[-1]
 
         # A balance changed out of band: found by the next run, reported by kind, one Event per kind.
-        assert ("Normal", "OrphanOrderAdopted") in [(t, r) for t, r, _ in events]    # the sync adopted tw-1
+        assert ("Normal", "OrdersAdopted") in [(t, r) for t, r, _ in events]    # the sync adopted tw-1
+        assert kube.status["adoption"]["count"] == 1 and "OrphanOrderAdopted" not in [r for _, r, _ in events]
         del events[:]
         sim.adjust_balance(key, "USDT", "250")
         body["metadata"]["annotations"]["tradewarden.io/reconcile-requested-at"] = "now"

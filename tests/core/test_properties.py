@@ -89,7 +89,7 @@ def build(w, policy=Policy.CORRECT, **kw):
 
 
 def owned_view(runner):
-    return {k: e.order for k, e in runner.ledger.orders.items()}
+    return {e.order.client_order_id: e.order for e in runner.ledger.orders.values()}
 
 
 @FAST
@@ -193,7 +193,7 @@ def test_ledger_dump_load_roundtrip(w):
     import json
     back = Ledger.load(json.loads(json.dumps(dumped)))
     assert back.dump() == dumped
-    assert owned_view(runner) == {k: e.order for k, e in back.orders.items()}
+    assert {k: e.order for k, e in runner.ledger.orders.items()} == {k: e.order for k, e in back.orders.items()}
 
 
 @FAST
@@ -203,7 +203,7 @@ def test_ledger_dump_load_roundtrip(w):
 def test_stream_and_rest_observations_in_any_order_leave_the_newest(observations, rnd, rest_at):
     """Observations of one order delivered in any order (stream) and a REST snapshot taken at any
     point: the ledger ends with the newest observation by exchange update time, never an older one."""
-    from tradewarden.core.ledger import order_key
+    from tradewarden.core.ledger import observation_rank
     from tradewarden.domain import OrderEvent
     clock = Clock()
     base = clock.ms() - H
@@ -222,6 +222,6 @@ def test_stream_and_rest_observations_in_any_order_leave_the_newest(observations
                 await runner.reconcile()
             await runner.apply_event(OrderEvent(o, o.updated_ms))
     asyncio.run(go())
-    newest = max(order_key(o) for o in obs)
+    newest = max(observation_rank(o) for o in obs)
     final = runner.ledger.order("tw-1")
-    assert order_key(final) == newest
+    assert observation_rank(final) == newest

@@ -200,7 +200,7 @@ async def test_failed_query_keeps_order_pending_without_counting_a_miss():
     for _ in range(3):
         report = await runner.reconcile()
         assert kinds(report) == [("missing", "tw-1")] and "Temporary" in report.discrepancies[0].action
-    assert runner.ledger.orders["tw-1"].misses == 0
+    assert runner.ledger.entry("tw-1").misses == 0
     assert runner.ledger.order("tw-1").state is OrderState.OPEN
 
 
@@ -349,7 +349,7 @@ async def test_stale_cancel_unknown_outcome_rechecked_next_run():
     first = await runner.stale_cleanup()
     assert "outcome unknown" in first.discrepancies[0].action
     assert first.discrepancies[0].outcome is Outcome.CANCEL_UNKNOWN
-    assert runner.ledger.orders["tw-1"].recheck and runner.ledger.order("tw-1").state is OrderState.OPEN
+    assert runner.ledger.entry("tw-1").recheck and runner.ledger.order("tw-1").state is OrderState.OPEN
     ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))   # it did go through
     second = await runner.stale_cleanup()
     assert ex.calls[-1] == ("fetch_order", "tw-1")
@@ -370,7 +370,8 @@ async def test_terminal_orders_purged_after_retention_memory_bounded():
     report = await runner.stale_cleanup()
     assert report.purged == 6
     assert runner.ledger.order("tw-ancient") is None
-    assert {k for k in runner.ledger.orders if k.startswith("tw-f")} == {f"tw-f{i}" for i in range(5)}
+    assert {e.order.client_order_id for e in runner.ledger.orders.values()
+            if e.order.client_order_id.startswith("tw-f")} == {f"tw-f{i}" for i in range(5)}
     assert runner.ledger.order("tw-1") is not None and runner.ledger.order("manual-1") is not None
 
 

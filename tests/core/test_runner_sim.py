@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from tradewarden.core import AccountConfig, Ledger
+from tradewarden.core.ledger import OrderKey
 from tradewarden.service import AccountRunner
 from tradewarden.domain import ConnectionState, OrderState, Policy, Position
 
@@ -76,7 +77,9 @@ async def test_initial_sync_against_the_simulator(sim, account, make_runner):
     runner = await make_runner()
     report = await runner.initial_sync()
     assert report.ok, report.error
-    assert kinds(report) == [("orphan", "manual-1"), ("orphan", "tw-sync-1")]
+    # a ledger that never listed orders adopts them: not discrepancies (issue 19 item 4)
+    assert kinds(report) == []
+    assert sorted(o.client_order_id for o in report.adopted) == ["manual-1", "tw-sync-1"]
     led = runner.ledger
     assert led.balance("USDT").free == Decimal("6000") and led.balance("USDT").locked == Decimal("4000")
     assert led.balance("ETH").locked == Decimal("1")
@@ -238,3 +241,97 @@ async def test_reconnect_triggers_reconciliation_through_the_stream(sim, account
     assert reports[0].trigger == "stream-reconnect"
     assert ("balance", "USDT") in kinds(reports[0])               # the missed change is caught
     assert runner.ledger.balance("USDT").free == Decimal("9900")
+
+
+# ---- identity: (symbol, exchange order id), not the client order id (issue 19 item 3) ------------------
+# Binance spot, rest-api.md "New order (TRADE)", newClientOrderId: "A unique id among open orders ...
+# Orders with the same newClientOrderID can be accepted only when the previous one is filled": an id
+# names one order at a time, not one order for ever; and it is unique per symbol, not per account.
+
+async def test_client_order_id_reused_on_one_symbol_is_a_new_order(sim, account, make_runner):
+    key = account[0]
+    first = place(sim, key, "tw-grid-1")
+    clock = Later()
+    runner = await make_runner(clock=clock, stale_timeout_s=HOUR_S)
+    await runner.initial_sync()
+    sim.fill(key, first.order_id)                         # filled; its events are not consumed here
+    report = await runner.reconcile()
+    assert kinds(report) == [("balance", "BTC"), ("balance", "USDT"), ("missing", "tw-grid-1"),
+                             ("position", "BTC/USDT")]
+    led = runner.ledger
+    old_key = OrderKey("BTC/USDT", str(first.order_id))
+    assert led.order(old_key).state is OrderState.FILLED
+    # the grid bot places its next order under the same client order id (the venue accepts it)
+    second = place(sim, key, "tw-grid-1", price="39000")
+    assert second.order_id != first.order_id
+    report = await runner.reconcile()
+    new_key = OrderKey("BTC/USDT", str(second.order_id))
+    # seen, not hidden behind the finished order of the same id: an order the ledger did not know
+    assert kinds(report) == [("balance", "USDT"), ("orphan", "tw-grid-1")]
+    assert str(second.order_id) in report.discrepancies[-1].action
+    assert led.order(new_key).state is OrderState.OPEN and led.order(new_key).price == Decimal("39000")
+    assert led.order(old_key).state is OrderState.FILLED              # the earlier one is kept as it was
+    assert led.order("tw-grid-1") == led.order(new_key)                # by its label: the active one
+    assert [o.exchange_order_id for o in led.active_orders()] == [str(second.order_id)]
+    assert (await runner.reconcile()).discrepancies == []
+    # ... and it is the one stale cleanup cancels (it is owned: the prefix decides)
+    clock.ahead = 2 * HOUR_S
+    cleanup = await runner.stale_cleanup()
+    assert cleanup.cancelled == 1
+    assert led.order(new_key).state is OrderState.CANCELED and led.order(old_key).state is OrderState.FILLED
+    assert [(m, p) for m, p in writes(sim, key)] == [("DELETE", "/api/v3/order")]
+
+
+async def test_same_client_order_id_on_two_symbols_are_two_orders(sim, account, make_runner):
+    key = account[0]
+    btc = place(sim, key, "tw-twin")
+    eth = place(sim, key, "tw-twin", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
+    runner = await make_runner()
+    first = await runner.initial_sync()
+    assert sorted(o.symbol for o in first.adopted) == ["BTC/USDT", "ETH/USDT"]
+    led = runner.ledger
+    kb, ke = OrderKey("BTC/USDT", str(btc.order_id)), OrderKey("ETH/USDT", str(eth.order_id))
+    assert {kb, ke} <= set(led.orders)
+    sim.fill(key, eth.order_id, "0.25")                  # a partial fill on ETH only
+    report = await runner.reconcile()
+    fills = [d for d in report.discrepancies if d.kind == "fill"]
+    assert len(fills) == 1 and fills[0].entity == "tw-twin" and fills[0].exchange == "partially_filled filled=0.25/1.0"
+    assert f"{eth.order_id} on ETH/USDT" in fills[0].action
+    assert led.order(ke).filled == Decimal("0.25") and led.order(kb).filled == 0
+    sim.cancel_order(key, btc.order_id)                  # the BTC one goes behind our back
+    report = await runner.reconcile()
+    missing = [d for d in report.discrepancies if d.kind == "missing"]
+    assert len(missing) == 1 and "canceled" in missing[0].action
+    assert led.order(kb).state is OrderState.CANCELED
+    assert led.order(ke).state is OrderState.PARTIALLY_FILLED
+    assert led.order("tw-twin") == led.order(ke)                       # the active one of the label
+
+
+async def test_reused_client_order_id_through_the_stream_is_no_discrepancy(sim, account, make_runner):
+    """With every event delivered, the reuse is followed through the stream and nothing is reported."""
+    key = account[0]
+    first = place(sim, key, "tw-grid-2")
+    runner = await make_runner()
+    await runner.initial_sync()
+    stream = runner.gateway.stream(runner.config.symbols)
+    second = None
+
+    async def consume():
+        nonlocal second
+        async for event in stream:
+            await runner.apply_event(event)
+            if getattr(event, "state", None) is ConnectionState.CONNECTED:
+                sim.fill(key, first.order_id)
+                second = place(sim, key, "tw-grid-2", price="39500")
+            o = runner.ledger.order(OrderKey("BTC/USDT", str(second.order_id))) if second else None
+            if o is not None:
+                return
+
+    await asyncio.wait_for(consume(), 60)
+    await stream.aclose()
+    led = runner.ledger
+    assert led.order(OrderKey("BTC/USDT", str(first.order_id))).state is OrderState.FILLED
+    assert led.order(OrderKey("BTC/USDT", str(second.order_id))).state is OrderState.OPEN
+    await asyncio.sleep(0.3)                      # the balance events of the fill
+    report = await runner.reconcile()
+    assert [d for d in report.discrepancies if d.kind in ("orphan", "fill", "missing")] == [], report.discrepancies

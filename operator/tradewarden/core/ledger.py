@@ -1,6 +1,10 @@
 """The ledger: tradewarden's record of one account as the exchange last told it.
 
-Orders by client order id, balances by asset, positions by symbol. Every entry remembers
+Orders by their real identity, ``OrderKey(symbol, exchange order id)``: a client order id is not an
+identity (Binance accepts a client order id again once the earlier order has finished, rest-api.md
+"New order (TRADE)" ``newClientOrderId``: "A unique id among open orders", and the same id can live
+on two symbols); it stays the order's label and decides ownership (prefix). Balances by asset,
+positions by symbol. Every entry remembers
 which source last changed it (``rest``, ``stream``, ``fetch``, ``cancel``, ``restore``) and
 when (``changed_ms``, local time), besides the exchange's own update time carried by the
 domain value (``updated_ms``). The ledger is a mirror of the exchange, not a desired state:
@@ -17,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from tradewarden.domain import ZERO, Balance, Order, OrderState, Position, Side, is_owned
 
@@ -34,11 +38,36 @@ SOURCE_LOCAL = "local"        # tradewarden's own judgement (declared lost)
 SOURCE_RESTORE = "restore"    # loaded from a dump
 
 
+class OrderKey(NamedTuple):
+    """An order's identity on its venue: (unified symbol, exchange order id). Algo (conditional)
+    orders live in their own id space (the Algo Service's algoId): their id is prefixed ``algo:``;
+    an order known without an exchange id (never seen from the venue) by ``client:<id>``."""
+    symbol: str
+    order_id: str
+
+    def __str__(self) -> str:
+        return f"{self.symbol}#{self.order_id}"
+
+
+def order_key(order: Order) -> OrderKey:
+    """The ledger key of an order (see ``OrderKey``)."""
+    if order.exchange_order_id:
+        oid = f"algo:{order.exchange_order_id}" if order.algo else order.exchange_order_id
+    else:
+        oid = f"client:{order.client_order_id}"
+    return OrderKey(order.symbol, oid)
+
+
+def order_label(order: Order) -> str:
+    """How reports name an order: its client order id (what users and bots know), else its exchange id."""
+    return order.client_order_id or f"#{order.exchange_order_id}"
+
+
 class LedgerFormatError(ValueError):
     """A dumped ledger that cannot be restored (the caller should start from a fresh sync)."""
 
 
-def order_key(order: Order) -> tuple[bool, Decimal, int]:
+def observation_rank(order: Order) -> tuple[bool, Decimal, int]:
     """Total order on observations of one order. What is monotonic on every venue decides before
     any clock does: a finished state beats an active one, more executed quantity beats less; only
     then the later exchange update time. (Update times come from several venue clocks: an event
@@ -53,7 +82,7 @@ def supersedes(new: Order, old: Order) -> bool:
     observation replaces it."""
     if old.state is OrderState.LOST and new.state is not OrderState.LOST:
         return True
-    return order_key(new) >= order_key(old)
+    return observation_rank(new) >= observation_rank(old)
 
 
 @dataclass(slots=True)
@@ -85,7 +114,7 @@ class Ledger:
     __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms")
 
     def __init__(self, owned_prefix: str = "tw-") -> None:
-        self.orders: dict[str, OrderEntry] = {}
+        self.orders: dict[OrderKey, OrderEntry] = {}
         self.balances: dict[str, BalanceEntry] = {}
         self.positions: dict[str, PositionEntry] = {}
         self.owned_prefix = owned_prefix
@@ -106,8 +135,23 @@ class Ledger:
         full sync did). Until then, listed orders are adopted, not orphans."""
         return self.orders_ms > 0 or self.synced_ms > 0
 
-    def order(self, key: str) -> Order | None:
-        entry = self.orders.get(key)
+    def entry(self, ref: OrderKey | str) -> OrderEntry | None:
+        """The entry under ``ref``: an ``OrderKey``, or a client order id (a label, not an identity:
+        the active order with that id if there is one, else the latest one; O(n))."""
+        if isinstance(ref, OrderKey):
+            return self.orders.get(ref)
+        best: OrderEntry | None = None
+        for entry in self.orders.values():
+            o = entry.order
+            if o.client_order_id != ref:
+                continue
+            if best is None or (o.state.active, o.created_ms, o.updated_ms) > (
+                    best.order.state.active, best.order.created_ms, best.order.updated_ms):
+                best = entry
+        return best
+
+    def order(self, ref: OrderKey | str) -> Order | None:
+        entry = self.entry(ref)
         return entry.order if entry else None
 
     def active_orders(self) -> Iterator[Order]:
@@ -136,13 +180,10 @@ class Ledger:
 
     # ---- writing -------------------------------------------------------------------------
 
-    @staticmethod
-    def order_id(order: Order) -> str:
-        """The ledger key of an order: its client order id (or its exchange id when it has none)."""
-        return order.client_order_id or f"#{order.exchange_order_id}"
+    order_id = staticmethod(order_key)
 
     def put_order(self, order: Order, source: str, now_ms: int, *, misses: int = 0,
-                  recheck: bool = False, key: str | None = None) -> None:
+                  recheck: bool = False, key: OrderKey | None = None) -> None:
         """Set an order unconditionally (reconciliation decided)."""
         self.orders[key or self.order_id(order)] = OrderEntry(order, source, now_ms, misses, recheck)
 
@@ -155,7 +196,7 @@ class Ledger:
         self.orders[key] = OrderEntry(order, source, now_ms)
         return True
 
-    def set_order_flags(self, key: str, *, misses: int | None = None, recheck: bool | None = None) -> None:
+    def set_order_flags(self, key: OrderKey, *, misses: int | None = None, recheck: bool | None = None) -> None:
         entry = self.orders.get(key)
         if entry is None:
             return
@@ -196,8 +237,8 @@ class Ledger:
         retention, then the oldest finished ones beyond
         ``max_finished``, so memory stays bounded under any load. Returns how many went."""
         cutoff = now_ms - retention_ms
-        finished: list[tuple[int, str]] = []
-        doomed: list[str] = []
+        finished: list[tuple[int, OrderKey]] = []
+        doomed: list[OrderKey] = []
         for key, entry in self.orders.items():
             order = entry.order
             if order.state.active:
@@ -224,7 +265,7 @@ class Ledger:
         entries = list(self.orders.items())
         truncated = 0
         if len(entries) > max_orders:
-            def rank(item: tuple[str, OrderEntry]) -> tuple[int, int]:
+            def rank(item: tuple[OrderKey, OrderEntry]) -> tuple[int, int]:
                 _, e = item
                 o = e.order
                 if o.state.active and (e.misses or e.recheck):

@@ -30,14 +30,16 @@ from tradewarden.domain import (ZERO, Balance, GatewayError, Order, OrderNotFoun
                                 Snapshot)
 
 from .config import AccountConfig, Discrepancy, Outcome, base_asset
-from .ledger import SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Ledger, replace_order, supersedes
+from .ledger import (SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Ledger, OrderKey, order_label,
+                     replace_order, supersedes)
 
 
 @dataclass(frozen=True, slots=True)
 class Correction:
-    """One change to the ledger. ``op``: order (set, with flags) | flags | balance | position."""
+    """One change to the ledger. ``op``: order (set, with flags) | flags | balance | position.
+    ``key``: an ``OrderKey`` for order and flags, the asset or symbol otherwise."""
     op: str
-    key: str
+    key: Any
     value: Any = None
     source: str = SOURCE_REST
     misses: int = 0
@@ -201,7 +203,7 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], symbols: Iterab
 
 def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms: int, config: AccountConfig,
             plan: Plan) -> None:
-    listed: dict[str, Order] = {}
+    listed: dict[OrderKey, Order] = {}
     for o in open_orders:
         listed[Ledger.order_id(o)] = o
     # Adoption, not discrepancy: on the first listing the ledger has ever seen (a new account, or no
@@ -218,7 +220,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
                 plan.adopted.append(ex)
             else:
                 plan.discrepancies.append(Discrepancy(
-                    "orphan", key, "absent", fmt_order(ex),
+                    "orphan", order_label(ex), "absent", fmt_order(ex),
                     "adopted: " + ("owned" if ledger.is_owned(ex.client_order_id) else "foreign")
                     + f" order {ex.exchange_order_id} on {ex.symbol}", Outcome.ADOPTED))
             continue
@@ -232,7 +234,8 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
         plan.corrections.append(Correction("order", key, ex))
         if local.filled != ex.filled or local.state is not ex.state:
             plan.discrepancies.append(Discrepancy(
-                "fill", key, fmt_order(local), fmt_order(ex), "ledger set to the exchange's order", Outcome.CORRECTED))
+                "fill", order_label(local), fmt_order(local), fmt_order(ex),
+                f"ledger set to the exchange's order {ex.exchange_order_id} on {ex.symbol}", Outcome.CORRECTED))
     scope = set(config.symbols)
     grace_ms = int(config.missing_grace_s * 1000)
     horizon = taken_ms - grace_ms        # the venue's clock, as the order's own times
@@ -251,7 +254,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
         else:
             plan.deferred.append(local)
             plan.discrepancies.append(Discrepancy(
-                "missing", key, fmt_order(local), "not in open orders",
+                "missing", order_label(local), fmt_order(local), "not in open orders",
                 "query deferred to the next run (per-run request bound)", Outcome.PENDING))
 
 
@@ -266,7 +269,7 @@ def same_order(answer: Order, local: Order) -> Order | None:
     return answer
 
 
-def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException"], config: AccountConfig,
+def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseException"], config: AccountConfig,
                     context: str = "missing", expected: frozenset[OrderState] = frozenset()) -> Plan:
     """Apply the exchange's answers to targeted queries of orders the list did not show.
 
@@ -281,11 +284,12 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
         if entry is None:
             continue
         local = entry.order
+        label = order_label(local)
         if isinstance(result, Order):
             result = same_order(result, local)
             if result is None:
                 plan.discrepancies.append(Discrepancy(
-                    context, key, fmt_order(local), "answer for another order",
+                    context, label, fmt_order(local), "answer for another order",
                     "kept pending (the exchange answered with another order id); queried again next run",
                     Outcome.PENDING))
                 continue
@@ -298,7 +302,7 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
                 action = "queried: still open on the exchange (absent from its open-orders list); ledger updated"
             else:
                 action = f"queried: final state {result.state.value}; ledger updated"
-            plan.discrepancies.append(Discrepancy(context, key, fmt_order(local), fmt_order(result), action,
+            plan.discrepancies.append(Discrepancy(context, label, fmt_order(local), fmt_order(result), action,
                                                   Outcome.CORRECTED))
         elif isinstance(result, OrderNotFound):
             misses = entry.misses + 1
@@ -306,16 +310,16 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
                 lost = replace_order(local, state=OrderState.LOST)
                 plan.corrections.append(Correction("order", key, lost, SOURCE_LOCAL, misses=misses))
                 plan.discrepancies.append(Discrepancy(
-                    "lost", key, fmt_order(local), "unknown to the exchange",
+                    "lost", label, fmt_order(local), "unknown to the exchange",
                     f"declared lost after {misses} not-found queries (kept in the ledger, reported)",
                     Outcome.DECLARED_LOST))
             else:
                 plan.corrections.append(Correction("flags", key, misses=misses, recheck=entry.recheck))
                 plan.discrepancies.append(Discrepancy(
-                    context, key, fmt_order(local), "unknown to the exchange",
+                    context, label, fmt_order(local), "unknown to the exchange",
                     f"not found ({misses}/{retries + 1}); queried again next run", Outcome.PENDING))
         else:
             plan.discrepancies.append(Discrepancy(
-                context, key, fmt_order(local), "query failed",
+                context, label, fmt_order(local), "query failed",
                 f"kept pending ({type(result).__name__}: {result}); queried again next run", Outcome.PENDING))
     return plan
