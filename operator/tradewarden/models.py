@@ -179,7 +179,7 @@ class OpenOrdersStatus(_Model):
 
 
 class PositionStatus(_Model):
-    """A net position (spot: base-asset holdings; USD-M: the venue's, signed)."""
+    """A USD-M net position (the venue's, signed). Spot accounts have none: a spot holding is its balance."""
     symbol: Annotated[str, Field(description="Unified symbol.")]
     amount: Annotated[str, Field(description="Signed amount (decimal string).")]
     entryPrice: Annotated[str, Field(description="Entry price (decimal string).")] = "0"
@@ -259,7 +259,7 @@ class TradingAccountStatus(_Model):
         description=f"Non-zero balances (up to {MAX_STATUS_BALANCES}).")] = []
     openOrders: Annotated[OpenOrdersStatus, Field(description="Open orders.")] = OpenOrdersStatus()
     positions: Annotated[list[PositionStatus], Field(
-        description=f"Net positions (up to {MAX_STATUS_POSITIONS}).")] = []
+        description=f"USD-M net positions (up to {MAX_STATUS_POSITIONS}); spot accounts have none (see balances).")] = []
     lastReconciliation: Annotated[LastReconciliation, Field(
         description="The last reconciliation run.")] = LastReconciliation()
     adoption: Annotated[AdoptionStatus, Field(

@@ -53,6 +53,7 @@ def test_a_new_account_with_six_pre_existing_orders_shows_none_as_discrepancies(
     assert st["metrics"].get("discrepanciesTotal", 0) == 0 and st["metrics"].get("orderMismatches", 0) == 0
     assert cond(obj, "BalanceMismatch")["status"] == "False"
     assert st["openOrders"]["count"] == 6
+    assert st.get("positions", []) == []          # spot: holdings are balances, no per-symbol positions
     reasons = wait_for("OrdersAdopted Event", lambda: (r := _reasons(kc, ns, "fresh")) and "OrdersAdopted" in r
                        and r, operator=op)
     assert "6 pre-existing open orders adopted" in reasons["OrdersAdopted"]["message"]

@@ -60,8 +60,8 @@ async def test_initial_sync_adopts_pre_existing_orders_without_discrepancies():
     led = runner.ledger
     assert led.balance_values().keys() == {"USDT", "BTC"}
     assert led.balance("USDT").locked == Decimal("100")
-    assert led.position("BTC/USDT").amount == Decimal("2.5")      # spot: base-asset holdings
-    assert led.position("ETH/USDT") is None
+    assert led.balance("BTC").total == Decimal("2.5")      # spot: the holding is the balance, no positions
+    assert led.positions == {}
     assert {o.client_order_id for o in led.active_orders()} == {"tw-1", "manual-1"}
     assert led.is_owned("tw-1") and not led.is_owned("manual-1")
     assert led.synced_ms > 0 and runner.monitor.runs == 1 and runner.monitor.last_success_ms > 0
@@ -138,8 +138,8 @@ async def test_vanished_asset_counts_as_mismatch():
     clock, ex, runner = await synced()
     del ex.balances["BTC"]
     report = await runner.reconcile()
-    assert ("balance", "BTC") in kinds(report) and ("position", "BTC/USDT") in kinds(report)
-    assert runner.ledger.balance("BTC") is None and runner.ledger.position("BTC/USDT") is None
+    assert kinds(report) == [("balance", "BTC")]           # once, as the asset (spot has no positions)
+    assert runner.ledger.balance("BTC") is None and runner.ledger.positions == {}
     assert "gone" in next(d for d in report.discrepancies if d.kind == "balance").action
 
 
@@ -266,7 +266,7 @@ async def test_partial_state_keeps_failed_section_and_reconciles_the_rest():
     ex.balance("USDT", "5", "0")
     ex.put(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED, updated_ms=clock.ms()))
     report = await runner.reconcile()
-    assert not report.ok and set(report.stale_sections) == {"balances", "positions"}
+    assert not report.ok and set(report.stale_sections) == {"balances"}
     assert "balances timed out" in report.error
     assert kinds(report) == [("fill", "tw-1")]                      # the good section still reconciled
     assert runner.ledger.balance("USDT").free == Decimal("1000")     # the failed one kept
@@ -283,7 +283,7 @@ async def test_snapshot_failure_keeps_everything():
     before = runner.ledger.dump()
     ex.faults["snapshot"] = Temporary("connection reset")
     report = await runner.reconcile()
-    assert not report.ok and report.stale_sections == ["balances", "orders", "positions"]
+    assert not report.ok and report.stale_sections == ["balances", "orders"]      # spot: no positions
     assert runner.ledger.dump() == before and runner.monitor.failures == 1
 
 
@@ -452,7 +452,7 @@ async def test_reconnect_triggers_reconciliation():
     assert ex.calls.count(("snapshot", ("BTC/USDT", "ETH/USDT"))) == n + 1
 
 
-async def test_events_apply_newest_wins_and_derive_spot_positions():
+async def test_events_apply_newest_wins_and_spot_has_no_positions():
     clock, ex, runner = await synced()
     t = clock.ms()
     await runner.apply_event(OrderEvent(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED,
@@ -460,7 +460,7 @@ async def test_events_apply_newest_wins_and_derive_spot_positions():
     await runner.apply_event(OrderEvent(order("tw-1", updated_ms=t - 5), t))             # late, older
     assert runner.ledger.order("tw-1").filled == Decimal("0.5")
     await runner.apply_event(BalanceEvent({"BTC": Balance("BTC", Decimal("3"), Decimal("1"))}, t))
-    assert runner.ledger.position("BTC/USDT").amount == Decimal("4")
+    assert runner.ledger.balance("BTC").total == Decimal("4") and runner.ledger.positions == {}
     await runner.apply_event(PositionEvent([Position("XRP/USDT:USDT", Decimal("7"))], t))
     assert runner.ledger.position("XRP/USDT:USDT").updated_ms == t
 

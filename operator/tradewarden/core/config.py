@@ -11,6 +11,9 @@ from tradewarden.domain import Order, Policy, dec
 
 KINDS = ("balance", "fill", "missing", "lost", "orphan", "position", "stale")
 SECTIONS = ("balances", "orders", "positions")
+# Spot has no positions of its own: what a spot "position" would be (the base asset's holding) IS the
+# balance, reconciled and reported once per asset (issue 19 item 5; docs/architecture.md "Spot positions").
+SPOT_SECTIONS = ("balances", "orders")
 
 
 class Trigger(enum.StrEnum):
@@ -82,6 +85,11 @@ class AccountConfig:
             raise ValueError("AccountConfig: stale_timeout_s >= 1, retention_s >= 0, interval_s >= 1")
         if self.max_requests_per_run < 1 or self.max_finished_orders < 0:
             raise ValueError("AccountConfig: max_requests_per_run >= 1, max_finished_orders >= 0")
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The snapshot sections this account reconciles (spot: no positions section)."""
+        return SECTIONS if self.futures else SPOT_SECTIONS
 
     @property
     def observe_only(self) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 from tradewarden.domain import (ZERO, Balance, GatewayError, Order, OrderNotFound, OrderState, Position,
                                 Snapshot)
 
-from .config import AccountConfig, Discrepancy, Outcome, base_asset
+from .config import AccountConfig, Discrepancy, Outcome
 from .ledger import (SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Ledger, OrderKey, order_label,
                      replace_order, supersedes)
 
@@ -116,11 +116,8 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
                        config, baseline, plan)
         else:
             _stale(plan, "positions", snapshot.positions.error)
-    elif balances_ok:
-        exchange = spot_positions(snapshot.balances.value, config.symbols)
-        _positions(ledger, exchange, config.symbols, snapshot.taken_ms, config, baseline, plan)
-    else:
-        _stale(plan, "positions", snapshot.balances.error)
+    # Spot: no positions. A spot "position" is the base asset's holding, i.e. its balance, compared and
+    # reported above once per asset; deriving one per symbol reported one BTC change once per BTC symbol.
     if snapshot.open_orders.ok and snapshot.open_orders.value is not None:
         _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, now_ms, config, plan)
     else:
@@ -131,16 +128,6 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
 def _stale(plan: Plan, section: str, error: GatewayError | None) -> None:
     plan.stale_sections.append(section)
     plan.errors[section] = f"{type(error).__name__}: {error}" if error else "no data"
-
-
-def spot_positions(balances: Mapping[str, Balance], symbols: Iterable[str]) -> dict[str, Position]:
-    """Spot net position per symbol = free + locked of its base asset."""
-    out: dict[str, Position] = {}
-    for symbol in symbols:
-        b = balances.get(base_asset(symbol))
-        if b is not None and b.total != ZERO:
-            out[symbol] = Position(symbol, b.total, ZERO, b.updated_ms)
-    return out
 
 
 def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, config: AccountConfig,

@@ -26,10 +26,10 @@ import time
 from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
-from tradewarden.domain import (ZERO, AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
-                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent, is_owned)
+from tradewarden.domain import (AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
+                                OrderEvent, OrderState, PositionEvent, RateLimited, StreamEvent, is_owned)
 
-from ..core.config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, Trigger, base_asset
+from ..core.config import AccountConfig, EmergencyStopReport, RunReport, Trigger
 from ..core.ledger import SOURCE_REST, SOURCE_STREAM, Ledger
 from ..core.monitor import MonitoringState
 from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
@@ -59,10 +59,8 @@ class AccountRunner:
         self.lock = asyncio.Lock()
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
-        self._symbols_by_base: dict[str, list[str]] = {}
         if not config.futures:
-            for symbol in config.symbols:
-                self._symbols_by_base.setdefault(base_asset(symbol), []).append(symbol)
+            self.ledger.positions.clear()   # spot has none (a ledger saved by an older version may hold some)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -92,7 +90,7 @@ class AccountRunner:
             snapshot = await self.gateway.snapshot(config.symbols)
         except Exception as exc:     # the whole snapshot failed: every section keeps its local state
             report.error = describe(exc)
-            report.stale_sections = list(SECTIONS)
+            report.stale_sections = list(config.sections)
             self._finish_run(report)
             if raise_auth and isinstance(exc, AuthenticationFailed):
                 raise
@@ -103,7 +101,7 @@ class AccountRunner:
                      if isinstance(s.error, AuthenticationFailed)), None)
         if auth is not None and raise_auth:
             report.error = describe(auth)
-            report.stale_sections = list(SECTIONS)
+            report.stale_sections = list(config.sections)
             self._finish_run(report)
             raise auth
         now = self.now_ms()
@@ -268,8 +266,7 @@ class AccountRunner:
                         balance = replace(balance, updated_ms=event.event_ms)
                     if balance.asset != asset:
                         balance = replace(balance, asset=asset)
-                    if self.ledger.upsert_balance(balance, SOURCE_STREAM, now):
-                        self._derive_spot_positions(asset, balance.updated_ms, now)
+                    self.ledger.upsert_balance(balance, SOURCE_STREAM, now)
             elif isinstance(event, PositionEvent):
                 for position in event.positions:
                     if not position.updated_ms:
@@ -282,12 +279,3 @@ class AccountRunner:
         if await self.apply_event(event):
             return await self.reconcile(trigger=Trigger.STREAM_RECONNECT)
         return None
-
-    def _derive_spot_positions(self, asset: str, updated_ms: int, now: int) -> None:
-        symbols = self._symbols_by_base.get(asset)
-        if not symbols:
-            return
-        balance = self.ledger.balance(asset)
-        total = balance.total if balance is not None else ZERO
-        for symbol in symbols:
-            self.ledger.put_position(Position(symbol, total, ZERO, updated_ms), symbol, SOURCE_STREAM, now)
