@@ -74,6 +74,10 @@ class ReconciliationSpec(_Model):
         description="Runs in which an active local order may be unknown to the exchange before it is "
                     "declared lost (reported, never silently dropped).",
         ge=1, le=100)] = 3
+    lostAfterSeconds: Annotated[int, Field(
+        description="An order is declared lost only when, besides missingOrderRetries not-found runs, at least "
+                    "this many seconds passed since the first not-found answer.",
+        ge=0, le=86400)] = 60
 
 
 class StaleOrdersSpec(_Model):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -208,7 +209,9 @@ async def test_lost_order_that_reappears_is_adopted_back():
     clock, ex, runner = await synced(missing_retries=1)
     ex.forgotten.add("tw-1")
     ex.put(order("tw-1", state=OrderState.CANCELED))
-    await runner.reconcile(); await runner.reconcile()
+    await runner.reconcile()
+    clock.t += 60
+    await runner.reconcile()
     assert runner.ledger.order("tw-1").state is OrderState.LOST
     ex.forgotten.clear()
     ex.put(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED,
@@ -216,6 +219,93 @@ async def test_lost_order_that_reappears_is_adopted_back():
     report = await runner.reconcile()
     assert kinds(report) == [("fill", "tw-1")]
     assert runner.ledger.order("tw-1").state is OrderState.PARTIALLY_FILLED
+
+
+# ---- scope and time (issue 19 item 6) ---------------------------------------------------------------
+
+async def test_lost_needs_both_the_not_found_count_and_a_minimum_span():
+    clock, ex, runner = await synced(missing_retries=2, lost_after_s=60)
+    ex.forgotten.add("tw-1")
+    ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))
+    # four runs within seconds (reconnects, an annotation): the count is reached, the span is not
+    for _ in range(4):
+        report = await runner.reconcile(trigger="stream-reconnect")
+        assert kinds(report) == [("missing", "tw-1")], report.discrepancies
+        clock.t += 5
+    assert runner.ledger.order("tw-1").state is OrderState.OPEN
+    assert "for 15s of 60s" in report.discrepancies[0].action
+    # the streak's start survives a restart (it is in the dump)
+    restored = Ledger.load(runner.ledger.dump())
+    assert restored.entry("tw-1").misses == 4 and restored.entry("tw-1").first_miss_ms == clock.ms() - 20_000
+    runner = AccountRunner(ex, runner.config, ledger=restored, clock=clock, sleep=clock.sleep)
+    clock.t += 40                                  # 60 s since the first not-found answer
+    report = await runner.reconcile()
+    assert kinds(report) == [("lost", "tw-1")]
+    assert runner.ledger.order("tw-1").state is OrderState.LOST
+
+
+async def test_a_found_order_ends_the_not_found_streak():
+    clock, ex, runner = await synced(missing_retries=1, lost_after_s=30)
+    ex.forgotten.add("tw-1")
+    ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))
+    await runner.reconcile()
+    assert runner.ledger.entry("tw-1").first_miss_ms == clock.ms()
+    ex.faults["fetch_order"] = [Temporary("502")]          # a failed query counts nothing, keeps the streak
+    clock.t += 10
+    await runner.reconcile()
+    assert runner.ledger.entry("tw-1").misses == 1
+    ex.forgotten.clear()
+    ex.put(order("tw-1", created_ms=clock.ms() - 2 * HOUR_MS, updated_ms=clock.ms()))   # it is open after all
+    clock.t += 60
+    await runner.reconcile()
+    entry = runner.ledger.entry("tw-1")
+    assert entry.order.state is OrderState.OPEN and entry.misses == 0 and entry.first_miss_ms == 0
+
+
+async def test_a_lost_order_is_kept_for_the_retention_counted_from_its_declaration():
+    clock, ex, runner = await synced(missing_retries=1, lost_after_s=0, retention_s=3600)
+    # the venue last updated it long before the retention: judged by that clock it would go at once
+    ancient = order("tw-old", created_ms=clock.ms() - 30 * HOUR_MS, updated_ms=clock.ms() - 30 * HOUR_MS)
+    runner.ledger.put_order(ancient, "rest", clock.ms() - 30 * HOUR_MS)
+    ex.put(replace(ancient, state=OrderState.CANCELED))
+    ex.forgotten.add("tw-old")
+    await runner.reconcile()
+    clock.t += 60
+    report = await runner.reconcile()
+    assert kinds(report) == [("lost", "tw-old")] and report.purged == 0
+    assert runner.ledger.order("tw-old").state is OrderState.LOST
+    clock.t += 3000
+    assert (await runner.stale_cleanup()).purged == 0 and runner.ledger.order("tw-old") is not None
+    clock.t += 700                                  # an hour after the declaration
+    assert (await runner.stale_cleanup()).purged == 1 and runner.ledger.order("tw-old") is None
+
+
+async def test_orders_on_a_removed_symbol_are_asked_once_and_leave_tracking():
+    clock, ex, runner = await synced(stale_timeout_s=1800)
+    t0 = clock.ms() - 2 * HOUR_MS
+    sol_done = order("tw-sol-1", symbol="SOL/USDT", created_ms=t0)
+    sol_open = order("tw-sol-2", symbol="SOL/USDT", created_ms=t0)
+    sol_gone = order("tw-sol-3", symbol="SOL/USDT", created_ms=t0)
+    for o in (sol_done, sol_open, sol_gone):
+        runner.ledger.put_order(o, "rest", t0)      # tracked while SOL/USDT was configured
+    ex.put(replace(sol_done, state=OrderState.FILLED, filled=Decimal("1"), updated_ms=clock.ms()), sol_open)
+    ex.forgotten.add("tw-sol-3")
+    # stale cleanup acts only on configured symbols: the SOL orders are old and owned, yet not cancelled
+    cleanup = await runner.stale_cleanup()
+    assert ("cancel_order", "tw-sol-2") not in ex.calls and ("cancel_order", "tw-sol-1") not in ex.calls
+    assert {d.entity for d in cleanup.discrepancies} == {"tw-1"}
+    calls = len(ex.calls)
+    report = await runner.reconcile()
+    asked = [c for c in ex.calls[calls:] if c[0] == "fetch_order"]
+    assert sorted(asked) == [("fetch_order", "tw-sol-1"), ("fetch_order", "tw-sol-2"), ("fetch_order", "tw-sol-3")]
+    assert report.released == 3 and report.discrepancies == [] and report.ok
+    led = runner.ledger
+    assert led.order("tw-sol-1").state is OrderState.FILLED        # the final state it had, kept (retention)
+    assert led.order("tw-sol-2") is None and led.order("tw-sol-3") is None   # open / unknown: out of tracking
+    assert not [o for o in led.active_orders() if o.symbol == "SOL/USDT"]
+    calls = len(ex.calls)
+    again = await runner.reconcile()
+    assert again.released == 0 and not [c for c in ex.calls[calls:] if c[0] == "fetch_order"]   # asked once
 
 
 async def test_stream_newer_than_snapshot_is_not_overwritten():

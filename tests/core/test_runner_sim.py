@@ -109,7 +109,8 @@ async def test_missing_order_resolved_by_query_and_unknown_one_declared_lost(sim
     key = account[0]
     filled = place(sim, key, "tw-miss-1")
     cancelled = place(sim, key, "tw-miss-2", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
-    runner = await make_runner(missing_retries=1)
+    clock = Later()
+    runner = await make_runner(missing_retries=1, lost_after_s=30, clock=clock)
     await runner.initial_sync()
     sim.fill(key, filled.order_id)
     sim.cancel_order(key, cancelled.order_id)
@@ -124,8 +125,11 @@ async def test_missing_order_resolved_by_query_and_unknown_one_declared_lost(sim
     assert runner.ledger.order("tw-miss-1").state is OrderState.FILLED
     assert runner.ledger.order("tw-miss-2").state is OrderState.CANCELED
     assert runner.ledger.order("tw-ghost").state is OrderState.OPEN      # not found once: retried
-    second = await runner.reconcile()
-    assert kinds(second) == [("lost", "tw-ghost")]           # balances settled in the first run
+    second = await runner.reconcile()                        # count reached, 30 s not yet: still pending
+    assert kinds(second) == [("missing", "tw-ghost")] and runner.ledger.order("tw-ghost").state is OrderState.OPEN
+    clock.ahead = 31
+    third = await runner.reconcile()
+    assert kinds(third) == [("lost", "tw-ghost")]            # balances settled in the first run
     assert runner.ledger.order("tw-ghost").state is OrderState.LOST
 
 
@@ -333,3 +337,28 @@ async def test_reused_client_order_id_through_the_stream_is_no_discrepancy(sim, 
     await asyncio.sleep(0.3)                      # the balance events of the fill
     report = await runner.reconcile()
     assert [d for d in report.discrepancies if d.kind in ("orphan", "fill", "missing")] == [], report.discrepancies
+
+
+# ---- scope (issue 19 item 6) ---------------------------------------------------------------------------
+
+async def test_symbol_removed_from_the_spec_orders_asked_once_never_cancelled(sim, account, make_runner):
+    key = account[0]
+    place(sim, key, "tw-keep")
+    eth = place(sim, key, "tw-eth-1", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
+    clock = Later()
+    runner = await make_runner(clock=clock, stale_timeout_s=HOUR_S)
+    await runner.initial_sync()
+    # the user removes ETH/USDT from spec.symbols: the runner is reconfigured, the ledger kept
+    narrowed = await make_runner(clock=clock, ledger=runner.ledger, stale_timeout_s=HOUR_S, symbols=["BTC/USDT"])
+    clock.ahead = 2 * HOUR_S                        # both orders are now old enough to be stale
+    cleanup = await narrowed.stale_cleanup()
+    assert cleanup.cancelled == 1                   # tw-keep only: stale cleanup acts on configured symbols
+    assert any(o.order_id == eth.order_id for o in sim.account(key).open_orders("spot"))
+    report = await narrowed.reconcile()
+    assert report.ok and report.released == 1
+    # (the USDT the cancel released shows as a balance change: no stream in this test)
+    assert [d.kind for d in report.discrepancies] == ["balance"], report.discrepancies
+    assert narrowed.ledger.order("tw-eth-1") is None            # still open on the venue: out of tracking
+    again = await narrowed.reconcile()
+    assert again.released == 0 and again.requests == 0
+    assert any(o.order_id == eth.order_id for o in sim.account(key).open_orders("spot"))   # never cancelled

@@ -59,6 +59,9 @@ class AccountConfig:
     owned_prefix: str = "tw-"
     retention_s: int = 86400
     missing_retries: int = 3
+    # ... and not before this long after the first not-found answer (answers can come seconds apart:
+    # reconnect runs, annotation runs, stale re-checks).
+    lost_after_s: float = 60.0
     interval_s: int = 300
     futures: bool = False
     # An active order with activity (creation, update, local change) this close to the
@@ -79,6 +82,8 @@ class AccountConfig:
             raise ValueError("AccountConfig: at least one symbol is required")
         if self.balance_tolerance < 0 or self.dust < 0:
             raise ValueError("AccountConfig: balance_tolerance and dust must be >= 0")
+        if self.lost_after_s < 0:
+            raise ValueError("AccountConfig: lost_after_s must be >= 0")
         if self.missing_retries < 1:
             raise ValueError("AccountConfig: missing_retries must be >= 1")
         if self.stale_timeout_s < 1 or self.retention_s < 0 or self.interval_s < 1:
@@ -109,6 +114,7 @@ class AccountConfig:
             owned_prefix=spec.staleOrders.ownedClientOrderIdPrefix,
             retention_s=spec.retention.finishedOrdersSeconds,
             missing_retries=spec.reconciliation.missingOrderRetries,
+            lost_after_s=spec.reconciliation.lostAfterSeconds,
             interval_s=spec.reconciliation.intervalSeconds,
             futures=futures,
         )
@@ -147,6 +153,7 @@ class RunReport:
     deferred: int = 0      # queries/cancels left for the next run (per-run request bound)
     purged: int = 0        # finished orders purged
     cancelled: int = 0     # stale owned orders the exchange confirmed cancelled
+    released: int = 0      # orders on symbols no longer configured: asked once, out of tracking
     # pre-existing orders taken into a ledger that had never listed orders (not discrepancies)
     adopted: list[Order] = field(default_factory=list)
 

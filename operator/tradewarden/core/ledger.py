@@ -92,6 +92,7 @@ class OrderEntry:
     changed_ms: int
     misses: int = 0            # consecutive runs in which neither list nor query found it
     recheck: bool = False      # a cancel of it had an unknown outcome: query before acting again
+    first_miss_ms: int = 0     # local time of the first not-found of the current streak (0: none)
 
 
 @dataclass(slots=True)
@@ -184,8 +185,12 @@ class Ledger:
 
     def put_order(self, order: Order, source: str, now_ms: int, *, misses: int = 0,
                   recheck: bool = False, key: OrderKey | None = None) -> None:
-        """Set an order unconditionally (reconciliation decided)."""
-        self.orders[key or self.order_id(order)] = OrderEntry(order, source, now_ms, misses, recheck)
+        """Set an order unconditionally (reconciliation decided). A not-found streak (``misses``) keeps
+        the time it started."""
+        key = key or self.order_id(order)
+        prev = self.orders.get(key)
+        first = (prev.first_miss_ms if prev is not None else 0) or now_ms if misses else 0
+        self.orders[key] = OrderEntry(order, source, now_ms, misses, recheck, first)
 
     def upsert_order(self, order: Order, source: str, now_ms: int) -> bool:
         """Apply an observation unless the ledger already holds a newer one. Returns applied."""
@@ -196,12 +201,14 @@ class Ledger:
         self.orders[key] = OrderEntry(order, source, now_ms)
         return True
 
-    def set_order_flags(self, key: OrderKey, *, misses: int | None = None, recheck: bool | None = None) -> None:
+    def set_order_flags(self, key: OrderKey, *, misses: int | None = None, recheck: bool | None = None,
+                        now_ms: int = 0) -> None:
         entry = self.orders.get(key)
         if entry is None:
             return
         if misses is not None:
             entry.misses = misses
+            entry.first_miss_ms = 0 if misses == 0 else (entry.first_miss_ms or now_ms)
         if recheck is not None:
             entry.recheck = recheck
 
@@ -235,7 +242,9 @@ class Ledger:
     def purge(self, now_ms: int, retention_ms: int, max_finished: int) -> int:
         """Drop finished orders whose last exchange update (else local change) is older than the
         retention, then the oldest finished ones beyond
-        ``max_finished``, so memory stays bounded under any load. Returns how many went."""
+        ``max_finished``, so memory stays bounded under any load. Returns how many went.
+        A ``lost`` order is tradewarden's judgement, not a venue update: its retention counts from its
+        declaration (the local change that declared it), so it is never purged in the run that declares it."""
         cutoff = now_ms - retention_ms
         finished: list[tuple[int, OrderKey]] = []
         doomed: list[OrderKey] = []
@@ -243,7 +252,10 @@ class Ledger:
             order = entry.order
             if order.state.active:
                 continue
-            last = order.updated_ms or entry.changed_ms     # age by the exchange's clock when known
+            if order.state is OrderState.LOST:
+                last = entry.changed_ms                     # from its declaration
+            else:
+                last = order.updated_ms or entry.changed_ms     # age by the exchange's clock when known
             if last < cutoff:
                 doomed.append(key)
             else:
@@ -288,6 +300,8 @@ class Ledger:
             "truncated": truncated + max(0, len(balances) - DEFAULT_DUMP_MAX_BALANCES)
                          + max(0, len(positions) - DEFAULT_DUMP_MAX_POSITIONS),
             "o": [_order_row(e) for _, e in entries],
+            # not-found streaks' start times (the "lost" rule needs a minimum span): [symbol, order id, ms]
+            "m": [[k.symbol, k.order_id, e.first_miss_ms] for k, e in entries if e.first_miss_ms],
             "b": {a: [str(e.balance.free), str(e.balance.locked), e.balance.updated_ms, e.source, e.changed_ms]
                   for a, e in balances[:DEFAULT_DUMP_MAX_BALANCES]},
             "p": {s: [str(e.position.amount), str(e.position.entry_price), e.position.updated_ms, e.source,
@@ -314,6 +328,12 @@ class Ledger:
                 where = f"order #{i}"
                 entry = _order_entry(row)
                 ledger.orders[cls.order_id(entry.order)] = entry
+            for i, row in enumerate(data.get("m", [])):
+                where = f"miss #{i}"
+                symbol, oid, first = row
+                entry = ledger.orders.get(OrderKey(str(symbol), str(oid)))
+                if entry is not None:
+                    entry.first_miss_ms = int(first)
             for asset, row in data.get("b", {}).items():
                 where = f"balance {asset!r}"
                 free, locked, updated, source, changed = row

@@ -36,7 +36,8 @@ from .ledger import (SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Led
 
 @dataclass(frozen=True, slots=True)
 class Correction:
-    """One change to the ledger. ``op``: order (set, with flags) | flags | balance | position.
+    """One change to the ledger. ``op``: order (set, with flags) | flags | drop (leave tracking) | balance |
+    position.
     ``key``: an ``OrderKey`` for order and flags, the asset or symbol otherwise."""
     op: str
     key: Any
@@ -52,6 +53,7 @@ class Plan:
     corrections: list[Correction] = field(default_factory=list)
     adopted: list[Order] = field(default_factory=list)     # first listing: known from now on, not discrepancies
     fetches: list[Order] = field(default_factory=list)     # targeted queries to send now
+    unscoped: list[Order] = field(default_factory=list)    # active, on a symbol no longer configured: ask once
     deferred: list[Order] = field(default_factory=list)    # over the per-run bound: next run
     stale_sections: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)   # section -> error text
@@ -89,7 +91,9 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
         if c.op == "order":
             ledger.put_order(c.value, c.source, now_ms, misses=c.misses, recheck=c.recheck, key=c.key)
         elif c.op == "flags":
-            ledger.set_order_flags(c.key, misses=c.misses, recheck=c.recheck)
+            ledger.set_order_flags(c.key, misses=c.misses, recheck=c.recheck, now_ms=now_ms)
+        elif c.op == "drop":
+            ledger.orders.pop(c.key, None)
         elif c.op == "balance":
             ledger.put_balance(c.value, c.key, c.source, now_ms)
         elif c.op == "position":
@@ -230,7 +234,14 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
     budget = config.max_requests_per_run
     for key, entry in local_orders.items():
         local = entry.order
-        if not local.state.active or key in listed or local.symbol not in scope:
+        if not local.state.active or key in listed:
+            continue
+        if local.symbol not in scope:
+            # its symbol left spec.symbols: its final state is asked once, then it leaves tracking
+            # (resolve_unscoped); never a discrepancy, never a stale cancel
+            if budget > 0:
+                plan.unscoped.append(local)
+                budget -= 1
             continue
         if local.created_ms > horizon or local.updated_ms > horizon or (
                 entry.source == SOURCE_STREAM and entry.changed_ms > local_horizon):
@@ -256,12 +267,31 @@ def same_order(answer: Order, local: Order) -> Order | None:
     return answer
 
 
+def resolve_unscoped(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseException"]) -> Plan:
+    """The one answer about each order whose symbol left the configuration: a final state is applied (the
+    order then ages out with the retention); anything else (still open, not found, a failed query) drops
+    it from the ledger. Either way it leaves active tracking, and nothing is reported."""
+    plan = Plan()
+    for key, result in results.items():
+        entry = ledger.orders.get(key)
+        if entry is None:
+            continue
+        answer = same_order(result, entry.order) if isinstance(result, Order) else None
+        if answer is not None and answer.state.finished and supersedes(answer, entry.order):
+            plan.corrections.append(Correction("order", key, answer, SOURCE_FETCH))
+        else:
+            plan.corrections.append(Correction("drop", key))
+    return plan
+
+
 def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseException"], config: AccountConfig,
-                    context: str = "missing", expected: frozenset[OrderState] = frozenset()) -> Plan:
+                    context: str = "missing", expected: frozenset[OrderState] = frozenset(), *,
+                    now_ms: int) -> Plan:
     """Apply the exchange's answers to targeted queries of orders the list did not show.
 
     Order -> its state is applied (finished or, rarely, still open). OrderNotFound -> one more
-    miss; declared lost after ``missing_retries`` further misses. Any other error -> nothing is
+    miss; declared lost after ``missing_retries`` further misses AND at least ``lost_after_s`` after the
+    first not-found answer of the streak (several answers can come within seconds). Any other error -> nothing is
     counted, the order stays pending and is queried again next run. Answers in an ``expected``
     state (e.g. cancelled, right after an emergency stop) are applied without a discrepancy."""
     plan = Plan()
@@ -293,7 +323,9 @@ def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExce
                                                   Outcome.CORRECTED))
         elif isinstance(result, OrderNotFound):
             misses = entry.misses + 1
-            if misses > retries:
+            first = entry.first_miss_ms or now_ms
+            span_ms = now_ms - first
+            if misses > retries and span_ms >= config.lost_after_s * 1000:
                 lost = replace_order(local, state=OrderState.LOST)
                 plan.corrections.append(Correction("order", key, lost, SOURCE_LOCAL, misses=misses))
                 plan.discrepancies.append(Discrepancy(
@@ -304,7 +336,8 @@ def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExce
                 plan.corrections.append(Correction("flags", key, misses=misses, recheck=entry.recheck))
                 plan.discrepancies.append(Discrepancy(
                     context, label, fmt_order(local), "unknown to the exchange",
-                    f"not found ({misses}/{retries + 1}); queried again next run", Outcome.PENDING))
+                    f"not found ({misses}/{retries + 1}, for {span_ms // 1000}s of {config.lost_after_s:g}s); "
+                    "queried again next run", Outcome.PENDING))
         else:
             plan.discrepancies.append(Discrepancy(
                 context, label, fmt_order(local), "query failed",

@@ -39,10 +39,13 @@ def plan_stale(ledger: Ledger, config: AccountConfig, now_ms: int) -> StalePlan:
     timeout_ms = config.stale_timeout_s * 1000
     budget = config.max_requests_per_run
     prefix = config.owned_prefix
+    scope = set(config.symbols)
     for entry in ledger.orders.values():
         order = entry.order
         if not order.state.active or not is_owned(order.client_order_id, prefix):
             continue
+        if order.symbol not in scope:
+            continue                 # a symbol removed from spec.symbols: reconciliation asks once, never cancels
         if entry.recheck:
             plan.rechecks.append(order)
             continue

@@ -32,7 +32,7 @@ from tradewarden.domain import (AuthenticationFailed, BalanceEvent, ConnectionEv
 from ..core.config import AccountConfig, EmergencyStopReport, RunReport, Trigger
 from ..core.ledger import SOURCE_REST, SOURCE_STREAM, Ledger
 from ..core.monitor import MonitoringState
-from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
+from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, resolve_unscoped, same_order
 from ..core.stale import needs_query, plan_stale, purge, report_only, resolve_cancel
 
 log = logging.getLogger("tradewarden.service")
@@ -114,7 +114,15 @@ class AccountRunner:
         if plan.fetches:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected), report)
+            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms()),
+                        report)
+        if plan.unscoped:
+            results = await self._query(plan.unscoped)
+            report.requests += len(plan.unscoped)
+            report.released = len(plan.unscoped)
+            self._apply(resolve_unscoped(self.ledger, results), report)
+            log.info("%s orders on symbols no longer configured asked once and released from tracking",
+                     len(plan.unscoped))
         report.deferred = len(plan.deferred)
         report.adopted.extend(plan.adopted)
         if "orders" not in plan.stale_sections:
@@ -179,7 +187,8 @@ class AccountRunner:
             if plan.rechecks:
                 results = await self._query(plan.rechecks)
                 report.requests += len(plan.rechecks)
-                self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
+                self._apply(resolve_fetches(self.ledger, results, self.config, context="stale",
+                                                    now_ms=self.now_ms()), report)
             cancelled = 0
             if self.config.observe_only:
                 report.discrepancies.extend(report_only(plan.stale, self.now_ms()))
@@ -198,7 +207,8 @@ class AccountRunner:
                 if to_query:       # "not found" on a cancel: ask for the final state, never assume
                     results = await self._query(to_query)
                     report.requests += len(to_query)
-                    self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
+                    self._apply(resolve_fetches(self.ledger, results, self.config, context="stale",
+                                                    now_ms=self.now_ms()), report)
             report.purged = purge(self.ledger, self.config, self.now_ms())
             report.finished_ms = self.now_ms()
             report.cancelled = cancelled
