@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "tradewarden_"
 # Discrepancy kinds (core.Discrepancy.kind) that count as order mismatches.
-ORDER_MISMATCH_KINDS = frozenset({"fill", "missing", "lost", "orphan"})
+ORDER_MISMATCH_KINDS = frozenset({"fill", "missing", "lost", "orphan", "unseen"})
 BALANCE_KIND = "balance"
 # Buckets for a reconciliation run: a few REST calls normally, up to a minute when rate limited.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

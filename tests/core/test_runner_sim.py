@@ -362,3 +362,108 @@ async def test_symbol_removed_from_the_spec_orders_asked_once_never_cancelled(si
     again = await narrowed.reconcile()
     assert again.released == 0 and again.requests == 0
     assert any(o.order_id == eth.order_id for o in sim.account(key).open_orders("spot"))   # never cancelled
+
+
+# ---- gaps closed through history (issue 19 item 2) ------------------------------------------------------
+# Spot rest-api.md "All orders (USER_DATA)" (GET /api/v3/allOrders, weight 20: startTime/endTime at most
+# 24 hours apart; orderId returns orders >= it) and "Account trade list (USER_DATA)" (GET /api/v3/myTrades,
+# weight 20 without orderId; fromId returns trades >= it and is not combined with a time range).
+
+def _history_paths(sim, key):
+    return [r["path"] for r in sim.requests() if r["key"] == key and r["path"] in
+            ("/api/v3/allOrders", "/api/v3/myTrades", "/fapi/v1/allOrders", "/fapi/v1/userTrades")]
+
+
+async def test_order_placed_and_filled_inside_a_stream_gap_is_found_with_its_fills(sim, account, make_runner):
+    key = account[0]
+    runner = await make_runner()
+    await runner.initial_sync()
+    stream = runner.gateway.stream(runner.config.symbols)
+    reports, inside = [], {}
+
+    async def consume():
+        async for event in stream:
+            report = await runner.handle_event(event)
+            if report is not None:
+                reports.append(report)
+                return
+            if getattr(event, "state", None) is ConnectionState.CONNECTED:
+                sim.set_deliver(key, False)                          # the gap: events lost ...
+                o = place(sim, key, "tw-gap-1", price="41000")      # ... an order born ...
+                sim.fill(key, o.order_id, "0.04")
+                sim.fill(key, o.order_id)                            # ... filled in two trades ...
+                inside["order"] = o
+                sim.set_deliver(key, True)
+                await sim.drop_streams(abort=True)                   # ... and the socket dies
+
+    await asyncio.wait_for(consume(), 60)
+    await stream.aclose()
+    report = reports[0]
+    assert report.trigger == "stream-reconnect"
+    unseen = [d for d in report.discrepancies if d.kind == "unseen"]
+    assert [d.entity for d in unseen] == ["tw-gap-1"], report.discrepancies
+    led = runner.ledger
+    xid = str(inside["order"].order_id)
+    assert led.order(OrderKey("BTC/USDT", xid)).state is OrderState.FILLED
+    fills = led.fills_of(OrderKey("BTC/USDT", xid))
+    assert [f.amount for f in fills] == [Decimal("0.04"), Decimal("0.06")]
+    venue_trades = [t for t in sim.account(key).trades["spot"] if t.order_id == inside["order"].order_id]
+    assert [(f.trade_id, f.price, f.fee, f.fee_asset) for f in fills] == \
+        [(str(t.trade_id), t.price, t.commission, t.commission_asset) for t in venue_trades]
+    assert led.trade_cursors["BTC/USDT"] == str(venue_trades[-1].trade_id)
+    assert led.gap_since_ms == 0
+    # the cost: one allOrders per symbol, and myTrades only where there were executions to explain
+    assert sorted(_history_paths(sim, key)) == ["/api/v3/allOrders", "/api/v3/allOrders", "/api/v3/myTrades"]
+    assert report.history_requests == 3
+    # reported once: the next run has nothing to say about it
+    assert [d for d in (await runner.reconcile()).discrepancies if d.kind == "unseen"] == []
+
+
+async def test_order_placed_and_filled_while_the_operator_was_down_is_found_with_its_fills(
+        sim, account, make_runner):
+    key = account[0]
+    runner = await make_runner()
+    await runner.initial_sync()
+    saved = runner.ledger.dump()                                     # the last checkpoint before the stop
+    o = place(sim, key, "manual-down", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
+    sim.fill(key, o.order_id)
+    c = place(sim, key, "tw-down-2", price="45000")                  # placed and cancelled: no fill
+    sim.cancel_order(key, c.order_id)
+    restarted = await make_runner(ledger=Ledger.load(saved))
+    report = await restarted.initial_sync()
+    unseen = sorted((d.entity, d.exchange) for d in report.discrepancies if d.kind == "unseen")
+    assert unseen == [("manual-down", "filled filled=1.0/1.0"), ("tw-down-2", "canceled filled=0.0/0.1")]
+    fills = restarted.ledger.fills_of(OrderKey("ETH/USDT", str(o.order_id)))
+    assert len(fills) == 1 and fills[0].amount == Decimal("1") and fills[0].fee_asset
+    assert restarted.ledger.fills_of(OrderKey("BTC/USDT", str(c.order_id))) == []
+    # myTrades was read for ETH only (the cancelled BTC order executed nothing)
+    assert sorted(_history_paths(sim, key)) == ["/api/v3/allOrders", "/api/v3/allOrders", "/api/v3/myTrades"]
+    # the fills survive a restart (they are in the dump), and the gap is closed
+    back = Ledger.load(restarted.ledger.dump())
+    assert back.fills_of(OrderKey("ETH/USDT", str(o.order_id))) == fills and back.gap_since_ms == 0
+
+
+async def test_no_gap_no_history(sim, account, make_runner):
+    """With every event delivered and nothing unexplained, history is never read (it costs weight)."""
+    key = account[0]
+    runner = await make_runner()
+    await runner.initial_sync()
+    for _ in range(3):
+        assert (await runner.reconcile()).discrepancies == []
+    assert _history_paths(sim, key) == []
+
+
+async def test_usdm_gap_closed_through_all_orders_and_user_trades(sim, account, make_runner):
+    """USD-M: GET /fapi/v1/allOrders (weight 5, usdm-facts.md C1) and /fapi/v1/userTrades (weight 5, E)."""
+    key = account[0]
+    runner = await make_runner(futures=True)
+    await runner.initial_sync()
+    saved = runner.ledger.dump()
+    o = place(sim, key, "tw-fut-gap", qty="0.01", price="45000", venue="usdm")
+    sim.fill(key, o.order_id)
+    restarted = await make_runner(futures=True, ledger=Ledger.load(saved))
+    report = await restarted.initial_sync()
+    assert [(d.kind, d.entity) for d in report.discrepancies if d.kind == "unseen"] == [("unseen", "tw-fut-gap")]
+    fills = restarted.ledger.fills_of(OrderKey("BTC/USDT:USDT", str(o.order_id)))
+    assert [f.amount for f in fills] == [Decimal("0.01")] and fills[0].fee_asset == "USDT"
+    assert sorted(_history_paths(sim, key)) == ["/fapi/v1/allOrders", "/fapi/v1/userTrades"]

@@ -20,6 +20,7 @@ KIND_REASONS = {
     "orphan": "OrphanOrderAdopted",
     "position": "PositionMismatch",
     "stale": "StaleOrder",
+    "unseen": "UnseenOrder",
 }
 KIND_WARNING = {"balance", "lost", "position", "missing"}
 MAX_ENTITIES = 5

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 from tradewarden.domain import Order, Policy, dec
 
-KINDS = ("balance", "fill", "missing", "lost", "orphan", "position", "stale")
+# unseen: an order born and finished inside a gap in the events, found in the venue's order history
+KINDS = ("balance", "fill", "missing", "lost", "orphan", "position", "stale", "unseen")
 SECTIONS = ("balances", "orders", "positions")
 # Spot has no positions of its own: what a spot "position" would be (the base asset's holding) IS the
 # balance, reconciled and reported once per asset (issue 19 item 5; docs/architecture.md "Spot positions").
@@ -153,6 +154,7 @@ class RunReport:
     purged: int = 0        # finished orders purged
     cancelled: int = 0     # stale owned orders the exchange confirmed cancelled
     released: int = 0      # orders on symbols no longer configured: asked once, out of tracking
+    history_requests: int = 0   # order/trade history pages read to close a gap
     # pre-existing orders taken into a ledger that had never listed orders (not discrepancies)
     adopted: list[Order] = field(default_factory=list)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterator, NamedTuple
 
-from tradewarden.domain import ZERO, Balance, Order, OrderState, Position, Side, is_owned
+from tradewarden.domain import ZERO, Balance, Fill, Order, OrderState, Position, Side, is_owned
 
 FORMAT_VERSION = 1
 DEFAULT_DUMP_MAX_ORDERS = 5000
@@ -35,6 +35,7 @@ SOURCE_STREAM = "stream"      # a user-data stream event
 SOURCE_FETCH = "fetch"        # a targeted single-order query
 SOURCE_CANCEL = "cancel"      # the exchange's answer to a cancel
 SOURCE_LOCAL = "local"        # tradewarden's own judgement (declared lost)
+SOURCE_HISTORY = "history"    # the venue's order history, read to close a gap
 
 
 class OrderKey(NamedTuple):
@@ -111,7 +112,8 @@ class PositionEntry:
 class Ledger:
     """Local state of one account. Plain dicts: every lookup is O(1), every pass O(n)."""
 
-    __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms")
+    __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms",
+                 "fills", "trade_cursors", "gap_since_ms")
 
     def __init__(self, owned_prefix: str = "tw-") -> None:
         self.orders: dict[OrderKey, OrderEntry] = {}
@@ -123,6 +125,12 @@ class Ledger:
         # end of the last run whose open-orders section came back (0: never). Until then the
         # ledger has no belief about orders: the first listing is adopted, not reported as orphans.
         self.orders_ms = 0
+        # fills per order (trade id -> Fill), recorded from trade history; they go with their order
+        self.fills: dict[OrderKey, dict[str, Fill]] = {}
+        # per symbol: the last trade id read from trade history (the next read starts after it: fromId)
+        self.trade_cursors: dict[str, str] = {}
+        # the start of a window in which events may have been missed and history not yet read (0: none)
+        self.gap_since_ms = 0
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -158,6 +166,24 @@ class Ledger:
         for entry in self.orders.values():
             if entry.order.state.active:
                 yield entry.order
+
+    def fills_of(self, ref: "OrderKey | str") -> list[Fill]:
+        """The recorded fills of an order, oldest first."""
+        key = ref if isinstance(ref, OrderKey) else (order_key(o) if (o := self.order(ref)) else None)
+        return sorted((self.fills.get(key) or {}).values(), key=lambda f: (f.time_ms, f.trade_id)) if key else []
+
+    def add_fill(self, fill: Fill) -> bool:
+        """Record one fill of a known order (idempotent by trade id). False when its order is unknown."""
+        key = OrderKey(fill.symbol, fill.exchange_order_id)
+        if key not in self.orders:
+            return False
+        self.fills.setdefault(key, {})[fill.trade_id] = fill
+        return True
+
+    def note_gap(self, since_ms: int) -> None:
+        """Events from ``since_ms`` on may have been missed: the next run reads history from there."""
+        if since_ms > 0:
+            self.gap_since_ms = min(self.gap_since_ms, since_ms) if self.gap_since_ms else since_ms
 
     def balance(self, asset: str) -> Balance | None:
         entry = self.balances.get(asset)
@@ -264,6 +290,7 @@ class Ledger:
             doomed.extend(key for _, key in finished[: len(finished) - max_finished])
         for key in doomed:
             del self.orders[key]
+            self.fills.pop(key, None)
         return len(doomed)
 
     # ---- persistence ---------------------------------------------------------------------
@@ -301,6 +328,11 @@ class Ledger:
             "o": [_order_row(e) for _, e in entries],
             # not-found streaks' start times (the "lost" rule needs a minimum span): [symbol, order id, ms]
             "m": [[k.symbol, k.order_id, e.first_miss_ms] for k, e in entries if e.first_miss_ms],
+            # fills of the dumped orders: [symbol, order id, trade id, price, qty, fee, fee asset, time]
+            "f": [[f.symbol, f.exchange_order_id, f.trade_id, str(f.price), str(f.amount), str(f.fee), f.fee_asset,
+                   f.time_ms] for k, _ in entries for f in (self.fills.get(k) or {}).values()],
+            "tc": dict(self.trade_cursors),
+            "gap": self.gap_since_ms,
             "b": {a: [str(e.balance.free), str(e.balance.locked), e.balance.updated_ms, e.source, e.changed_ms]
                   for a, e in balances[:DEFAULT_DUMP_MAX_BALANCES]},
             "p": {s: [str(e.position.amount), str(e.position.entry_price), e.position.updated_ms, e.source,
@@ -333,6 +365,14 @@ class Ledger:
                 entry = ledger.orders.get(OrderKey(str(symbol), str(oid)))
                 if entry is not None:
                     entry.first_miss_ms = int(first)
+            for i, row in enumerate(data.get("f", [])):
+                where = f"fill #{i}"
+                symbol, oid, tid, price, qty, fee, fee_asset, at = row
+                ledger.add_fill(Fill(str(tid), str(oid), str(symbol), _dec(price), _dec(qty), _dec(fee),
+                                     str(fee_asset), int(at)))
+            where = "cursors"
+            ledger.trade_cursors = {str(k): str(v) for k, v in dict(data.get("tc", {})).items()}
+            ledger.gap_since_ms = int(data.get("gap", 0))
             for asset, row in data.get("b", {}).items():
                 where = f"balance {asset!r}"
                 free, locked, updated, source, changed = row

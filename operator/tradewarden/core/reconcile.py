@@ -36,8 +36,8 @@ from .ledger import (SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Led
 
 @dataclass(frozen=True, slots=True)
 class Correction:
-    """One change to the ledger. ``op``: order (set, with flags) | flags | drop (leave tracking) | balance |
-    position.
+    """One change to the ledger. ``op``: order (set, with flags) | flags | drop (leave tracking) | fill (record
+    one, under its order's key) | cursor (a symbol's trade-history cursor) | balance | position.
     ``key``: an ``OrderKey`` for order and flags, the asset or symbol otherwise."""
     op: str
     key: Any
@@ -94,6 +94,11 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
             ledger.set_order_flags(c.key, misses=c.misses, recheck=c.recheck, now_ms=now_ms)
         elif c.op == "drop":
             ledger.orders.pop(c.key, None)
+            ledger.fills.pop(c.key, None)
+        elif c.op == "fill":
+            ledger.add_fill(c.value)
+        elif c.op == "cursor":
+            ledger.trade_cursors[c.key] = c.value
         elif c.op == "balance":
             ledger.put_balance(c.value, c.key, c.source, now_ms)
         elif c.op == "position":
