@@ -66,7 +66,8 @@ def test_resolve_history_reports_unseen_orders_once_and_records_fills():
     still_open = order("manual-new", xid="4", created_ms=12)
     other = order("x", xid="9", symbol="ETH/USDT", state=OrderState.FILLED, filled="1")
     fills = [fill(20, "3", "0.4"), fill(21, "3", "0.6"), fill(22, "2", "1"), fill(23, "77")]
-    plan = resolve_history(led, "BTC/USDT", [known_open, known_done, born_died, still_open, other], fills, CFG)
+    plan = resolve_history(led, "BTC/USDT", [known_open, known_done, born_died, still_open, other], fills, CFG,
+                           horizon_ms=10**12)
     assert [(d.kind, d.entity) for d in plan.discrepancies] == [("unseen", "tw-gap")]
     assert "born and finished inside a gap" in plan.discrepancies[0].action
     apply_corrections(led, plan.corrections, 100)
@@ -77,7 +78,7 @@ def test_resolve_history_reports_unseen_orders_once_and_records_fills():
     assert [f.trade_id for f in led.fills_of(OrderKey("BTC/USDT", "2"))] == ["22"]
     assert OrderKey("BTC/USDT", "77") not in led.fills                         # an order not in the ledger
     assert led.trade_cursors == {"BTC/USDT": "23"}
-    again = resolve_history(led, "BTC/USDT", [born_died], fills, CFG)
+    again = resolve_history(led, "BTC/USDT", [born_died], fills, CFG, horizon_ms=10**12)
     assert again.discrepancies == []                                           # known now: silent
 
 
@@ -117,3 +118,24 @@ async def test_a_balance_moved_with_no_event_reads_history_and_a_failed_read_kee
     assert runner.ledger.gap_since_ms == 0
     assert [c[1] for c in ex.calls if c[0] == "order_history"] == ["BTC/USDT", "ETH/USDT"] * 2
     assert [c[1] for c in ex.calls if c[0] == "trade_history"] == ["BTC/USDT"]
+
+
+def test_an_unknown_order_finished_too_recently_is_deferred_and_its_fills_read_again():
+    """Its events may be queued behind the run that reads history: judged by the next read, never now
+    (precision), and never skipped for good (recall: the cursor stays before its first trade)."""
+    led = Ledger()
+    led.orders_ms = 1
+    old = order("tw-old", xid="3", state=OrderState.FILLED, filled="1", created_ms=10, updated_ms=50)
+    recent = order("tw-new", xid="4", state=OrderState.FILLED, filled="1", created_ms=90, updated_ms=120)
+    fills = [fill(20, "3", "1"), fill(21, "4", "1")]
+    plan = resolve_history(led, "BTC/USDT", [old, recent], fills, CFG, horizon_ms=100)
+    assert [(d.kind, d.entity) for d in plan.discrepancies] == [("unseen", "tw-old")]
+    assert [o.client_order_id for o in plan.deferred] == ["tw-new"]
+    apply_corrections(led, plan.corrections, 200)
+    assert led.order("tw-new") is None and led.trade_cursors == {"BTC/USDT": "20"}
+    # the next read: its event arrived meanwhile -> known, silent, fills recorded
+    led.put_order(recent, "stream", 300)
+    again = resolve_history(led, "BTC/USDT", [recent], [fills[1]], CFG, horizon_ms=1000)
+    assert again.discrepancies == [] and not again.deferred
+    apply_corrections(led, again.corrections, 400)
+    assert [f.trade_id for f in led.fills_of("tw-new")] == ["21"] and led.trade_cursors == {"BTC/USDT": "21"}

@@ -87,9 +87,14 @@ def needs_trades(ledger: Ledger, orders: Iterable[Order]) -> bool:
 
 
 def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills: Sequence[Fill],
-                    config: AccountConfig) -> Plan:
+                    config: AccountConfig, horizon_ms: int) -> Plan:
+    """``horizon_ms``: the venue time before which the stream had time to deliver an order's events. An
+    unknown order that finished after it is not judged now (its events may be queued behind this run): it
+    goes to ``plan.deferred``, the caller keeps the gap open from it, and the trade cursor stays before its
+    fills, so the next read sees it again (known by then, or reported)."""
     plan = Plan()
     known: set[OrderKey] = set()
+    deferred: set[OrderKey] = set()
     for o in orders:
         if o.symbol != symbol:
             continue
@@ -98,6 +103,10 @@ def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills:
         if entry is None:
             if o.state.active:
                 continue             # open now: the snapshot lists it (adopted or an orphan in this run)
+            if o.updated_ms > horizon_ms:
+                plan.deferred.append(o)
+                deferred.add(key)
+                continue
             plan.corrections.append(Correction("order", key, o, SOURCE_HISTORY))
             plan.discrepancies.append(Discrepancy(
                 "unseen", order_label(o), "absent", fmt_order(o),
@@ -110,14 +119,21 @@ def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills:
             # finished both here and there: history completes it (executed quantity, final state)
             plan.corrections.append(Correction("order", key, o, SOURCE_HISTORY))
     last = ledger.trade_cursors.get(symbol, "")
+    stop_before: int | None = None          # the first trade of a deferred order: the cursor stays before it
     for f in fills:
         if f.symbol != symbol:
             continue
         key = OrderKey(symbol, f.exchange_order_id)
+        if key in deferred:
+            if f.trade_id.isdigit():
+                stop_before = int(f.trade_id) if stop_before is None else min(stop_before, int(f.trade_id))
+            continue
         if key in known or key in ledger.orders:
             plan.corrections.append(Correction("fill", key, f))
         if f.trade_id.isdigit() and (not last or int(f.trade_id) > int(last)):
             last = f.trade_id
+    if stop_before is not None and last and int(last) >= stop_before:
+        last = str(stop_before - 1)
     if last and last != ledger.trade_cursors.get(symbol, ""):
         plan.corrections.append(Correction("cursor", symbol, last))
     return plan

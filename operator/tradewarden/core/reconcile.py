@@ -208,9 +208,14 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
     # the dump left out. (The runner sets ``orders_ms`` and clears ``truncated`` after the run.)
     adopting = not ledger.knows_orders or ledger.truncated > 0
     local_orders = ledger.orders
+    grace_ms = int(config.missing_grace_s * 1000)
+    horizon = taken_ms - grace_ms        # the venue's clock, as the order's own times
+    local_horizon = now_ms - grace_ms    # ours, as the ledger's changed_ms
     for key, ex in listed.items():
         entry = local_orders.get(key)
         if entry is None:
+            if not adopting and ex.updated_ms > horizon:
+                continue                 # too recent to judge: its event may be on its way; next run decides
             plan.corrections.append(Correction("order", key, ex))
             if adopting:
                 plan.adopted.append(ex)
@@ -227,15 +232,14 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
             if entry.misses or entry.recheck:
                 plan.corrections.append(Correction("flags", key))
             continue
+        if entry.source == SOURCE_STREAM and ex.updated_ms > horizon:
+            continue                     # the stream follows it and the change is too recent to judge
         plan.corrections.append(Correction("order", key, ex))
         if local.filled != ex.filled or local.state is not ex.state:
             plan.discrepancies.append(Discrepancy(
                 "fill", order_label(local), fmt_order(local), fmt_order(ex),
                 f"ledger set to the exchange's order {ex.exchange_order_id} on {ex.symbol}", Outcome.CORRECTED))
     scope = set(config.symbols)
-    grace_ms = int(config.missing_grace_s * 1000)
-    horizon = taken_ms - grace_ms        # the venue's clock, as the order's own times
-    local_horizon = now_ms - grace_ms    # ours, as the ledger's changed_ms
     budget = config.max_requests_per_run
     for key, entry in local_orders.items():
         local = entry.order

@@ -149,9 +149,11 @@ class AccountRunner:
         """Read order (and, when executions are unexplained, trade) history from the gap's start on every
         configured symbol (core/history.py has the venue's rules); the gap is closed only when every symbol
         was read."""
-        since = max(0, self.ledger.gap_since_ms - int(config.missing_grace_s * 1000))
+        grace_ms = int(config.missing_grace_s * 1000)
+        since = max(0, self.ledger.gap_since_ms - grace_ms)
         until = self.now_ms()
         closed = True
+        reopen_at = 0                       # deferred (too recent) orders: the gap stays open from them
         for symbol in config.symbols:
             try:
                 orders: list[Order] = []
@@ -194,9 +196,13 @@ class AccountRunner:
                 closed = False
                 log.info("history of %s not read (%s): the gap stays open", symbol, describe(exc))
                 continue
-            self._apply(history.resolve_history(self.ledger, symbol, orders, fills, config), report)
+            plan = history.resolve_history(self.ledger, symbol, orders, fills, config, horizon_ms=until - grace_ms)
+            self._apply(plan, report)
+            for o in plan.deferred:
+                start = o.created_ms or o.updated_ms
+                reopen_at = min(reopen_at, start) if reopen_at else start
         if closed:
-            self.ledger.gap_since_ms = 0
+            self.ledger.gap_since_ms = reopen_at
 
     def _finish_run(self, report: RunReport) -> RunReport:
         report.finished_ms = self.now_ms()
