@@ -85,3 +85,69 @@ async def test_status_is_written_only_when_something_changed(sim):
     finally:
         sup.request_stop()
         await sup.close()
+
+
+async def test_subscribed_before_the_initial_sync_nothing_between_snapshot_and_stream_is_missed(sim):
+    """Issue 19 item 1: the stream is subscribed before the initial sync; events that arrive while it runs
+    are buffered and applied after its snapshot (newest wins). An order placed and filled, and a fill of a
+    pre-existing order, right after the snapshot are known from their events alone: no discrepancy later,
+    no history read. (With the stream started after the sync, their events were never delivered.)"""
+    import asyncio
+
+    from tradewarden.gateway import create_gateway
+
+    key, secret = new_key(), new_key()
+    sim.add_account(key, secret, balances={"USDT": "50000", "BTC": "1"})
+    sim.set_price("BTCUSDT", "50000")
+    pre = sim.place_order(key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.01", price="40000",
+                          time_in_force="GTC", client_order_id="tw-pre")
+    during: dict = {}
+
+    def factory(*args, **kwargs):
+        gw = create_gateway(*args, **kwargs)
+        real = gw.snapshot
+
+        async def snapshot_then_trading(symbols):
+            snap = await real(symbols)
+            if not during:
+                for _ in range(200):                       # the subscription is up before the sync runs
+                    if sup._stream.state.value == "connected":
+                        break
+                    await asyncio.sleep(0.05)
+                assert sup._stream.state.value == "connected", "the stream was not subscribed before the sync"
+                during["new"] = o = sim.place_order(key, symbol="BTCUSDT", side="BUY", type="LIMIT",
+                                                    quantity="0.01", price="41000", time_in_force="GTC",
+                                                    client_order_id="tw-during")
+                sim.fill(key, o.order_id)
+                sim.fill(key, pre.order_id, "0.004")
+                await asyncio.sleep(0.5)                   # their events arrive while the sync still runs
+            return snap
+
+        gw.snapshot = snapshot_then_trading
+        return gw
+
+    kube = RecordingKube({"creds": {"data": {"apiKey": _b64(key), "secret": _b64(secret)}}})
+    events: list = []
+    body = {"metadata": {"namespace": "ns", "name": "early", "generation": 1, "annotations": {}},
+            "spec": {"exchange": "binance", "endpoint": sim.url, "symbols": ["BTC/USDT"],
+                     "credentialsSecretRef": {"name": "creds"}}}
+    sup = AccountSupervisor("ns", "early", body, Deps(kube=kube, post_event=lambda b, t, r, m: events.append(r),
+                                                      min_write_interval_s=0, gateway_factory=factory))
+    try:
+        await sup.settle()
+        assert sup.state.synced and sup.state.stream_running and during
+        led = sup._runner.ledger
+        assert led.order("tw-during").state.value == "filled"              # known from its buffered events
+        assert str(led.order("tw-pre").filled) == "0.004"
+        await asyncio.sleep(0.3)
+        sup.state.next_reconcile = 0
+        await sup.settle()
+        await sup.flush(force=True)
+        last = kube.status["lastReconciliation"]
+        assert last["trigger"] == "timer" and last.get("discrepancies", {}) == {}, last
+        history = [r["path"] for r in sim.requests() if r["key"] == key and r["path"] in
+                   ("/api/v3/allOrders", "/api/v3/myTrades")]
+        assert history == []
+    finally:
+        sup.request_stop()
+        await sup.close()

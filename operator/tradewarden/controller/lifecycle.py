@@ -244,6 +244,10 @@ def decide(o: Observed, s: State, now: float) -> Action:
         return Stop(emergency.decide(s.stop, now, gateway_ready=True) or emergency.Wait(None))
     if s.stop.active:
         return ReleaseBreaker()
+    if o.stream_enabled and not s.stream_running:
+        # subscribe first (issue 19 item 1): events from before the initial sync's snapshot are buffered by
+        # the supervisor and applied after it (newest wins), so no window between sync and stream is unseen
+        return StartStream()
     if not s.synced:
         if now < s.retry_at:
             return Idle(s.retry_at)

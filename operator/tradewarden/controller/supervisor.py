@@ -38,6 +38,7 @@ GATEWAY_START_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 5.0
 LEDGER_DUMP_ORDERS = 2000       # orders kept in status.ledger (active and chased first)
 EVENTS_PER_RUN = 12             # hard cap on Events posted for one run
+EARLY_EVENTS_MAX = 50_000       # stream events held while the initial sync runs (beyond: history closes it)
 
 
 class AccountSupervisor:
@@ -78,6 +79,8 @@ class AccountSupervisor:
         self._restored_success_ms = st.parse_rfc3339((previous.get("metrics") or {}).get("lastSuccessTime"))
         self._ledger_note = ""
         self._adoption: dict[str, Any] | None = None     # status.adoption (None: keep the previous)
+        self._early: list[domain.StreamEvent] = []      # stream events before the initial sync (subscribe first)
+        self._early_overflow = False
         self._kept_ledger: Any = None
         self._kept_monitor: Any = None
         self._discard_saved_ledger = False
@@ -341,6 +344,7 @@ class AccountSupervisor:
             self._kept_ledger = self._kept_monitor = None
         self._runner = AccountRunner(self._traced_gateway(), config, ledger=ledger, clock=self.deps.clock,
                                      monitor=monitor)
+        self._runner.stream_live = self._stream.state is StreamState.CONNECTED
         s.config = config
         self._mark()
         if previous is not None and s.synced:
@@ -395,6 +399,7 @@ class AccountSupervisor:
             self._now(), o.config.interval_s if o.config else 300, o.check_interval_s, self.deps.rng)
         s.last_handled = o.reconcile_requested or s.last_handled or ""
         s.reconnect_pending = False
+        await self._drain_early_events()
 
     async def _triggered_run(self, action: Run, o: lifecycle.Observed) -> None:
         s = self.state
@@ -489,6 +494,8 @@ class AccountSupervisor:
         self.state.stream_running = running
 
     def stream_state_changed(self, state: StreamState) -> None:
+        if self._runner is not None:
+            self._runner.stream_live = state is StreamState.CONNECTED
         self._mark()
         if self._tele is not None:
             self._tele.set_stream_connected(state is StreamState.CONNECTED)
@@ -502,6 +509,15 @@ class AccountSupervisor:
 
     async def stream_event(self, event: domain.StreamEvent) -> None:
         runner = self._runner
+        if runner is not None and not self.state.synced:
+            # subscribed before the initial sync: held until its snapshot is applied, then applied newest-wins
+            if len(self._early) < EARLY_EVENTS_MAX:
+                self._early.append(event)
+            else:                          # too many to hold: history from the first one closes the window
+                self._early_overflow = True
+            self._stream.last_event_ms = self._now_ms()
+            self._wake.set()
+            return
         if runner is not None:
             await runner.apply_event(event)
             self._stream.last_event_ms = self._now_ms()
@@ -510,6 +526,22 @@ class AccountSupervisor:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _drain_early_events(self) -> None:
+        """Apply the events buffered while the initial sync ran (the order-book pattern: snapshot, then the
+        buffered events newer than it; the ledger's newest-wins rules drop the older ones)."""
+        early, self._early = self._early, []
+        runner = self._runner
+        if runner is None:
+            return
+        if self._early_overflow:
+            self._early_overflow = False
+            runner.ledger.note_gap(runner.ledger.orders_ms)
+            self.state.reconnect_pending = True      # a run soon reads history over the window
+        for event in early:
+            await runner.apply_event(event)
+        if early:
+            self.writer.event_dirty = True
 
     # ---- emergency stop ----------------------------------------------------------------------------
 

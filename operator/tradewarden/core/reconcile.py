@@ -109,8 +109,11 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
 
 # ---- the run ---------------------------------------------------------------------------------
 
-def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int) -> Plan:
-    """Compare every section that came back; keep (and name) the ones that did not."""
+def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int, *,
+              stream_live: bool = False) -> Plan:
+    """Compare every section that came back; keep (and name) the ones that did not. ``stream_live``: a
+    user-data stream is delivering events, so an order change newer than the snapshot minus the grace may
+    have its event on the way: it is judged by the next run, not reported now."""
     plan = Plan()
     baseline = ledger.synced_ms == 0   # a never-synced ledger has no belief about balances/positions
     balances_ok = snapshot.balances.ok and snapshot.balances.value is not None
@@ -128,7 +131,7 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
     # Spot: no positions. A spot "position" is the base asset's holding, i.e. its balance, compared and
     # reported above once per asset; deriving one per symbol reported one BTC change once per BTC symbol.
     if snapshot.open_orders.ok and snapshot.open_orders.value is not None:
-        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, now_ms, config, plan)
+        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, now_ms, config, plan, stream_live)
     else:
         _stale(plan, "orders", snapshot.open_orders.error)
     return plan
@@ -198,7 +201,7 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], symbols: Iterab
 
 
 def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms: int, config: AccountConfig,
-            plan: Plan) -> None:
+            plan: Plan, stream_live: bool = False) -> None:
     listed: dict[OrderKey, Order] = {}
     for o in open_orders:
         listed[Ledger.order_id(o)] = o
@@ -214,7 +217,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
     for key, ex in listed.items():
         entry = local_orders.get(key)
         if entry is None:
-            if not adopting and ex.updated_ms > horizon:
+            if not adopting and stream_live and ex.updated_ms > horizon:
                 continue                 # too recent to judge: its event may be on its way; next run decides
             plan.corrections.append(Correction("order", key, ex))
             if adopting:
@@ -232,7 +235,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
             if entry.misses or entry.recheck:
                 plan.corrections.append(Correction("flags", key))
             continue
-        if entry.source == SOURCE_STREAM and ex.updated_ms > horizon:
+        if stream_live and entry.source == SOURCE_STREAM and ex.updated_ms > horizon:
             continue                     # the stream follows it and the change is too recent to judge
         plan.corrections.append(Correction("order", key, ex))
         if local.filled != ex.filled or local.state is not ex.state:

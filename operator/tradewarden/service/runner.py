@@ -66,6 +66,7 @@ class AccountRunner:
             # a ledger from before (a restart): events since it was saved may have been missed
             self.ledger.note_gap(max(self.ledger.synced_ms, self.ledger.orders_ms))
         self.last_event_ms = 0          # local time of the last stream event applied (a gap's start)
+        self.stream_live = False        # a user-data stream is connected (its events may be in flight)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -111,7 +112,7 @@ class AccountRunner:
             raise auth
         now = self.now_ms()
         previous_sync = self.ledger.synced_ms
-        plan = reconcile(self.ledger, snapshot, config, now)
+        plan = reconcile(self.ledger, snapshot, config, now, stream_live=self.stream_live)
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
         report.stale_sections = list(plan.stale_sections)
@@ -336,6 +337,7 @@ class AccountRunner:
         Returns True when the caller should reconcile now (the stream reconnected after a gap,
         so events may have been lost); ConnectionEvents never touch the ledger."""
         if isinstance(event, ConnectionEvent):
+            self.stream_live = event.state is not ConnectionState.DISCONNECTED
             if event.state is not ConnectionState.CONNECTED:
                 self.ledger.note_gap(self.last_event_ms or self.ledger.synced_ms)
             return event.state is ConnectionState.RECONNECTED
