@@ -172,7 +172,9 @@ def verdict(phase: Phase) -> str:
     return (f"{phase.name}: orders {phase.orders}, runs {phase.runs}, gaps {phase.gaps}, lost changes "
             f"{len(phase.truth_lost)} (orders with an event lost {len(phase.truth_any)}), order reports {len(reported)} -> precision {precision:.2f} recall "
             f"{recall:.2f}; false alarms {len(false_alarms)} {false_alarms[:5]}; missed {len(missed)} {missed[:5]}; "
-            f"other reports {phase.other_reports}; ledger orders unequal to the venue {phase.unequal}; "
+            f"other reports {phase.other_reports}"
+            f"{' (every event was delivered: each one a false alarm)' if not phase.drops and phase.other_reports else ''}"
+            f"; ledger orders unequal to the venue {phase.unequal}; "
             f"history weight {phase.history_weight}"
             + "".join(f"\n    false alarm {cid}: {phase.details.get(cid)}" for cid in false_alarms[:3]))
 

@@ -113,7 +113,7 @@ class Ledger:
     """Local state of one account. Plain dicts: every lookup is O(1), every pass O(n)."""
 
     __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms",
-                 "fills", "trade_cursors", "gap_since_ms")
+                 "fills", "trade_cursors", "gap_since_ms", "balance_suspects")
 
     def __init__(self, owned_prefix: str = "tw-") -> None:
         self.orders: dict[OrderKey, OrderEntry] = {}
@@ -131,6 +131,9 @@ class Ledger:
         self.trade_cursors: dict[str, str] = {}
         # the start of a window in which events may have been missed and history not yet read (0: none)
         self.gap_since_ms = 0
+        # asset -> venue time of a balance mismatch seen too recently to judge (reported next run unless the
+        # stream updated the asset since); transient, not dumped
+        self.balance_suspects: dict[str, int] = {}
 
     # ---- reading -------------------------------------------------------------------------
 

@@ -99,6 +99,11 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
             ledger.add_fill(c.value)
         elif c.op == "cursor":
             ledger.trade_cursors[c.key] = c.value
+        elif c.op == "suspect":
+            if c.value:
+                ledger.balance_suspects[c.key] = c.value
+            else:
+                ledger.balance_suspects.pop(c.key, None)
         elif c.op == "balance":
             ledger.put_balance(c.value, c.key, c.source, now_ms)
         elif c.op == "position":
@@ -118,7 +123,7 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
     baseline = ledger.synced_ms == 0   # a never-synced ledger has no belief about balances/positions
     balances_ok = snapshot.balances.ok and snapshot.balances.value is not None
     if balances_ok:
-        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan)
+        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan, stream_live)
     else:
         _stale(plan, "balances", snapshot.balances.error)
     if config.futures:
@@ -143,8 +148,14 @@ def _stale(plan: Plan, section: str, error: GatewayError | None) -> None:
 
 
 def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, config: AccountConfig,
-              baseline: bool, plan: Plan) -> None:
+              baseline: bool, plan: Plan, stream_live: bool = False) -> None:
+    """With a live stream, a mismatch whose venue value is newer than the snapshot minus the grace may be an
+    event still on its way: the first time it is remembered (a ``suspect`` correction: no change, no report);
+    it is reported at the next run unless the stream updated the asset since (then it is judged afresh)."""
     tol, dust = config.balance_tolerance, config.dust
+    horizon = taken_ms - int(config.missing_grace_s * 1000)
+    suspects = ledger.balance_suspects
+    kept: set[str] = set()
     local_entries = ledger.balances
     for asset in local_entries.keys() | exchange.keys():
         entry = local_entries.get(asset)
@@ -169,11 +180,20 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
             mismatch = differs(lf + ll, ef + el, tol, dust)
         else:
             mismatch = differs(lf, ef, tol, dust) or differs(ll, el, tol, dust)
+        if not baseline and mismatch and stream_live and rest_ms > horizon:
+            first = suspects.get(asset)
+            if first is None or (local is not None and local.updated_ms >= first):
+                plan.corrections.pop()                  # not corrected either: the event may bring it
+                plan.corrections.append(Correction("suspect", asset, rest_ms))
+                kept.add(asset)
+                continue
         if not baseline and mismatch:
             plan.discrepancies.append(Discrepancy(
                 "balance", asset, fmt_balance(local), fmt_balance(ex),
                 "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else ""),
                 Outcome.CORRECTED))
+    for asset in suspects.keys() - kept:
+        plan.corrections.append(Correction("suspect", asset, 0))    # judged (or explained) this run
 
 
 def _positions(ledger: Ledger, exchange: Mapping[str, Position], symbols: Iterable[str], taken_ms: int,
