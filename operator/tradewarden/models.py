@@ -74,6 +74,12 @@ class ReconciliationSpec(_Model):
         description="Runs in which an active local order may be unknown to the exchange before it is "
                     "declared lost (reported, never silently dropped).",
         ge=1, le=100)] = 3
+    quietSeconds: Annotated[float, Field(
+        description="A timer run waits for a quiet moment: no user-data event for this many seconds (0: never "
+                    "waits). Runs asked for by a reconnect, the annotation or an emergency stop never wait.",
+        ge=0, le=600)] = 2
+    maxDelaySeconds: Annotated[int, Field(
+        description="... for at most this long after its slot, then runs anyway.", ge=0, le=3600)] = 30
     lostAfterSeconds: Annotated[int, Field(
         description="An order is declared lost only when, besides missingOrderRetries not-found runs, at least "
                     "this many seconds passed since the first not-found answer.",
@@ -198,6 +204,10 @@ class LastReconciliation(_Model):
     discrepancyCount: Annotated[int, Field(description="Discrepancies found in the run.")] = 0
     discrepancies: Annotated[dict[str, int], Field(
         description="Discrepancies by kind: balance, fill, missing, lost, orphan, position, stale.")] = {}
+    delayedMs: Annotated[int, Field(
+        description="How long a timer run waited for a quiet moment (no user-data event) after its slot.")] = 0
+    delayReason: Annotated[str, Field(
+        description="Why it ran then: quiet (a quiet moment came) or max-delay (the stream never paused).")] = ""
     adoptedOrders: Annotated[int, Field(
         description="Pre-existing open orders adopted by the run (first listing of a ledger that had none): "
                     "not discrepancies.")] = 0

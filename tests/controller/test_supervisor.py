@@ -3,6 +3,7 @@ Kubernetes side is an in-memory recorder of status patches (what is written, and
 from __future__ import annotations
 
 import base64
+import time
 
 from tests.conftest import new_key
 from tradewarden.controller import status as st
@@ -151,3 +152,81 @@ async def test_subscribed_before_the_initial_sync_nothing_between_snapshot_and_s
     finally:
         sup.request_stop()
         await sup.close()
+
+
+async def _trading(sim, key, until_s: float, tag: str, every_s: float = 0.25) -> float:
+    """A bot placing orders (each one a user-data event) until ``until_s`` (loop time); returns when it placed
+    its last one."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    i, last = 0, 0.0
+    while loop.time() < until_s:
+        sim.place_order(key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.001",
+                        price=str(30000 + i), time_in_force="GTC", client_order_id=f"bot-{tag}-{i}")
+        last = time.time()
+        i += 1
+        await asyncio.sleep(every_s)
+    return last
+
+
+async def test_a_timer_run_waits_for_a_quiet_moment_and_never_longer_than_the_maximum_delay(sim):
+    """Issue 19 item 8 (the seed's "run reconciliation during low-activity periods"): under a steady stream
+    of events a due timer run waits for the first quiet moment (quietSeconds without an event); under a
+    stream that never pauses it runs at maxDelaySeconds; status says when and why."""
+    import asyncio
+
+    key, secret = new_key(), new_key()
+    sim.add_account(key, secret, balances={"USDT": "1000000", "BTC": "1"})
+    sim.set_price("BTCUSDT", "50000")
+    kube = RecordingKube({"creds": {"data": {"apiKey": _b64(key), "secret": _b64(secret)}}})
+    body = {"metadata": {"namespace": "ns", "name": "quiet", "generation": 1, "annotations": {}},
+            "spec": {"exchange": "binance", "endpoint": sim.url, "symbols": ["BTC/USDT"],
+                     "credentialsSecretRef": {"name": "creds"},
+                     "reconciliation": {"intervalSeconds": 3600, "quietSeconds": 1, "maxDelaySeconds": 4}}}
+    sup = AccountSupervisor("ns", "quiet", body, Deps(kube=kube, post_event=lambda *a: None, min_write_interval_s=0))
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(sup.run())
+
+    async def timer_run_after(due_at: float):
+        for _ in range(400):
+            rep = sup._report
+            if rep is not None and str(rep.trigger) == "timer" and rep.started_ms >= due_at * 1000:
+                return rep
+            await asyncio.sleep(0.05)
+        raise AssertionError("no timer run")
+
+    try:
+        for _ in range(200):
+            if sup.state.synced and sup._stream.state.value == "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert sup.state.synced
+        # 1. a burst of 2.5 s, the run due 0.5 s into it: it waits for the first quiet second after the burst
+        bot = asyncio.create_task(_trading(sim, key, loop.time() + 2.5, "burst"))
+        await asyncio.sleep(0.5)
+        due = time.time()
+        sup.state.next_reconcile = sup._now()
+        sup.wake()
+        burst_end = await bot
+        rep = await timer_run_after(due)
+        assert rep.started_ms / 1000 >= burst_end + 0.95, (rep.started_ms / 1000 - burst_end)
+        assert rep.started_ms / 1000 < burst_end + 3.0                  # ... the first quiet moment, not later
+        await sup.flush(force=True)
+        last = kube.status["lastReconciliation"]
+        assert last["delayReason"] == "quiet" and last["delayedMs"] >= 2500, last
+        # 2. a stream that never pauses: it runs at the maximum delay, while events still flow
+        bot = asyncio.create_task(_trading(sim, key, loop.time() + 8, "steady"))
+        await asyncio.sleep(0.3)
+        due = time.time()
+        sup.state.next_reconcile = sup._now()
+        sup.wake()
+        rep = await timer_run_after(due)
+        assert 3.9 <= rep.started_ms / 1000 - due < 5.5, rep.started_ms / 1000 - due
+        assert not bot.done()                                            # the bot was still trading
+        await sup.flush(force=True)
+        last = kube.status["lastReconciliation"]
+        assert last["delayReason"] == "max-delay" and last["delayedMs"] >= 3900, last
+        await bot
+    finally:
+        sup.request_stop()
+        await asyncio.wait_for(task, 30)

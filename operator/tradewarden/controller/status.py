@@ -161,7 +161,7 @@ def positions_status(positions: Iterable[domain.Position] | None,
 
 # ---- runs -----------------------------------------------------------------------------------------
 
-def last_reconciliation(report: Any) -> dict[str, Any]:
+def last_reconciliation(report: Any, delay: tuple[int, str] = (0, "")) -> dict[str, Any]:
     """From a core RunReport (duck-typed: trigger, finished_ms, duration_ms, discrepancies,
     stale_sections, error, counts_by_kind())."""
     counts = {str(k): int(v) for k, v in report.counts_by_kind().items() if int(v)}
@@ -172,6 +172,8 @@ def last_reconciliation(report: Any) -> dict[str, Any]:
         "discrepancyCount": sum(counts.values()),
         "discrepancies": dict(sorted(counts.items())),
         "adoptedOrders": len(getattr(report, "adopted", None) or ()),
+        "delayedMs": int(delay[0]) if str(report.trigger) == "timer" else 0,
+        "delayReason": delay[1] if str(report.trigger) == "timer" else "",
         "staleSections": sorted(str(s) for s in (report.stale_sections or [])),
         "error": clip(report.error or ""),
     }
@@ -225,6 +227,7 @@ class StatusInputs:
     ledger: Mapping[str, Any] | None = None
     ledger_note: str = ""                   # set when the ledger was too large to keep in status
     adoption: Mapping[str, Any] | None = None   # status.adoption, once orders were adopted
+    delay: tuple[int, str] = (0, "")            # the last timer run's wait for a quiet moment (ms, why)
 
 
 def stale_after_s(interval_s: int) -> int:
@@ -375,7 +378,7 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
         for k, default in (("balances", []), ("openOrders", {"count": 0, "owned": 0, "truncated": False,
                                                              "items": []}), ("positions", [])):
             out[k] = kept(previous, k, default)
-    out["lastReconciliation"] = (last_reconciliation(s.report) if s.report is not None
+    out["lastReconciliation"] = (last_reconciliation(s.report, s.delay) if s.report is not None
                                  else kept(previous, "lastReconciliation", {}))
     out["adoption"] = dict(s.adoption) if s.adoption is not None else kept(previous, "adoption", {})
     out["lastHandledReconcileAt"] = s.last_handled_reconcile_at or ""

@@ -81,6 +81,7 @@ class AccountSupervisor:
         self._adoption: dict[str, Any] | None = None     # status.adoption (None: keep the previous)
         self._early: list[domain.StreamEvent] = []      # stream events before the initial sync (subscribe first)
         self._early_overflow = False
+        self._delay: tuple[int, str] = (0, "")       # the last timer run's wait for a quiet moment (ms, why)
         self._kept_ledger: Any = None
         self._kept_monitor: Any = None
         self._discard_saved_ledger = False
@@ -405,6 +406,9 @@ class AccountSupervisor:
         s = self.state
         if action.trigger is Trigger.STREAM_RECONNECT:
             s.reconnect_pending = False
+        if action.trigger is Trigger.TIMER:
+            late = self._now() - s.next_reconcile
+            self._delay = (int(late * 1000), lifecycle.delay_reason(o, s, self._now())) if late >= 0.5 else (0, "")
         report = await self._run(action.kind, action.trigger)
         if action.kind is RunKind.STALE:
             s.next_stale = schedule.after(self._now(), o.check_interval_s, self.deps.rng)
@@ -509,6 +513,7 @@ class AccountSupervisor:
 
     async def stream_event(self, event: domain.StreamEvent) -> None:
         runner = self._runner
+        self.state.last_event_at = self._now()
         if runner is not None and not self.state.synced:
             # subscribed before the initial sync: held until its snapshot is applied, then applied newest-wins
             if len(self._early) < EARLY_EVENTS_MAX:
@@ -627,7 +632,7 @@ class AccountSupervisor:
             stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
             stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
             estop=s.stop, last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,
-            ledger_note=self._ledger_note, adoption=self._adoption)
+            ledger_note=self._ledger_note, adoption=self._adoption, delay=self._delay)
 
 
 def _cancelling() -> bool:
