@@ -88,3 +88,38 @@ def test_a_new_account_with_six_pre_existing_orders_shows_none_as_discrepancies(
     last = obj["status"]["lastReconciliation"]
     assert last["discrepancyCount"] == 0 and last["adoptedOrders"] == 0, last   # 7 would mean "not restored"
     assert obj["status"]["adoption"]["count"] == 6
+
+
+def test_an_order_placed_and_filled_while_the_operator_was_down_is_found_with_its_fills(
+        crd_installed, namespace, tsim, operator_factory):
+    """Issue 19 item 2 through the operator: stopped, an order is born and filled on the venue; the restarted
+    operator reads the order history (and, for its executions, the trade history) from its saved ledger's
+    time: an UnseenOrder Event, an 'unseen' discrepancy, the fills in the saved ledger."""
+    kc, ns = crd_installed, namespace
+    api_key, api_secret = _key()
+    sim = tsim.sim
+    tsim.call(sim.set_price, "BTCUSDT", "50000")
+    tsim.call(sim.add_account, api_key, api_secret, balances={"USDT": "100000", "BTC": "2"})
+    apply(kc, secret(ns, "creds", {"apiKey": api_key, "secret": api_secret}))
+    apply(kc, account(ns, "down", endpoint=tsim.url, symbols=["BTC/USDT"], secret_name="creds",
+                      reconciliation={"intervalSeconds": 3600}))
+    op = operator_factory(ns)
+    wait_for("Ready", lambda: (o := get_ta(kc, ns, "down")) and cond(o, "Ready").get("status") == "True"
+             and (o["status"].get("ledger") or {}).get("synced") and o, operator=op)
+    op.stop()
+    o = tsim.call(sim.place_order, api_key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.01",
+                  price="45000", time_in_force="GTC", client_order_id="tw-while-down")
+    tsim.call(sim.fill, api_key, o.order_id, "0.004")
+    tsim.call(sim.fill, api_key, o.order_id)
+    op2 = operator_factory(ns)
+    obj = wait_for("the gap closed", lambda: (x := get_ta(kc, ns, "down"))
+                   and x["status"]["lastReconciliation"].get("discrepancies", {}).get("unseen") and x, operator=op2)
+    assert obj["status"]["lastReconciliation"]["discrepancies"]["unseen"] == 1
+    reasons = wait_for("UnseenOrder Event", lambda: (r := _reasons(kc, ns, "down")) and "UnseenOrder" in r and r,
+                       operator=op2)
+    assert "tw-while-down" in reasons["UnseenOrder"]["message"]
+    saved = wait_for("fills saved", lambda: (x := get_ta(kc, ns, "down")) and x["status"]["ledger"].get("f") and x,
+                     operator=op2)["status"]["ledger"]
+    fills = [f for f in saved["f"] if f[1] == str(o.order_id)]
+    assert sorted(f[4] for f in fills) == ["0.004", "0.006"], fills
+    assert saved.get("gap", 0) == 0
