@@ -598,6 +598,7 @@ async def test_a_recent_balance_mismatch_under_a_live_stream_is_judged_next_run(
     ex.balance("USDT", "900", "100", updated_ms=clock.ms())          # just changed on the venue
     first = await runner.reconcile()
     assert kinds(first) == [] and runner.ledger.balance("USDT").free == Decimal("1000")
+    assert first.recent == 1                       # the supervisor brings the next run forward for it
     # its event arrives: explained, nothing to report
     await runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("900"), Decimal("100"),
                                                           clock.ms())}, clock.ms()))
@@ -610,3 +611,12 @@ async def test_a_recent_balance_mismatch_under_a_live_stream_is_judged_next_run(
     ex.balance("USDT", "800", "100", updated_ms=clock.ms())         # the account keeps trading: recent again
     assert kinds(await runner.reconcile()) == [("balance", "USDT")]  # ... yet unexplained since: reported
     assert runner.ledger.balance("USDT").free == Decimal("800") and runner.ledger.balance_suspects == {}
+
+
+async def test_the_annotation_asks_for_the_exchanges_word_now_no_deferral():
+    clock, ex, runner = await synced()
+    runner.stream_live = True
+    ex.balance("USDT", "900", "100", updated_ms=clock.ms())
+    ex.put(order("manual-now", created_ms=clock.ms()))
+    report = await runner.reconcile(trigger="annotation")
+    assert kinds(report) == [("balance", "USDT"), ("orphan", "manual-now")] and report.recent == 0

@@ -420,6 +420,10 @@ class AccountSupervisor:
             self._mark()
         if self._runner is not None:
             s.next_reconcile = schedule.timer_slot(self.key, self._now(), float(self._runner.config.interval_s))
+            if report is not None and getattr(report, "recent", 0):
+                # changes too recent to judge were left for the next run: it comes once their events had time
+                s.next_reconcile = min(s.next_reconcile,
+                                       self._now() + float(self._runner.config.missing_grace_s) + 1.0)
 
     async def _run(self, kind: RunKind, trigger: Trigger) -> Any:
         runner = self._runner

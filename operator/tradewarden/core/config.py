@@ -155,6 +155,7 @@ class RunReport:
     cancelled: int = 0     # stale owned orders the exchange confirmed cancelled
     released: int = 0      # orders on symbols no longer configured: asked once, out of tracking
     history_requests: int = 0   # order/trade history pages read to close a gap
+    recent: int = 0        # changes too recent to judge (a live stream may still deliver them): judged next run
     # pre-existing orders taken into a ledger that had never listed orders (not discrepancies)
     adopted: list[Order] = field(default_factory=list)
 

@@ -57,6 +57,7 @@ class Plan:
     deferred: list[Order] = field(default_factory=list)    # over the per-run bound: next run
     stale_sections: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)   # section -> error text
+    recent: int = 0      # changes too recent to judge under a live stream: the next run decides
 
     @property
     def complete(self) -> bool:
@@ -186,6 +187,7 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
                 plan.corrections.pop()                  # not corrected either: the event may bring it
                 plan.corrections.append(Correction("suspect", asset, rest_ms))
                 kept.add(asset)
+                plan.recent += 1
                 continue
         if not baseline and mismatch:
             plan.discrepancies.append(Discrepancy(
@@ -238,6 +240,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
         entry = local_orders.get(key)
         if entry is None:
             if not adopting and stream_live and ex.updated_ms > horizon:
+                plan.recent += 1
                 continue                 # too recent to judge: its event may be on its way; next run decides
             plan.corrections.append(Correction("order", key, ex))
             if adopting:
@@ -256,6 +259,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
                 plan.corrections.append(Correction("flags", key))
             continue
         if stream_live and entry.source == SOURCE_STREAM and ex.updated_ms > horizon:
+            plan.recent += 1
             continue                     # the stream follows it and the change is too recent to judge
         plan.corrections.append(Correction("order", key, ex))
         if local.filled != ex.filled or local.state is not ex.state:

@@ -112,7 +112,10 @@ class AccountRunner:
             raise auth
         now = self.now_ms()
         previous_sync = self.ledger.synced_ms
-        plan = reconcile(self.ledger, snapshot, config, now, stream_live=self.stream_live)
+        # a human's annotation and the emergency stop ask for the exchange's word now: no deferral
+        judge_later = self.stream_live and trigger not in (Trigger.ANNOTATION, Trigger.EMERGENCY_STOP)
+        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later)
+        report.recent += plan.recent
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
         report.stale_sections = list(plan.stale_sections)
@@ -199,6 +202,7 @@ class AccountRunner:
                 continue
             plan = history.resolve_history(self.ledger, symbol, orders, fills, config, horizon_ms=until - grace_ms)
             self._apply(plan, report)
+            report.recent += len(plan.deferred)
             for o in plan.deferred:
                 start = o.created_ms or o.updated_ms
                 reopen_at = min(reopen_at, start) if reopen_at else start
