@@ -72,6 +72,7 @@ WEIGHTS: dict[tuple[str, str], Weight] = {
     ("DELETE", "/fapi/v1/algoOrder"): 1,
     ("DELETE", "/fapi/v1/allOpenOrders"): 1,
     ("DELETE", "/fapi/v1/algoOpenOrders"): 1,
+    ("GET", "/fapi/v1/allOrders"): 5,        # usdm-facts.md C1
     ("GET", "/fapi/v1/userTrades"): 5,
     ("POST", "/fapi/v1/listenKey"): 1,
     ("PUT", "/fapi/v1/listenKey"): 1,
