@@ -26,13 +26,14 @@ import time
 from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
-from tradewarden.domain import (ZERO, AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
-                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent, is_owned)
+from tradewarden.domain import (AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
+                                OrderEvent, OrderState, PositionEvent, RateLimited, StreamEvent, is_owned)
 
-from ..core.config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, Trigger, base_asset
+from ..core.config import AccountConfig, EmergencyStopReport, RunReport, Trigger
+from ..core import history
 from ..core.ledger import SOURCE_REST, SOURCE_STREAM, Ledger
 from ..core.monitor import MonitoringState
-from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
+from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, resolve_unscoped, same_order
 from ..core.stale import needs_query, plan_stale, purge, report_only, resolve_cancel
 
 log = logging.getLogger("tradewarden.service")
@@ -59,10 +60,13 @@ class AccountRunner:
         self.lock = asyncio.Lock()
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
-        self._symbols_by_base: dict[str, list[str]] = {}
         if not config.futures:
-            for symbol in config.symbols:
-                self._symbols_by_base.setdefault(base_asset(symbol), []).append(symbol)
+            self.ledger.positions.clear()   # spot has none (a ledger saved by an older version may hold some)
+        if self.ledger.knows_orders:
+            # a ledger from before (a restart): events since it was saved may have been missed
+            self.ledger.note_gap(max(self.ledger.synced_ms, self.ledger.orders_ms))
+        self.last_event_ms = 0          # local time of the last stream event applied (a gap's start)
+        self.stream_live = False        # a user-data stream is connected (its events may be in flight)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -90,7 +94,7 @@ class AccountRunner:
         except Exception as exc:
             if self.last_report is not report:      # not recorded yet
                 report.error = report.error or describe(exc)
-                report.stale_sections = list(SECTIONS)
+                report.stale_sections = list(self.config.sections)
                 self._finish_run(report)
             raise
 
@@ -112,7 +116,7 @@ class AccountRunner:
             snapshot = await self.gateway.snapshot(config.symbols)
         except Exception as exc:     # the whole snapshot failed: every section keeps its local state
             report.error = describe(exc)
-            report.stale_sections = list(SECTIONS)
+            report.stale_sections = list(config.sections)
             self._finish_run(report)
             if raise_auth and isinstance(exc, AuthenticationFailed):
                 raise
@@ -123,11 +127,15 @@ class AccountRunner:
                      if isinstance(s.error, AuthenticationFailed)), None)
         if auth is not None and raise_auth:
             report.error = describe(auth)
-            report.stale_sections = list(SECTIONS)
+            report.stale_sections = list(config.sections)
             self._finish_run(report)
             raise auth
         now = self.now_ms()
-        plan = reconcile(self.ledger, snapshot, config, now)
+        previous_sync = self.ledger.synced_ms
+        # a human's annotation and the emergency stop ask for the exchange's word now: no deferral
+        judge_later = self.stream_live and report.trigger not in (Trigger.ANNOTATION, Trigger.EMERGENCY_STOP)
+        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later)
+        report.recent += plan.recent
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
         report.stale_sections = list(plan.stale_sections)
@@ -136,14 +144,90 @@ class AccountRunner:
         if plan.fetches:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected), report)
+            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms()),
+                        report)
+        if plan.unscoped:
+            results = await self._query(plan.unscoped)
+            report.requests += len(plan.unscoped)
+            report.released = len(plan.unscoped)
+            self._apply(resolve_unscoped(self.ledger, results), report)
+            log.info("%s orders on symbols no longer configured asked once and released from tracking",
+                     len(plan.unscoped))
+        if report.trigger == Trigger.STREAM_RECONNECT:
+            self.ledger.note_gap(self.last_event_ms or previous_sync)
+        if any(d.kind == "balance" for d in plan.discrepancies) and previous_sync and self.ledger.knows_orders:
+            self.ledger.note_gap(previous_sync)      # a balance moved with no event to explain it
+        if self.ledger.gap_since_ms and "orders" not in plan.stale_sections and self.ledger.knows_orders:
+            await self._close_gap(config, report)
         report.deferred = len(plan.deferred)
+        report.adopted.extend(plan.adopted)
         if "orders" not in plan.stale_sections:
             self.ledger.truncated = 0
+            self.ledger.orders_ms = now
         if plan.complete:
             self.ledger.synced_ms = now
         report.purged = purge(self.ledger, config, self.now_ms())
         return self._finish_run(report)
+
+    async def _close_gap(self, config: AccountConfig, report: RunReport) -> None:
+        """Read order (and, when executions are unexplained, trade) history from the gap's start on every
+        configured symbol (core/history.py has the venue's rules); the gap is closed only when every symbol
+        was read."""
+        grace_ms = int(config.missing_grace_s * 1000)
+        since = max(0, self.ledger.gap_since_ms - grace_ms)
+        until = self.now_ms()
+        closed = True
+        reopen_at = 0                       # deferred (too recent) orders: the gap stays open from them
+        for symbol in config.symbols:
+            try:
+                orders: list[Order] = []
+                for window in history.windows(since, until, config.futures):
+                    page = list(await self.gateway.order_history(symbol, since_ms=window.since_ms,
+                                                                 until_ms=window.until_ms, limit=history.PAGE))
+                    report.history_requests += 1
+                    orders += page
+                    cursor = history.next_order_page(page)
+                    if not cursor:
+                        continue
+                    while cursor:                       # a full page: on by order id, to the newest order
+                        page = list(await self.gateway.order_history(symbol, from_order_id=cursor,
+                                                                     limit=history.PAGE))
+                        report.history_requests += 1
+                        orders += page
+                        cursor = history.next_order_page(page)
+                    break                               # ... which covers the later windows too
+                fills: list = []
+                if history.needs_trades(self.ledger, orders):
+                    start = self.ledger.trade_cursors.get(symbol, "")
+                    cursor = str(int(start) + 1) if start.isdigit() else ""
+                    if not cursor:
+                        for window in history.windows(since, until, config.futures):
+                            page = list(await self.gateway.trade_history(symbol, since_ms=window.since_ms,
+                                                                         until_ms=window.until_ms,
+                                                                         limit=history.PAGE))
+                            report.history_requests += 1
+                            fills += page
+                            cursor = history.next_trade_page(page)
+                            if cursor:
+                                break
+                    while cursor:
+                        page = list(await self.gateway.trade_history(symbol, from_trade_id=cursor,
+                                                                     limit=history.PAGE))
+                        report.history_requests += 1
+                        fills += page
+                        cursor = history.next_trade_page(page)
+            except Exception as exc:  # noqa: BLE001 - the gap stays open: read again next run
+                closed = False
+                log.info("history of %s not read (%s): the gap stays open", symbol, describe(exc))
+                continue
+            plan = history.resolve_history(self.ledger, symbol, orders, fills, config, horizon_ms=until - grace_ms)
+            self._apply(plan, report)
+            report.recent += len(plan.deferred)
+            for o in plan.deferred:
+                start = o.created_ms or o.updated_ms
+                reopen_at = min(reopen_at, start) if reopen_at else start
+        if closed:
+            self.ledger.gap_since_ms = reopen_at
 
     def _finish_run(self, report: RunReport) -> RunReport:
         report.finished_ms = self.now_ms()
@@ -199,7 +283,8 @@ class AccountRunner:
             if plan.rechecks:
                 results = await self._query(plan.rechecks)
                 report.requests += len(plan.rechecks)
-                self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
+                self._apply(resolve_fetches(self.ledger, results, self.config, context="stale",
+                                                    now_ms=self.now_ms()), report)
             cancelled = 0
             if self.config.observe_only:
                 report.discrepancies.extend(report_only(plan.stale, self.now_ms()))
@@ -218,7 +303,8 @@ class AccountRunner:
                 if to_query:       # "not found" on a cancel: ask for the final state, never assume
                     results = await self._query(to_query)
                     report.requests += len(to_query)
-                    self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
+                    self._apply(resolve_fetches(self.ledger, results, self.config, context="stale",
+                                                    now_ms=self.now_ms()), report)
             report.purged = purge(self.ledger, self.config, self.now_ms())
             report.finished_ms = self.now_ms()
             report.cancelled = cancelled
@@ -275,9 +361,13 @@ class AccountRunner:
         Returns True when the caller should reconcile now (the stream reconnected after a gap,
         so events may have been lost); ConnectionEvents never touch the ledger."""
         if isinstance(event, ConnectionEvent):
+            self.stream_live = event.state is not ConnectionState.DISCONNECTED
+            if event.state is not ConnectionState.CONNECTED:
+                self.ledger.note_gap(self.last_event_ms or self.ledger.synced_ms)
             return event.state is ConnectionState.RECONNECTED
         async with self.lock:
             now = self.now_ms()
+            self.last_event_ms = now
             if isinstance(event, OrderEvent):
                 self.ledger.upsert_order(event.order, SOURCE_STREAM, now)
             elif isinstance(event, BalanceEvent):
@@ -286,8 +376,7 @@ class AccountRunner:
                         balance = replace(balance, updated_ms=event.event_ms)
                     if balance.asset != asset:
                         balance = replace(balance, asset=asset)
-                    if self.ledger.upsert_balance(balance, SOURCE_STREAM, now):
-                        self._derive_spot_positions(asset, balance.updated_ms, now)
+                    self.ledger.upsert_balance(balance, SOURCE_STREAM, now)
             elif isinstance(event, PositionEvent):
                 for position in event.positions:
                     if not position.updated_ms:
@@ -300,12 +389,3 @@ class AccountRunner:
         if await self.apply_event(event):
             return await self.reconcile(trigger=Trigger.STREAM_RECONNECT)
         return None
-
-    def _derive_spot_positions(self, asset: str, updated_ms: int, now: int) -> None:
-        symbols = self._symbols_by_base.get(asset)
-        if not symbols:
-            return
-        balance = self.ledger.balance(asset)
-        total = balance.total if balance is not None else ZERO
-        for symbol in symbols:
-            self.ledger.put_position(Position(symbol, total, ZERO, updated_ms), symbol, SOURCE_STREAM, now)
