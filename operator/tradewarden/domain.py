@@ -211,6 +211,24 @@ class CancelAllResult:
     errors: Mapping[str, str] = field(default_factory=dict)   # symbol -> error text
 
 
+@dataclass(frozen=True, slots=True)
+class AccountListing:
+    """Every open order of the whole account, whatever its symbol (USD-M: algo orders too), and the
+    account's non-zero positions when asked for (USD-M; spot has none). Only ever built from a
+    listing that succeeded in full."""
+    orders: Sequence[Order]
+    positions: Sequence[Position] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolsResult:
+    """The outcome of a write per symbol (cancels, position closes): what the exchange confirmed,
+    and per symbol the error of each request that failed (never silently dropped)."""
+    done: Sequence = ()                                   # Orders cancelled / Positions closed
+    errors: Mapping[str, str] = field(default_factory=dict)
+    retry_after_s: float = 0.0                            # the longest Retry-After among the errors
+
+
 class Gateway(Protocol):
     """The one layer that talks to an exchange (implemented over ccxt in tradewarden.gateway)."""
 
