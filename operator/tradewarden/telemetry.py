@@ -62,6 +62,7 @@ METRIC_NAMES = (
     "tradewarden_stream_reconnects_total",
     "tradewarden_emergency_stops_total",
     "tradewarden_emergency_stop_active",
+    "tradewarden_breaker_cancels_total",
     "tradewarden_exchange_weight_used",
     "tradewarden_rate_limit_wait_seconds_total",
 )
@@ -82,6 +83,7 @@ class _AccountState:
     stream_reconnects: int = 0
     emergency_stops: int = 0
     emergency_stop_active: bool = False
+    breaker_cancels: int = 0
 
 
 class AccountTelemetry:
@@ -163,6 +165,15 @@ class AccountTelemetry:
         """Restore the active flag (after a restart) or clear it (annotation removed)."""
         with self._t._lock:
             self._state.emergency_stop_active = bool(active)
+            self._t._register(self)
+
+    def breaker_cancelled(self, n: int = 1) -> None:
+        """Orders the emergency-stop breaker cancelled (placed while the stop stands; the exchange
+        confirmed the cancel)."""
+        if n <= 0:
+            return
+        with self._t._lock:
+            self._state.breaker_cancels += int(n)
             self._t._register(self)
 
     def emergency_stop_cleared(self) -> None:
@@ -306,6 +317,8 @@ class Telemetry:
         counter("stale_orders_cancelled_total", "Stale owned orders cancelled", lambda s: s.stale_cancelled)
         counter("stream_reconnects_total", "User-data stream reconnects", lambda s: s.stream_reconnects)
         counter("emergency_stops_total", "Emergency stops executed", lambda s: s.emergency_stops)
+        counter("breaker_cancels_total", "Orders the emergency-stop breaker cancelled while the stop stood "
+                "(confirmed by the exchange)", lambda s: s.breaker_cancels)
 
         def discrepancies(_options: CallbackOptions):
             with self._lock:

@@ -53,6 +53,8 @@ def test_scrape_shows_account_metrics(telemetry):
     a.stream_reconnected()
     a.stream_reconnected()
     a.emergency_stop()
+    a.breaker_cancelled(2)
+    a.breaker_cancelled(0)
     telemetry.exchange_weight_used("binance", "api.binance.com", 37)
     telemetry.rate_limit_wait("binance", 1.5)
     telemetry.rate_limit_wait("binance", 0.25)
@@ -77,6 +79,7 @@ def test_scrape_shows_account_metrics(telemetry):
     assert value(text, "tradewarden_stream_reconnects_total", **lb) == 2
     assert value(text, "tradewarden_emergency_stops_total", **lb) == 1
     assert value(text, "tradewarden_emergency_stop_active", **lb) == 1
+    assert value(text, "tradewarden_breaker_cancels_total", **lb) == 2
     assert value(text, "tradewarden_exchange_weight_used", exchange="binance", host="api.binance.com") == 37
     assert value(text, "tradewarden_rate_limit_wait_seconds_total", exchange="binance") == 1.75
     assert value(text, "tradewarden_last_success_timestamp_seconds", **lb) > 1_600_000_000  # first run was ok
