@@ -287,6 +287,13 @@ class ScaledWorkload(_Model):
     replicas: Annotated[int, Field(description="Replicas before the stop (restored on release).")] = 0
 
 
+class ScaleDownStatus(_Model):
+    """The outcome of the last scaleDown (or restore) of the emergency stop."""
+    problem: Annotated[str, Field(
+        description="'' when every selected workload is at 0; else NoWorkloadMatched, ScaleForbidden or ScaleFailed.")] = ""
+    message: Annotated[str, Field(description="What was scaled, or what went wrong.")] = ""
+
+
 class EmergencyStopStatus(_Model):
     """The circuit breaker opened by the emergency-stop annotation."""
     active: Annotated[bool, Field(description="True while the annotation is set.")] = False
@@ -311,6 +318,8 @@ class EmergencyStopStatus(_Model):
     nextAttemptAt: Annotated[str | None, Field(description="When the next attempt or sweep is due.")] = None
     scaledDown: Annotated[list[ScaledWorkload], Field(
         description="Workloads of spec.emergencyStop.scaleDown scaled to 0 by the stop.")] = []
+    scaleDown: Annotated[ScaleDownStatus | None, Field(
+        description="How spec.emergencyStop.scaleDown went (also the WorkloadsScaledDown condition).")] = None
     state: Annotated[str, Field(
         description="Cancelling, Incomplete (retrying: see errors) or Completed (verified; the breaker holds).")] = ""
 

@@ -44,7 +44,7 @@ def test_ready_status_lists_and_conditions():
     assert s["phase"] == "Ready"
     assert s["observedGeneration"] == 3
     conds = {c["type"]: c for c in s["conditions"]}
-    assert set(conds) == set(st.CONDITION_TYPES)
+    assert set(conds) == set(st.CONDITION_TYPES) - {st.WORKLOADS_SCALED_DOWN}
     assert conds["Ready"]["status"] == "True" and conds["Synced"]["status"] == "True"
     assert conds["StreamConnected"]["status"] == "True"
     assert conds["EmergencyStopped"]["status"] == "False"
@@ -115,8 +115,24 @@ def test_emergency_stop_and_alerts():
     assert c["Ready"]["status"] == "False"
     assert c["BalanceMismatch"]["status"] == "True" and "USDT" in c["BalanceMismatch"]["message"]
     assert c["ReconciliationFailing"]["status"] == "True"
-    assert s["stream"]["state"] == "stopped" and s["stream"]["tradingSafe"] is False
+    # the breaker keeps the stream up during a stop (issue 14): status shows it as it is; never safe to trade
+    assert s["stream"]["state"] == "connected" and s["stream"]["tradingSafe"] is False
+    assert c["StreamConnected"]["status"] == "True"
     assert s["lastReconciliation"]["discrepancies"] == {"balance": 1}
+    assert "WorkloadsScaledDown" not in c
+
+
+def test_emergency_stop_says_what_it_does_not_know():
+    estop = {"active": True, "reason": "r", "requestedBy": "me", "state": "Incomplete", "ordersCancelled": 0,
+             "errors": [{"symbol": "listing", "message": "Temporary: 503"}],
+             "scaleDown": {"problem": "ScaleForbidden", "message": "scale Deployment/bot: forbidden by RBAC"}}
+    s = st.build_status(ready_inputs(estop=estop), {}, T0)
+    c = {x["type"]: x for x in s["conditions"]}
+    msg = c["EmergencyStopped"]["message"]
+    assert c["EmergencyStopped"]["reason"] == "EmergencyStopIncomplete"
+    assert "open orders unknown" in msg and "listing: Temporary: 503" in msg and "verified" not in msg
+    assert c["WorkloadsScaledDown"]["status"] == "False" and c["WorkloadsScaledDown"]["reason"] == "ScaleForbidden"
+    models.TradingAccountStatus.model_validate(s)
 
 
 def test_stale_condition_after_two_intervals():

@@ -24,8 +24,9 @@ EMERGENCY_STOPPED = "EmergencyStopped"
 RECONCILIATION_FAILING = "ReconciliationFailing"
 BALANCE_MISMATCH = "BalanceMismatch"
 RECONCILIATION_STALE = "ReconciliationStale"
+WORKLOADS_SCALED_DOWN = "WorkloadsScaledDown"   # only while a stop with spec.emergencyStop.scaleDown stands
 CONDITION_TYPES = (READY, SYNCED, CREDENTIALS_VALID, STREAM_CONNECTED, EMERGENCY_STOPPED,
-                   RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE)
+                   RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE, WORKLOADS_SCALED_DOWN)
 
 # The alert rules' numbers are the core's (one definition: tradewarden.core.monitor)
 FAILING_THRESHOLD = FAILING_AFTER              # ReconciliationFailing: consecutive failures above this
@@ -261,8 +262,6 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
     # StreamConnected
     if not s.stream_enabled:
         conds.append(Cond(STREAM_CONNECTED, "False", "Disabled", "spec.stream.enabled is false"))
-    elif estop_active:
-        conds.append(Cond(STREAM_CONNECTED, "False", "EmergencyStopped", "stream stopped by the emergency stop"))
     elif s.stream_state == "connected":
         conds.append(Cond(STREAM_CONNECTED, "True", "Connected", "user-data stream connected"))
     elif s.stream_state == "reconnecting":
@@ -271,14 +270,26 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
     else:
         conds.append(Cond(STREAM_CONNECTED, "False", "Disconnected", "user-data stream not connected"))
 
-    # EmergencyStopped
+    # EmergencyStopped (the machine's own words: core/estop.py; nothing here claims more than it verified)
     if estop_active:
         state = s.estop.get("state") or "Cancelling"
         who = s.estop.get("requestedBy") or "unknown"
+        remaining = s.estop.get("remaining")
         msg = (f"emergency stop ({state}) requested by {who}: {s.estop.get('reason') or 'no reason given'}; "
-               f"orders cancelled {int(s.estop.get('ordersCancelled') or 0)}, "
-               f"remaining {int(s.estop.get('remaining') or 0)}")
+               f"orders cancelled {int(s.estop.get('ordersCancelled') or 0)} "
+               f"(by the breaker {int(s.estop.get('breakerCancelled') or 0)}), open orders "
+               f"{'unknown: no whole-account listing has succeeded yet' if remaining is None else remaining}")
+        if s.estop.get("verifiedAt"):
+            msg += f", verified none at {s.estop['verifiedAt']}"
+        errors = s.estop.get("errors") or []
+        if errors:
+            msg += "; failing: " + "; ".join(f"{e.get('symbol')}: {e.get('message')}" for e in errors[:5])
         conds.append(Cond(EMERGENCY_STOPPED, "True", f"EmergencyStop{state}", msg))
+        scale = s.estop.get("scaleDown")
+        if isinstance(scale, Mapping):
+            ok = not scale.get("problem")
+            conds.append(Cond(WORKLOADS_SCALED_DOWN, "True" if ok else "False",
+                              "ScaledDown" if ok else str(scale.get("problem")), str(scale.get("message") or "")))
     else:
         conds.append(Cond(EMERGENCY_STOPPED, "False", "NotRequested", "no emergency stop annotation"))
 
@@ -375,7 +386,7 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
     out["lastHandledReconcileAt"] = s.last_handled_reconcile_at or ""
     out["metrics"] = metrics_status(s.monitor) if s.monitor is not None else previous.get("metrics", {})
     prev_stream = previous.get("stream") or {}
-    state = "disabled" if not s.stream_enabled else ("stopped" if s.estop.get("active") else s.stream_state)
+    state = "disabled" if not s.stream_enabled else s.stream_state   # the breaker keeps it up during a stop
     out["stream"] = {
         "state": state,
         "since": rfc3339(s.stream_since_ms) if s.stream_since_ms else prev_stream.get("since"),
