@@ -54,6 +54,12 @@ class Side(str, enum.Enum):
     SELL = "sell"
 
 
+def is_owned(client_order_id: str, prefix: str) -> bool:
+    """Ownership, the one rule: an order is tradewarden's (a candidate for a stale cancel) when its
+    client order id starts with the account's owned prefix; every other order is foreign."""
+    return bool(prefix) and client_order_id.startswith(prefix)
+
+
 class Policy(str, enum.Enum):
     CORRECT = "Correct"          # correct local state and act on the exchange (stale cancels)
     OBSERVE_ONLY = "ObserveOnly"  # detect and report; never write to the exchange
@@ -198,18 +204,15 @@ class Invalid(GatewayError):
     """Bad symbol, bad parameters: retrying the same request will not help."""
 
 
+class SymbolNotListed(Invalid):
+    """A symbol of the account that the exchange does not list ("unknown symbol: X/Y")."""
+
+
 class Unsupported(GatewayError):
     """The exchange lacks a capability tradewarden needs ("unsupported: <capability>")."""
 
 
 # ---- what the core needs from an exchange ---------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class CancelAllResult:
-    cancelled: int                    # orders the exchange reported cancelled
-    remaining: Sequence[Order]        # still open after the verifying query (empty = verified gone)
-    errors: Mapping[str, str] = field(default_factory=dict)   # symbol -> error text
-
 
 @dataclass(frozen=True, slots=True)
 class AccountListing:
@@ -245,7 +248,16 @@ class Gateway(Protocol):
                            algo: bool = False) -> Order | None:
         """Cancel one order. Raises OrderNotFound, UnknownOutcome, ..."""
 
-    async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult: ...
+    # the emergency stop (core/estop.py): the whole account, whatever spec.symbols says
+    async def list_account(self, positions: bool = False) -> AccountListing:
+        """Every open order of the account on every symbol (and its positions); raises on any failure."""
+
+    async def cancel_symbols(self, symbols: Sequence[str], algo_symbols: Sequence[str] = (),
+                             listed: Sequence[Order] = ()) -> SymbolsResult:
+        """Cancel every open order of each symbol; per-symbol errors in the result."""
+
+    async def close_positions(self, positions: Sequence[Position]) -> SymbolsResult:
+        """Close each position with a reduce-only market order (USD-M)."""
 
     def stream(self, symbols: Sequence[str]) -> AsyncIterator[StreamEvent]:
         """User-data events in order, with ConnectionEvent transitions; reconnects by itself."""

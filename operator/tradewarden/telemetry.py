@@ -429,7 +429,7 @@ class Telemetry:
                 raise
 
     def traced(self, gateway: Any, **attrs: Any) -> "TracedGateway":
-        """Wrap a domain.Gateway so each exchange call (snapshot, fetch_order, cancel_order, cancel_all,
+        """Wrap a domain.Gateway so each exchange call (snapshot, fetch_order, cancel_order, list_account, cancel_symbols, close_positions,
         start, close) is a child span ``exchange.<method>`` of the current span (the run's)."""
         return TracedGateway(gateway, self, attrs)
 
@@ -437,7 +437,7 @@ class Telemetry:
 class TracedGateway:
     """A transparent proxy over a Gateway: coroutine methods run inside a span; everything else passes."""
 
-    _TRACED = frozenset({"snapshot", "fetch_order", "cancel_order", "cancel_all", "start", "close"})
+    _TRACED = frozenset({"snapshot", "fetch_order", "cancel_order", "list_account", "cancel_symbols", "close_positions", "start", "close"})
 
     def __init__(self, gateway: Any, telemetry: Telemetry, attrs: Mapping[str, Any]) -> None:
         self._gateway = gateway

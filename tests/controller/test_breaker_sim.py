@@ -94,7 +94,7 @@ async def test_failing_venue_never_completes_then_completes_with_the_true_count(
     assert ex.state.remaining is None                                  # never listed: not a number
     assert not any("Completed" in r for r in rec.reasons())
     assert open_count(sim, key) == 6
-    status = ex.status(str)
+    status = ex.snapshot().to_status()
     assert "remaining" not in status and status["errors"][0]["symbol"] == "listing"
     # listing recovers, cancels still fail: it says what remains, per symbol
     sim.clear_faults()

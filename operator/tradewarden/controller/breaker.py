@@ -71,15 +71,13 @@ class StopExecutor:
         """The spec changed while the stop stands (e.g. another sweep interval)."""
         self.cfg, self.selector, self.futures = cfg, (dict(selector) if selector else None), futures
 
-    def status(self, rfc3339: Callable[[int], str]) -> dict[str, Any]:
-        """status.emergencyStop."""
-        if self.state is None:
-            return {"active": False}
-        out = es.to_status(self.state, rfc3339)
-        out["scaledDown"] = [h.to_status() for h in self.held]
-        if self.scale is not None:
-            out["scaleDown"] = dict(self.scale)
-        return out
+    def snapshot(self, active: bool = True) -> Any:
+        """The frozen view the lifecycle and status read (controller/emergency.py)."""
+        from .emergency import EmergencyStop
+
+        scale = (self.scale["problem"], self.scale["message"]) if self.scale is not None else None
+        return EmergencyStop(active=active and self.state is not None, machine=self.state, held=tuple(self.held),
+                             scale=scale)
 
     def wake_at(self) -> float | None:
         """When ``work()`` has something to do (seconds, epoch); None: nothing scheduled."""
@@ -97,15 +95,12 @@ class StopExecutor:
         self.held, self.scale = [], None
         self._apply(es.open_stop(reason, requested_by, self._now_ms(), self.cfg))
 
-    def resume(self, status: Mapping[str, Any], parse_ms: Callable[[Any], int | None]) -> bool:
-        """Pick up a stop a previous process left in status. False when there is none."""
-        state = es.from_status(status, parse_ms)
-        if state is None:
-            return False
-        self.held = [wl.Held.from_status(h) for h in status.get("scaledDown") or [] if isinstance(h, Mapping)]
+    def adopt(self, stop: Any) -> None:
+        """Pick up a stop a previous process left in status (``emergency.EmergencyStop``): the machine
+        looks at the whole account at once, and a completed stop's breaker holds from here."""
+        self.held = list(stop.held)
         self._pending.clear()
-        self._apply(es.resume(state, self._now_ms(), self.cfg))
-        return True
+        self._apply(es.resume(stop.machine, self._now_ms(), self.cfg))
 
     async def release(self) -> None:
         if self.state is None:
@@ -124,7 +119,10 @@ class StopExecutor:
         if self.state is None:
             return
         async with self._lock:
-            if not self._pending:
+            if not self._pending and self.state.in_flight:
+                # what was in flight was abandoned (the step was cancelled): start the sweep again
+                self._apply(es.resume(self.state, self._now_ms(), self.cfg))
+            elif not self._pending:
                 self._apply(es.step(self.state, es.Tick(), self._now_ms(), self.cfg))
             while self._pending and self.state is not None:
                 action = self._pending.popleft()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterator
 
-from tradewarden.domain import ZERO, Balance, Order, OrderState, Position, Side
+from tradewarden.domain import ZERO, Balance, Order, OrderState, Position, Side, is_owned
 
 FORMAT_VERSION = 1
 DEFAULT_DUMP_MAX_ORDERS = 5000
@@ -95,7 +95,7 @@ class Ledger:
     # ---- reading -------------------------------------------------------------------------
 
     def is_owned(self, client_order_id: str) -> bool:
-        return bool(self.owned_prefix) and client_order_id.startswith(self.owned_prefix)
+        return is_owned(client_order_id, self.owned_prefix)
 
     def order(self, key: str) -> Order | None:
         entry = self.orders.get(key)

@@ -9,8 +9,8 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import ccxt
 
-from ..domain import (AccountListing, CancelAllResult, GatewayError, Invalid, Order, OrderNotFound, Position,
-                      Section, Snapshot, SymbolsResult, Temporary, Unsupported)
+from ..domain import (AccountListing, GatewayError, Invalid, Order, OrderNotFound, Position,
+                      Section, Snapshot, SymbolNotListed, SymbolsResult, Temporary, Unsupported)
 from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheaper
 from .errors import map_error, scrub
 from .exchanges import forget_secrets, new_exchange, scrubbing_logger
@@ -30,13 +30,12 @@ class CcxtGateway:
     """domain.Gateway over ccxt.async_support (REST) and ccxt.pro (user-data stream)."""
 
     def __init__(self, exchange_id: str, api_key: str, secret: str, endpoint: str | None = None, *,
-                 budgets: RateBudgets | None = None, owned_prefix: str = "tw-",
+                 budgets: RateBudgets | None = None,
                  concurrency: int = 8, stream_options: dict | None = None, markets: MarketsCache | None = None):
         if not api_key or not secret:
             raise Invalid("api key and secret are required")
         self.exchange_id = exchange_id
         self.endpoint = endpoint
-        self.owned_prefix = owned_prefix
         self.budgets = budgets if budgets is not None else default_budgets()
         self.markets_cache = markets if markets is not None else default_markets()
         self._secrets = (api_key, secret)
@@ -166,7 +165,7 @@ class CcxtGateway:
     def _check_symbols(self, symbols: Sequence[str]) -> None:
         unknown = [s for s in symbols if s not in self._rest.markets]
         if unknown:
-            raise Invalid("unknown symbol: " + ", ".join(unknown))
+            raise SymbolNotListed("unknown symbol: " + ", ".join(unknown))
 
     # ---- snapshot ----------------------------------------------------------------------------------
 
@@ -279,40 +278,6 @@ class CcxtGateway:
             return order_from_ccxt(raw, algo=algo)
         except Malformed:
             return None     # the cancel was accepted; its echo is unreadable: the caller queries the order
-
-    # ---- cancel everything -------------------------------------------------------------------------
-
-    async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult:
-        """Cancel every open order on every symbol, concurrently within the budget, then verify with a
-        fresh open-orders query. ``remaining`` lists what is still open; ``errors`` (symbol -> text)
-        non-empty means the result is not verified for those symbols."""
-        await self._ensure_markets()
-        self._check_symbols(symbols)
-        errors: dict[str, str] = {}
-
-        async def one(symbol: str, params: dict, label: str) -> int:
-            try:
-                raw = await self._call(f"cancel all {label}", lambda: self._rest.cancel_all_orders(symbol, dict(params)),
-                                       write=True)
-            except OrderNotFound:
-                return 0  # spot -2011 on an empty book: nothing to cancel
-            except GatewayError as exc:
-                errors[label] = f"{type(exc).__name__}: {exc}"
-                return 0
-            if not isinstance(raw, list):
-                return 0
-            return sum(1 for o in raw if isinstance(o, dict) and o.get("id") is not None)
-
-        jobs = [one(s, {}, s) for s in symbols]
-        if self.futures and self.binance:
-            jobs += [one(s, {"trigger": True}, f"{s} (algo)") for s in symbols]
-        counts = await asyncio.gather(*jobs)
-        try:
-            remaining = await self.fetch_open_orders(symbols)
-        except GatewayError as exc:
-            errors["verify"] = f"{type(exc).__name__}: {exc}"
-            remaining = []
-        return CancelAllResult(cancelled=sum(counts), remaining=remaining, errors=errors)
 
     # ---- the emergency stop: the whole account ----------------------------------------------------
 
@@ -457,9 +422,9 @@ async def _empty_list() -> Section:
 
 
 def create_gateway(exchange: str, api_key: str, secret: str, endpoint: str | None = None, *,
-                   budgets: RateBudgets | None = None, owned_prefix: str = "tw-", **kwargs: Any) -> CcxtGateway:
+                   budgets: RateBudgets | None = None, **kwargs: Any) -> CcxtGateway:
     """The gateway of one account (see module doc). ``endpoint`` rewrites every REST and WS URL."""
-    return CcxtGateway(exchange, api_key, secret, endpoint, budgets=budgets, owned_prefix=owned_prefix, **kwargs)
+    return CcxtGateway(exchange, api_key, secret, endpoint, budgets=budgets, **kwargs)
 
 
 __all__ = ["CcxtGateway", "create_gateway", "scrub", "family_of"]

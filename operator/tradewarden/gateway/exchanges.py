@@ -179,6 +179,11 @@ class TradewardenExchangeMixin:
 _CLASSES: dict[tuple[str, bool], type] = {}
 
 
+def exchange_ids() -> frozenset[str]:
+    """Every exchange id ccxt knows (a spec naming another is rejected before any gateway is built)."""
+    return frozenset(ccxt.exchanges)
+
+
 def exchange_class(exchange_id: str, pro: bool) -> type:
     key = (exchange_id, pro)
     cls = _CLASSES.get(key)
@@ -249,5 +254,5 @@ def forget_secrets(secrets: tuple[str, ...]) -> None:
     _FILTER.secrets = tuple(_SECRET_USERS)
 
 
-__all__ = ["BINANCE_OPTIONS", "TradewardenExchangeMixin", "exchange_class", "new_exchange", "rewrite_urls",
+__all__ = ["BINANCE_OPTIONS", "TradewardenExchangeMixin", "exchange_class", "exchange_ids", "new_exchange", "rewrite_urls",
            "scrubbing_logger", "forget_secrets"]

@@ -1,4 +1,5 @@
-"""The per-account runner: drives the pure core through a ``domain.Gateway``.
+"""The per-account runner: drives the pure core through a ``domain.Gateway`` (the service layer: the
+I/O around the core's pure decisions).
 
 It fetches the snapshot, hands it to ``reconcile``, applies the corrections, sends the
 planned targeted queries and cancels, and feeds the answers back to the pure core. One
@@ -8,11 +9,9 @@ are applied after, newest-wins by exchange update time).
 
 Policies: under ObserveOnly the runner never sends a cancel (stale orders are reported) and
 the ledger still mirrors the exchange (see ``reconcile``'s module doc for why). The emergency
-stop is the one write ObserveOnly allows: a human asked for it. It sends ``cancel_all``
-WITHOUT waiting for the lock (a long run must not delay it), retries until the exchange shows
-nothing open or the deadline passes, then takes the lock and asks each formerly open order's
-final state (a "cancelled" order may have filled first). ``cancel_all`` cancels foreign orders
-too: that is what an emergency stop means; stale cleanup never touches them.
+stop (core/estop.py, executed by controller/breaker.py over the gateway, outside this runner's
+lock) is the one write ObserveOnly allows: a human asked for it; it cancels foreign orders too.
+Once it verified the account empty, ``confirm_stopped`` asks each formerly open order's final state.
 
 Request bounds: at most ``config.max_requests_per_run`` single-order queries / cancels per run
 (the gateway's shared rate budget paces them); the rest wait for the next run and are reported.
@@ -26,15 +25,15 @@ from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
 from tradewarden.domain import (ZERO, AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
-                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent)
+                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent, is_owned)
 
-from .config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, base_asset
-from .ledger import SOURCE_REST, SOURCE_STREAM, Ledger
-from .monitor import MonitoringState
-from .reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
-from .stale import is_owned, needs_query, plan_stale, purge, report_only, resolve_cancel
+from ..core.config import SECTIONS, AccountConfig, RunReport, Trigger, base_asset
+from ..core.ledger import SOURCE_REST, SOURCE_STREAM, Ledger
+from ..core.monitor import MonitoringState
+from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
+from ..core.stale import needs_query, plan_stale, purge, report_only, resolve_cancel
 
-log = logging.getLogger("tradewarden.core")
+log = logging.getLogger("tradewarden.service")
 
 EMERGENCY_FOLLOWUP_REQUESTS = 1000
 
@@ -72,9 +71,9 @@ class AccountRunner:
         """Balances, open orders (unknown ones adopted as orphans), positions, and every order a
         restored ledger believed open that the exchange no longer lists, queried for its final
         state."""
-        return await self.reconcile(trigger="initial")
+        return await self.reconcile(trigger=Trigger.INITIAL)
 
-    async def reconcile(self, trigger: str = "timer") -> RunReport:
+    async def reconcile(self, trigger: str = Trigger.TIMER) -> RunReport:
         async with self.lock:
             return await self._reconcile_locked(trigger)
 
@@ -155,7 +154,7 @@ class AccountRunner:
         prefix = self.config.owned_prefix
 
         async def one(order: Order) -> Order | Exception | None:
-            if not is_owned(order, prefix):     # defence in depth: foreign orders are never cancelled
+            if not is_owned(order.client_order_id, prefix):     # defence in depth: foreign orders are never cancelled
                 raise AssertionError(f"refusing to cancel foreign order {order.client_order_id!r}")
             async with sem:
                 try:
@@ -172,7 +171,7 @@ class AccountRunner:
         """Cancel owned active orders older than the stale timeout (Correct) or report them
         (ObserveOnly); re-check cancels whose outcome was unknown; purge finished orders."""
         async with self.lock:
-            report = RunReport(trigger="stale-cleanup", started_ms=self.now_ms())
+            report = RunReport(trigger=Trigger.STALE_CLEANUP, started_ms=self.now_ms())
             plan = plan_stale(self.ledger, self.config, self.now_ms())
             report.deferred = plan.deferred
             if plan.rechecks:
@@ -206,46 +205,14 @@ class AccountRunner:
 
     # ---- emergency stop --------------------------------------------------------------------------
 
-    async def emergency_stop(self, deadline_s: float = 60.0) -> EmergencyStopReport:
-        """cancel_all over every symbol of the account, retried until the exchange shows nothing
-        open or the deadline passes; then the ledger learns each order's final state."""
-        deadline = self._clock() + deadline_s
-        cancelled = attempts = 0
-        remaining: list[Order] = []
-        errors: dict[str, str] = {}
-        delay = 0.5
-        verified = False
-        while True:
-            attempts += 1
-            try:
-                result = await self.gateway.cancel_all(self.config.symbols)
-                cancelled += result.cancelled
-                remaining = list(result.remaining)
-                errors = dict(result.errors)
-                verified = not remaining and not errors
-            except Exception as exc:
-                errors = {"*": describe(exc)}
-                if isinstance(exc, GatewayError) and not exc.retryable:
-                    break                    # bad credentials / symbols: retrying cannot help
-                if isinstance(exc, RateLimited):
-                    delay = max(delay, exc.retry_after)
-            if verified or self._clock() + delay > deadline:
-                break
-            await self._sleep(delay)
-            delay = min(delay * 2, 5.0)
-        log.warning("emergency stop: %s cancelled in %s attempts, %s remaining, verified=%s",
-                    cancelled, attempts, len(remaining), verified)
+    async def confirm_stopped(self) -> RunReport:
+        """After the emergency stop verified the whole account empty (core/estop.py): the ledger learns each
+        formerly open order's final state. Asked for, not assumed (a "cancelled" order may have filled
+        first); orders found cancelled are what was asked for: applied, not reported as discrepancies."""
         async with self.lock:
-            now = self.now_ms()
-            for order in remaining:
-                self.ledger.upsert_order(order, SOURCE_REST, now)
-            # Final states are asked for, not assumed: a "cancelled" order may have filled first.
-            # Orders found cancelled are what was asked for: applied, not reported as discrepancies.
-            await self._reconcile_locked("emergency-stop", max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
-                                         expected=frozenset({OrderState.CANCELED}), raise_auth=False,
-                                         grace_s=0.0)   # no timer runs after a stop: ask about every order now
-        return EmergencyStopReport(cancelled=cancelled, remaining=remaining, verified=verified,
-                                   attempts=attempts, errors=errors)
+            return await self._reconcile_locked(Trigger.EMERGENCY_STOP, max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
+                                                expected=frozenset({OrderState.CANCELED}), raise_auth=False,
+                                                grace_s=0.0)   # ask about every order now
 
     # ---- stream events ---------------------------------------------------------------------------
 
@@ -277,7 +244,7 @@ class AccountRunner:
     async def handle_event(self, event: StreamEvent) -> RunReport | None:
         """apply_event, and on a reconnect the reconciliation it calls for."""
         if await self.apply_event(event):
-            return await self.reconcile(trigger="stream-reconnect")
+            return await self.reconcile(trigger=Trigger.STREAM_RECONNECT)
         return None
 
     def _derive_spot_positions(self, asset: str, updated_ms: int, now: int) -> None:

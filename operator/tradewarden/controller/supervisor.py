@@ -1,0 +1,680 @@
+"""One supervisor per TradingAccount: the executor of its lifecycle.
+
+The loop: observe the resource, ask ``lifecycle.decide`` what to do, do it (the only place with I/O:
+the Secret, the gateway, the runner, the stream, Events, status), write status if it changed, and
+sleep until the decision's wake-up time or a poke. Runs of one account never overlap (one step at a
+time; the core's lock also serializes stream events against runs). The loop wakes on: a change of the
+resource (kopf's watch pokes it), a stream reconnect, a timer, a retry.
+
+The emergency stop is the one thing that does not wait its turn: a poke that sees a new stop cancels
+the run in flight, and the next decision opens the breaker (status first) before anything talks to
+the exchange. Its own machine (``emergency.py``) decides while the annotation stands; its actions are
+executed in :meth:`AccountSupervisor._execute_stop`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Mapping
+
+from dataclasses import replace
+
+from .. import domain, models
+from ..core import estop as es
+from ..core.config import AccountConfig, Trigger
+from . import emergency, lifecycle
+from .breaker import StopExecutor
+from . import events as ev
+from . import schedule
+from . import status as st
+from .deps import Deps, gateway_problem
+from .credentials import CredentialsError, read_credentials
+from .lifecycle import (AcceptSpec, Action, Build, Configure, Idle, OpenBreaker, Reject, ReleaseBreaker, Run,
+                        StartStream, State, Stop)
+from .streaming import StreamConsumer
+from .throttle import StatusWriter
+from .vocabulary import Problem, ProblemReason, RunKind, StreamState
+
+log = logging.getLogger(__name__)
+
+GATEWAY_START_TIMEOUT_S = 60.0
+CLOSE_TIMEOUT_S = 5.0
+LEDGER_DUMP_ORDERS = 2000       # orders kept in status.ledger (active and chased first)
+EVENTS_PER_RUN = 12             # hard cap on Events posted for one run
+
+
+class AccountSupervisor:
+    def __init__(self, namespace: str, name: str, body: Mapping[str, Any], deps: Deps,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.key = f"{namespace}/{name}"
+        self._body = body                   # kopf's live body: always the latest seen
+        self.deps = deps
+        self.log = logger or logging.LoggerAdapter(log, {"account": self.key})
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._forget = False
+
+        previous = dict(body.get("status") or {})
+        self.state = State(stop=emergency.EmergencyStop.from_status(previous.get("emergencyStop")),
+                           last_handled=str(previous.get("lastHandledReconcileAt") or ""))
+        self.writer = StatusWriter(self._patch_status, previous, deps.min_write_interval_s, self.log)
+
+        # what the executor holds
+        self._spec: models.TradingAccountSpec | None = None
+        self._gw: Any = None
+        self._runner: Any = None
+        self._stream = StreamConsumer(self, deps.clock, deps.rng,
+                                      reconnects=int((previous.get("stream") or {}).get("reconnects") or 0))
+        self._current_run: asyncio.Task | None = None
+        self._step_task: asyncio.Future | None = None
+        self._tele: Any = None
+        self._breaker: StopExecutor | None = None     # the emergency stop's executor while one stands
+
+        # what only status shows
+        self._generation: int | None = None
+        self._problem_posted = ""
+        self._credentials_ok: bool | None = None
+        self._report: Any = None
+        self._last_run_ok: bool | None = None
+        self._last_run_error = ""
+        self._restored_success_ms = st.parse_rfc3339((previous.get("metrics") or {}).get("lastSuccessTime"))
+        self._ledger_note = ""
+        self._kept_ledger: Any = None
+        self._kept_monitor: Any = None
+        self._discard_saved_ledger = False
+
+    # ---- signals from outside (sync, cheap) ---------------------------------------------------------
+
+    def poke(self) -> None:
+        """The resource changed (or something else happened): look at it now. A new emergency stop
+        interrupts the run in flight."""
+        if emergency.pending(self._annotations().get(lifecycle.ESTOP), self.state.stop) \
+                and self._current_run is not None and not self._current_run.done():
+            self.log.info("emergency stop requested: interrupting the run in flight")
+            self._current_run.cancel()
+        self._wake.set()
+
+    def request_stop(self, forget: bool = False) -> None:
+        self._stopping = True
+        self._forget = self._forget or forget
+        # Whatever the step is waiting for (a run, a gateway start, an emergency stop against a slow
+        # exchange) is abandoned: stopping and deletion never wait on the exchange.
+        if self._step_task is not None and not self._step_task.done():
+            self._step_task.cancel()
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the stream and close the gateway (what the loop does when it ends)."""
+        await self._teardown()
+
+    # ---- the loop --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.log.info("supervising %s", self.key)
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                self._step_task = asyncio.ensure_future(self.step())
+                wake: float | None = None
+                try:
+                    wake = await self._step_task
+                except asyncio.CancelledError:
+                    if _cancelling():
+                        self._step_task.cancel()
+                        raise
+                except Exception as exc:  # noqa: BLE001 - a bug must not kill the account's supervision
+                    self.log.exception("supervisor step failed")
+                    self._set_problem(Problem(ProblemReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+                    await self._teardown()      # start over (a fresh build clears the problem)
+                    self._schedule_retry()
+                    wake = self.state.retry_at
+                finally:
+                    self._step_task = None
+                if self._stopping:
+                    break
+                await self.flush()
+                await self._sleep(wake)
+        finally:
+            await self._teardown()
+            if self._forget and self._tele is not None:
+                self._tele.forget()
+            self.log.info("stopped supervising %s", self.key)
+
+    def observe(self) -> lifecycle.Observed:
+        gw = self._gw
+        return lifecycle.observe(self._body, known_exchanges=self.deps.exchanges(),
+                                 futures=gw.futures if gw is not None else None,
+                                 saved_ledger=bool(self.writer.last_written.get("ledger")))
+
+    async def step(self) -> float | None:
+        """One decision, executed. Returns when to come back (None: when poked), or now when more is due."""
+        observed = self.observe()
+        if observed.spec is not None:
+            self._spec = observed.spec
+        now = self._now()
+        action = lifecycle.decide(observed, self.state, now)
+        if not observed.deleting:
+            self._generation = observed.generation
+        await self.execute(action, observed)
+        return lifecycle.wake_at(action) if lifecycle.waits(action) else now
+
+    async def settle(self, max_steps: int = 20) -> None:
+        """Steps until the lifecycle has nothing more to do now (tests, and nothing else)."""
+        for _ in range(max_steps):
+            action = lifecycle.decide(self.observe(), self.state, self._now())
+            if lifecycle.waits(action):
+                await self.execute(action, self.observe())
+                return
+            await self.step()
+        raise AssertionError(f"{self.key}: still busy after {max_steps} steps")
+
+    async def execute(self, action: Action, o: lifecycle.Observed) -> None:
+        s = self.state
+        match action:
+            case Idle():
+                pass
+            case Reject(problem=problem):
+                self._set_problem(problem)
+                await self._teardown()
+            case AcceptSpec():
+                if action.rebuild:
+                    self.log.info("exchange, credentials, endpoint or symbols changed: rebuilding the gateway")
+                    await self._teardown()
+                if action.forget:
+                    self._kept_ledger = self._kept_monitor = None
+                    self._discard_saved_ledger = True
+                if action.retry_now:
+                    s.failures, s.retry_at = 0, 0.0
+                s.seen_generation, s.identity = action.generation, action.identity
+            case OpenBreaker():
+                await self._open_breaker(action.reason, action.requested_by)
+            case Build():
+                if await self._build(o):
+                    self._configure(o)
+            case Configure():
+                self._configure(o)
+            case Stop(action=stop_action):
+                await self._execute_stop(stop_action)
+            case ReleaseBreaker():
+                await self._release_breaker()
+            case Run(kind=RunKind.INITIAL):
+                await self._initial_sync(action, o)
+            case Run():
+                await self._triggered_run(action, o)
+            case StartStream():
+                self._start_stream()
+
+    def _now(self) -> float:
+        return self.deps.clock()
+
+    def _now_ms(self) -> int:
+        return int(self._now() * 1000)
+
+    async def _sleep(self, wake: float | None) -> None:
+        now = self._now()
+        deadline = self.writer.deadline(now) if wake is None else min(wake, self.writer.deadline(now))
+        delay = deadline - now
+        if delay <= 0 or self._wake.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+
+    # ---- small helpers ------------------------------------------------------------------------------
+
+    def _annotations(self) -> Mapping[str, str]:
+        return (self._body.get("metadata") or {}).get("annotations") or {}
+
+    def _mark(self) -> None:
+        """Something readers must see changed: the next flush writes it."""
+        self.writer.dirty = True
+
+    def _post(self, type_: str, reason: str, message: str) -> None:
+        try:
+            self.deps.post_event(self._body, type_, reason, st.clip(message))
+        except Exception:  # noqa: BLE001 - an Event is never worth a failed step
+            self.log.debug("posting an Event failed", exc_info=True)
+
+    def _post_all(self, events: list[ev.EventSpec]) -> None:
+        for e in events:
+            self._post(e.type, e.reason, e.message)
+
+    def _exchange(self) -> str:
+        return str((self._body.get("spec") or {}).get("exchange") or "")
+
+    def _telemetry(self, exchange: str) -> Any:
+        t = self.deps.telemetry
+        if t is None:
+            return None
+        if self._tele is None or self._tele.attributes.get("exchange") != exchange:
+            self._tele = t.account(self.namespace, self.name, exchange)
+            if self._restored_success_ms:
+                self._tele.set_last_success(self._restored_success_ms / 1000.0)
+            self._tele.set_emergency_stop_active(self.state.stop.active)
+        return self._tele
+
+    def _set_problem(self, problem: Problem | None) -> None:
+        if problem is not None and problem.reason != self._problem_posted:
+            self._post("Warning", problem.reason, problem.message)
+            self._problem_posted = problem.reason
+        if problem is None:
+            self._problem_posted = ""
+        if problem != self.state.problem:
+            self._mark()
+        self.state.problem = problem
+
+    def _schedule_retry(self) -> None:
+        self.state.failures += 1
+        self.state.retry_at = self._now() + schedule.backoff_s(self.state.failures, self.deps.rng)
+
+    # ---- building -----------------------------------------------------------------------------------
+
+    async def _build(self, o: lifecycle.Observed) -> bool:
+        spec = o.spec
+        assert spec is not None
+        try:
+            creds = await read_credentials(self.deps.kube, self.namespace, spec.credentialsSecretRef.model_dump())
+        except CredentialsError as exc:
+            self._credentials_ok = None
+            self._set_problem(Problem(exc.reason, exc.message, credentials=True))
+            self._schedule_retry()
+            return False
+        gw = None
+        try:
+            gw = self.deps.gateway_factory(spec.exchange, creds.api_key, creds.secret, spec.endpoint,
+                                           budgets=self.deps.budgets)
+            await asyncio.wait_for(gw.start(list(spec.symbols)), timeout=GATEWAY_START_TIMEOUT_S)
+        except asyncio.CancelledError:
+            if gw is not None:
+                await _close_quietly(gw)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is a condition, never a crash
+            if gw is not None:
+                await _close_quietly(gw)
+            problem = gateway_problem(exc, creds.redact)
+            self._credentials_ok = False if problem.credentials else None
+            self._set_problem(problem)
+            self._schedule_retry()
+            self.log.warning("account not served: %s: %s", problem.reason, problem.message)
+            return False
+        self._gw = gw
+        self._credentials_ok = True
+        self._set_problem(None)
+        s = self.state
+        s.failures, s.retry_at = 0, 0.0
+        s.built, s.synced, s.config = True, False, None
+        self._runner = None
+        self._telemetry(spec.exchange)
+        return True
+
+    def _configure(self, o: lifecycle.Observed) -> None:
+        """The runner for the observed config (a reconfigured runner keeps the ledger and the monitor)."""
+        from ..service.runner import AccountRunner
+        from ..core import Ledger
+
+        s, spec = self.state, o.spec
+        assert spec is not None
+        config = AccountConfig.from_spec(spec, futures=self._gw.futures)
+        previous, previous_check = s.config, s.check_interval_s
+        s.check_interval_s = o.check_interval_s
+        if self._runner is not None and config == previous:
+            if s.synced and previous_check is not None and o.check_interval_s != previous_check:
+                s.next_stale = min(s.next_stale, schedule.next_stale(self._now(), o.check_interval_s, self.deps.rng))
+            return
+        if self._runner is not None:
+            ledger, monitor = self._runner.ledger, self._runner.monitor
+            self.log.info("spec changed: runner reconfigured (ledger kept)")
+        else:
+            ledger, monitor = self._kept_ledger, self._kept_monitor
+            saved = None if self._discard_saved_ledger else self.writer.last_written.get("ledger")
+            if ledger is None and saved:
+                try:
+                    ledger = Ledger.load(saved, owned_prefix=config.owned_prefix)
+                except ValueError as exc:
+                    self.log.warning("status.ledger not restored (%s): starting from a fresh sync", exc)
+            self._kept_ledger = self._kept_monitor = None
+        self._runner = AccountRunner(self._traced_gateway(), config, ledger=ledger, clock=self.deps.clock,
+                                     monitor=monitor)
+        s.config = config
+        self._mark()
+        if previous is not None and s.synced:
+            # A shorter interval takes effect now, not after the old one has run out.
+            now = self._now()
+            if config.interval_s != previous.interval_s:
+                s.next_reconcile = min(s.next_reconcile, schedule.next_stale(now, config.interval_s, self.deps.rng))
+            s.next_stale = min(s.next_stale, schedule.next_stale(now, o.check_interval_s, self.deps.rng))
+
+    async def _teardown(self) -> None:
+        await self._stream.stop()
+        gw, self._gw = self._gw, None
+        if self._runner is not None:        # a rebuild of the same account continues from here
+            self._kept_ledger, self._kept_monitor = self._runner.ledger, self._runner.monitor
+        self._runner = None
+        s = self.state
+        s.built, s.synced, s.config = False, False, None
+        if gw is not None:
+            await _close_quietly(gw)
+
+    # ---- runs -------------------------------------------------------------------------------------
+
+    def _traced_gateway(self) -> Any:
+        t = self.deps.telemetry
+        if t is None or self._gw is None:
+            return self._gw
+        return t.traced(self._gw, exchange=self._exchange())
+
+    async def _traced(self, coro: Awaitable[Any], kind: RunKind, trigger: Trigger) -> Any:
+        """A span per run (the exchange calls inside are its children, see _traced_gateway);
+        afterwards the shared rate budgets' figures go to the metrics."""
+        t = self.deps.telemetry
+        if t is None:
+            return await coro
+        exchange = self._exchange()
+        try:
+            with t.span(f"tradewarden.{kind}", namespace=self.namespace, name=self.name, exchange=exchange,
+                        trigger=str(trigger)):
+                return await coro
+        finally:
+            self.deps.budget_publisher.publish(t, self.deps.budgets, exchange,
+                                               self._gw.rest_family if self._gw is not None else "")
+
+    async def _initial_sync(self, action: Run, o: lifecycle.Observed) -> None:
+        s = self.state
+        report = await self._run(action.kind, action.trigger)
+        if report is None or not report.ok:
+            self._schedule_retry()
+            return
+        s.synced, s.failures, s.retry_at = True, 0, 0.0
+        s.next_reconcile, s.next_stale = schedule.first_runs(
+            self._now(), o.config.interval_s if o.config else 300, o.check_interval_s, self.deps.rng)
+        s.last_handled = o.reconcile_requested or s.last_handled or ""
+        s.reconnect_pending = False
+
+    async def _triggered_run(self, action: Run, o: lifecycle.Observed) -> None:
+        s = self.state
+        if action.trigger is Trigger.STREAM_RECONNECT:
+            s.reconnect_pending = False
+        report = await self._run(action.kind, action.trigger)
+        if action.kind is RunKind.STALE:
+            s.next_stale = schedule.next_stale(self._now(), o.check_interval_s, self.deps.rng)
+            return
+        if action.handles is not None:
+            if report is None and emergency.pending(self._annotations().get(lifecycle.ESTOP), s.stop):
+                return                          # interrupted by an emergency stop: not handled yet
+            s.last_handled = action.handles
+            self._mark()
+        if self._runner is not None:
+            s.next_reconcile = schedule.timer_slot(self.key, self._now(), float(self._runner.config.interval_s))
+
+    async def _run(self, kind: RunKind, trigger: Trigger) -> Any:
+        runner = self._runner
+        if kind is RunKind.INITIAL:
+            coro: Awaitable[Any] = runner.initial_sync()
+        elif kind is RunKind.RECONCILE:
+            coro = runner.reconcile(trigger=trigger)
+        else:
+            coro = runner.stale_cleanup()
+        task = asyncio.ensure_future(self._traced(coro, kind, trigger))
+        self._current_run = task
+        t0 = time.monotonic()
+        tele = self._tele
+        try:
+            report = await task
+        except asyncio.CancelledError:
+            if _cancelling():
+                task.cancel()
+                raise
+            self.log.info("%s run interrupted", trigger)
+            return None
+        except domain.AuthenticationFailed as exc:
+            # Revoked or rotated credentials (the runner raises them after recording the run): rebuild
+            # from the Secret, with backoff, instead of failing every run with keys the venue refuses.
+            self._run_failed(tele, t0, f"authentication failed: {exc}")
+            self._credentials_ok = False
+            self._set_problem(Problem(ProblemReason.AUTHENTICATION_FAILED,
+                                      f"the exchange rejected the API credentials: {exc}", True))
+            await self._teardown()
+            self._schedule_retry()
+            return None
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, never fatal
+            self.log.warning("%s run failed: %s: %s", trigger, type(exc).__name__, exc)
+            self._run_failed(tele, t0, f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            self._current_run = None
+        self._last_run_ok = bool(report.ok)
+        self._last_run_error = st.clip(report.error or "", 512)
+        if kind is not RunKind.STALE:       # lastReconciliation shows reconciliations, not stale checks
+            self._report = report
+        self._mark()
+        if tele is not None:
+            tele.run_finished(report.duration_ms / 1000.0, bool(report.ok), report.counts_by_kind())
+            tele.set_open_orders(sum(1 for _ in runner.ledger.active_orders()))
+            if report.cancelled:         # confirmed by the exchange (not "cancel sent, order filled")
+                tele.stale_cancelled(report.cancelled)
+        observe_only = runner.config.observe_only
+        for spec in ev.run_events(report.discrepancies, trigger=trigger, observe_only=observe_only)[:EVENTS_PER_RUN]:
+            self._post(spec.type, spec.reason, spec.message)
+        if not report.ok:
+            self.log.warning("%s run failed: %s", trigger, report.error)
+        return report
+
+    def _run_failed(self, tele: Any, t0: float, error: str) -> None:
+        self._last_run_ok = False
+        self._last_run_error = st.clip(error, 512)
+        self._mark()
+        if tele is not None:
+            tele.run_finished(time.monotonic() - t0, False, {})
+
+    # ---- stream (StreamConsumer calls back here) ------------------------------------------------------
+
+    def _start_stream(self) -> None:
+        if self._spec is not None and self._spec.stream.enabled and self._gw is not None:
+            self._stream.start(self._gw, list(self._spec.symbols), f"tw-stream-{self.key}")
+
+    def stream_running(self, running: bool) -> None:
+        self.state.stream_running = running
+
+    def stream_state_changed(self, state: StreamState) -> None:
+        self._mark()
+        if self._tele is not None:
+            self._tele.set_stream_connected(state is StreamState.CONNECTED)
+
+    def stream_reconnected(self, counted: bool) -> None:
+        """Events may have been lost in the gap: reconcile now."""
+        if counted and self._tele is not None:
+            self._tele.stream_reconnected()
+        self.state.reconnect_pending = True
+        self._wake.set()
+
+    async def stream_event(self, event: domain.StreamEvent) -> None:
+        if self.state.stop.active and self._breaker is not None:
+            if isinstance(event, domain.OrderEvent):
+                await self._breaker.on_stream_order(event.order)     # cancelled at once, whatever it is
+            seen = self._breaker_sees(event)
+            if seen is None:
+                self._wake.set()
+                return
+            event = seen
+        runner = self._runner
+        if runner is not None:
+            await runner.apply_event(event)
+            self._stream.last_event_ms = self._now_ms()
+            self.writer.event_dirty = True     # coalesced: see StatusWriter.flush
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- emergency stop (issue 14: the machine is core/estop.py, its executor controller/breaker.py) ----
+
+    def _breaker_config(self) -> es.StopConfig:
+        spec = self._spec
+        if spec is None:
+            return es.StopConfig()
+        futures = bool(self._gw.futures) if self._gw is not None else True   # settled by the gateway below
+        return es.StopConfig(sweep_interval_ms=spec.emergencyStop.sweepIntervalSeconds * 1000,
+                             flatten=spec.emergencyStop.positions == models.StopPositions.FLATTEN.value and futures,
+                             scale_down=spec.emergencyStop.scaleDown is not None)
+
+    def _new_breaker(self) -> StopExecutor:
+        spec = self._spec
+        selector = spec.emergencyStop.scaleDown.model_dump() if spec and spec.emergencyStop.scaleDown else None
+        return StopExecutor(namespace=self.namespace, gateway=lambda: self._gw, kube=self.deps.kube, post=self._post,
+                            telemetry=lambda: self._tele, cfg=self._breaker_config(), selector=selector,
+                            futures=bool(self._gw.futures) if self._gw is not None else False,
+                            clock=self.deps.clock, on_change=self._breaker_changed)
+
+    def _breaker_changed(self) -> None:
+        if self._breaker is not None:
+            self.state.stop = self._breaker.snapshot()
+            self._mark()
+
+    async def _open_breaker(self, reason: str, who: str) -> None:
+        """Record the stop in status before any exchange call; the machine's first actions (scale the
+        bots down, list the whole account) run at the next step."""
+        self._breaker = self._new_breaker()
+        self._breaker.open(reason, who or "unknown")
+        self.log.warning("EMERGENCY STOP requested by %s: %s", who or "unknown", reason)
+        await self.flush(force=True)     # readers see the stop before anything else happens
+        if self.deps.telemetry is not None:
+            self._tele = self._tele or self.deps.telemetry.account(self.namespace, self.name, self._exchange())
+            self._tele.emergency_stop()
+        await self._stream.stop()        # the spec's stream; the breaker's whole-account stream replaces it
+        self._wake.set()
+
+    async def _execute_stop(self, action: emergency.StopAction) -> None:
+        """The one place where the emergency-stop machine's actions are carried out."""
+        s = self.state
+        if self._breaker is None:        # a stop a previous process left in status: its breaker holds from here
+            self._breaker = self._new_breaker()
+            if s.stop.machine is not None:
+                self._breaker.adopt(s.stop)
+            else:
+                self._breaker.open(s.stop.reason, s.stop.requested_by)
+        spec = self._spec
+        selector = spec.emergencyStop.scaleDown.model_dump() if spec and spec.emergencyStop.scaleDown else None
+        self._breaker.configure(self._breaker_config(), selector, bool(self._gw.futures) if self._gw else False)
+        self._start_breaker_stream()
+        match action:
+            case emergency.Wait():
+                pass
+            case emergency.Sweep():
+                before = s.stop.state
+                await self._breaker.work()
+                after = self._breaker.state.phase if self._breaker.state is not None else None
+                if after is es.StopPhase.COMPLETED and before is not es.StopPhase.COMPLETED \
+                        and self._runner is not None:
+                    await self.flush(force=True)
+                    # the ledger learns each formerly open order's final state (a cancel may have lost to a
+                    # fill): asked for, not assumed; the cancelled ones are what was asked for
+                    await self._settle_after_stop()
+
+    async def _settle_after_stop(self) -> None:
+        try:
+            await self._runner.confirm_stopped()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the ledger catches up at the next run
+            self.log.warning("settling the ledger after the stop failed: %s: %s", type(exc).__name__, exc)
+        self._mark()
+
+    def _start_breaker_stream(self) -> None:
+        """While the stop stands the stream stays up (it reconnects by itself) over the whole account:
+        every order it shows, on any symbol, goes to the breaker."""
+        if self._spec is not None and self._spec.stream.enabled and self._gw is not None:
+            self._stream.start(self._gw, [], f"tw-breaker-stream-{self.key}")
+
+    async def _release_breaker(self) -> None:
+        self.log.warning("emergency stop annotation removed: resuming (initial sync first)")
+        s = self.state
+        if self._breaker is None and s.stop.machine is not None:
+            self._breaker = self._new_breaker()
+            self._breaker.held = list(s.stop.held)
+            self._breaker.state = s.stop.machine
+        if self._breaker is not None:
+            await self._breaker.release()
+            s.stop = self._breaker.snapshot(active=False)
+        self._breaker = None
+        await self._stream.stop()        # the whole-account stream; the spec's starts after the initial sync
+        s.synced, s.retry_at = False, 0.0
+        if self._tele is not None:
+            self._tele.set_emergency_stop_active(False)
+        self._mark()
+
+    def _breaker_sees(self, event: domain.StreamEvent) -> domain.StreamEvent | None:
+        """What of a whole-account stream event the runner may see (only the spec's symbols)."""
+        symbols = set(self._spec.symbols) if self._spec is not None else set()
+        if isinstance(event, domain.OrderEvent):
+            return event if event.order.symbol in symbols else None
+        if isinstance(event, domain.PositionEvent):
+            kept = [p for p in event.positions if p.symbol in symbols]
+            return replace(event, positions=kept) if kept else None
+        return event
+
+    # ---- status ------------------------------------------------------------------------------------------
+
+    async def _patch_status(self, patch: Mapping[str, Any]) -> Any:
+        return await self.deps.kube.patch_status(self.namespace, self.name, patch)
+
+    async def flush(self, force: bool = False) -> None:
+        await self.writer.flush(self.inputs, self._now(), self._now_ms(), force=force)
+
+    def inputs(self) -> st.StatusInputs:
+        s, runner, spec = self.state, self._runner, self._spec
+        now_ms = self._now_ms()
+        ledger_dump = None
+        balances = orders = positions = monitor = None
+        alerts: Mapping[str, bool] = {}
+        last_success = self._restored_success_ms
+        interval = spec.reconciliation.intervalSeconds if spec else 300
+        if runner is not None and (s.synced or s.stop.active):
+            ledger = runner.ledger
+            balances = ledger.balance_values()
+            orders = list(ledger.active_orders())
+            positions = list(ledger.position_values().values())
+            ledger_dump, self._ledger_note = _bounded_dump(ledger)
+        if runner is not None:
+            monitor = runner.monitor
+            alerts = monitor.alerts(now_ms, interval)
+            if monitor.last_success_ms:
+                last_success = monitor.last_success_ms
+        return st.StatusInputs(
+            generation=self._generation, problem=s.problem, credentials_ok=self._credentials_ok,
+            synced=s.synced, report=self._report, last_run_ok=self._last_run_ok,
+            last_run_error=self._last_run_error, balances=balances, orders=orders, positions=positions,
+            owned_prefix=spec.staleOrders.ownedClientOrderIdPrefix if spec else "tw-",
+            monitor=monitor, alerts=alerts, interval_s=interval,
+            last_success_ms=last_success, stream_enabled=spec.stream.enabled if spec else True,
+            stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
+            stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
+            estop=s.stop, last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,
+            ledger_note=self._ledger_note)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return bool(task and task.cancelling())
+
+
+def _bounded_dump(ledger: Any) -> tuple[dict | None, str]:
+    limit = LEDGER_DUMP_ORDERS
+    while True:
+        dump = ledger.dump(max_orders=limit)
+        kept, note = st.bounded_ledger(dump)
+        if kept is not None or limit <= 50:
+            return kept, note
+        limit //= 2
+
+
+async def _close_quietly(gw: Any) -> None:
+    try:
+        await asyncio.wait_for(gw.close(), timeout=CLOSE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - never block a teardown on the exchange
+        log.debug("gateway close failed", exc_info=True)
