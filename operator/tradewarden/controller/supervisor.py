@@ -473,8 +473,11 @@ class AccountSupervisor:
     # ---- stream (StreamConsumer calls back here) ------------------------------------------------------
 
     def _start_stream(self) -> None:
+        """The user-data stream of the whole account (one connection shows every symbol): the runner sees
+        the spec's symbols (``_in_spec``), the emergency stop's breaker every order. One stream for both, so
+        a stop neither restarts it nor waits for it."""
         if self._spec is not None and self._spec.stream.enabled and self._gw is not None:
-            self._stream.start(self._gw, list(self._spec.symbols), f"tw-stream-{self.key}")
+            self._stream.start(self._gw, [], f"tw-stream-{self.key}")
 
     def stream_running(self, running: bool) -> None:
         self.state.stream_running = running
@@ -492,14 +495,12 @@ class AccountSupervisor:
         self._wake.set()
 
     async def stream_event(self, event: domain.StreamEvent) -> None:
-        if self.state.stop.active and self._breaker is not None:
-            if isinstance(event, domain.OrderEvent):
-                await self._breaker.on_stream_order(event.order)     # cancelled at once, whatever it is
-            seen = self._breaker_sees(event)
-            if seen is None:
-                self._wake.set()
-                return
-            event = seen
+        if self.state.stop.active and self._breaker is not None and isinstance(event, domain.OrderEvent):
+            await self._breaker.on_stream_order(event.order)     # cancelled at once, whatever it is
+        seen = self._in_spec(event)
+        if seen is None:
+            return
+        event = seen
         runner = self._runner
         if runner is not None:
             await runner.apply_event(event)
@@ -544,7 +545,6 @@ class AccountSupervisor:
         if self.deps.telemetry is not None:
             self._tele = self._tele or self.deps.telemetry.account(self.namespace, self.name, self._exchange())
             self._tele.emergency_stop()
-        await self._stream.stop()        # the spec's stream; the breaker's whole-account stream replaces it
         self._wake.set()
 
     async def _execute_stop(self, action: emergency.StopAction) -> None:
@@ -559,7 +559,7 @@ class AccountSupervisor:
         spec = self._spec
         selector = spec.emergencyStop.scaleDown.model_dump() if spec and spec.emergencyStop.scaleDown else None
         self._breaker.configure(self._breaker_config(), selector, bool(self._gw.futures) if self._gw else False)
-        self._start_breaker_stream()
+        self._start_stream()             # stays up (reconnecting by itself) while the stop stands
         match action:
             case emergency.Wait():
                 pass
@@ -583,12 +583,6 @@ class AccountSupervisor:
             self.log.warning("settling the ledger after the stop failed: %s: %s", type(exc).__name__, exc)
         self._mark()
 
-    def _start_breaker_stream(self) -> None:
-        """While the stop stands the stream stays up (it reconnects by itself) over the whole account:
-        every order it shows, on any symbol, goes to the breaker."""
-        if self._spec is not None and self._spec.stream.enabled and self._gw is not None:
-            self._stream.start(self._gw, [], f"tw-breaker-stream-{self.key}")
-
     async def _release_breaker(self) -> None:
         self.log.warning("emergency stop annotation removed: resuming (initial sync first)")
         s = self.state
@@ -600,13 +594,12 @@ class AccountSupervisor:
             await self._breaker.release()
             s.stop = self._breaker.snapshot(active=False)
         self._breaker = None
-        await self._stream.stop()        # the whole-account stream; the spec's starts after the initial sync
         s.synced, s.retry_at = False, 0.0
         if self._tele is not None:
             self._tele.set_emergency_stop_active(False)
         self._mark()
 
-    def _breaker_sees(self, event: domain.StreamEvent) -> domain.StreamEvent | None:
+    def _in_spec(self, event: domain.StreamEvent) -> domain.StreamEvent | None:
         """What of a whole-account stream event the runner may see (only the spec's symbols)."""
         symbols = set(self._spec.symbols) if self._spec is not None else set()
         if isinstance(event, domain.OrderEvent):

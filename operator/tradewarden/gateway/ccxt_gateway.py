@@ -15,7 +15,8 @@ from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheap
 from .errors import map_error, scrub
 from .exchanges import forget_secrets, new_exchange, scrubbing_logger
 from .markets import MarketsCache, default_markets
-from .translate import Malformed, balances_from_ccxt, order_from_ccxt, positions_from_ccxt
+from .translate import (Malformed, balances_from_ccxt, order_from_binance_rest, order_from_ccxt,
+                        positions_from_ccxt)
 
 log = logging.getLogger("tradewarden.gateway")
 T = TypeVar("T")
@@ -290,6 +291,14 @@ class CcxtGateway:
         await self._ensure_markets()
 
         async def listing(params: dict, algo: bool) -> list[Order]:
+            if self.binance:       # Binance's own answer, translated here (ccxt's parser: ~0.2 s per 1,000)
+                fetch = (self._rest.fapiPrivateGetOpenAlgoOrders if algo else self._rest.fapiPrivateGetOpenOrders) \
+                    if self.futures else self._rest.privateGetOpenOrders
+                raw = await self._call("open orders (whole account)", lambda: fetch({}))
+                with _malformed("open orders (whole account)"):
+                    if not isinstance(raw, list):
+                        raise Malformed("the open orders answer is not a list of orders")
+                    return [order_from_binance_rest(o, self._symbol_of, algo=algo) for o in raw]
             raw = await self._call("open orders (whole account)",
                                    lambda: self._rest.fetch_open_orders(None, None, None, dict(params)))
             with _malformed("open orders (whole account)"):
@@ -306,6 +315,14 @@ class CcxtGateway:
         orders = [o for part in parts[:2 if self.futures and self.binance else 1] for o in part]
         held = parts[-1] if positions and self.futures else []
         return AccountListing(orders=orders, positions=held)
+
+    def _symbol_of(self, market_id: str) -> str:
+        """The unified symbol of a Binance market id of this gateway's venue (an unknown id: Malformed)."""
+        market = self._rest.markets_by_id.get(market_id) if self._rest.markets_by_id else None
+        if not market:
+            raise Malformed(f"order on unknown market {market_id[:40]!r}")
+        entry = market[0] if isinstance(market, list) else market
+        return str(entry["symbol"])
 
     async def cancel_symbols(self, symbols: Sequence[str], algo_symbols: Sequence[str] = (),
                              listed: Sequence[Order] = ()) -> SymbolsResult:
@@ -325,9 +342,16 @@ class CcxtGateway:
             nonlocal retry_after
             label = f"{symbol} (algo)" if algo else symbol
             params = {"trigger": True} if algo else {}
+            spot_binance = self.binance and not self.futures
             try:
-                raw = await self._call(f"cancel all {label}",
-                                       lambda: self._rest.cancel_all_orders(symbol, dict(params)), write=True)
+                if spot_binance:   # the raw answer: the cancelled orders, matched with what was listed
+                    market_id = self._rest.market(symbol)["id"]
+                    raw = await self._call(f"cancel all {label}",
+                                           lambda: self._rest.privateDeleteOpenOrders({"symbol": market_id}),
+                                           write=True)
+                else:
+                    raw = await self._call(f"cancel all {label}",
+                                           lambda: self._rest.cancel_all_orders(symbol, dict(params)), write=True)
             except OrderNotFound:
                 return []     # spot -2011: nothing open on the symbol any more
             except GatewayError as exc:
@@ -336,6 +360,15 @@ class CcxtGateway:
                 return []
             if self.futures and self.binance:
                 return list(by_symbol.get((symbol, algo), []))
+            if spot_binance:
+                known = {o.exchange_order_id: o for o in by_symbol.get((symbol, False), [])}
+                out = []
+                with _malformed(f"cancel all {label}"):
+                    for row in raw if isinstance(raw, list) else []:
+                        if isinstance(row, dict) and row.get("orderId") is not None:
+                            out.append(known.get(str(row["orderId"])) or
+                                       order_from_binance_rest(row, self._symbol_of))
+                return out
             out: list[Order] = []
             for o in raw if isinstance(raw, list) else []:
                 if isinstance(o, dict) and o.get("id") is not None:
