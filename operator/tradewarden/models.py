@@ -38,8 +38,9 @@ DESCRIPTION = (
     "A TradingAccount declares one exchange account that tradewarden keeps honest: it syncs "
     "balances, open orders and positions, reconciles them periodically against the exchange, "
     "cancels its own stale orders and reports every discrepancy. Annotations: "
-    f"'{ANNOTATION_EMERGENCY_STOP}' (value: the reason) opens the circuit breaker and cancels "
-    f"every open order on every symbol of the account; remove it to resume. "
+    f"'{ANNOTATION_EMERGENCY_STOP}' (value: the reason) opens the circuit breaker: every open order of "
+    f"the whole account (every symbol, listed in spec or not) is cancelled and verified gone, and while it "
+    f"stands every new order is cancelled (see spec.emergencyStop); remove it to resume. "
     f"'{ANNOTATION_RECONCILE_REQUESTED_AT}' (any new value) asks for a reconciliation now."
 )
 
