@@ -20,14 +20,10 @@ from typing import Any, Callable, Mapping
 
 from ..core import estop as es
 from ..domain import GatewayError, Order, OrderNotFound, RateLimited
+from ..service.runner import describe
 from . import workloads as wl
 
 log = logging.getLogger(__name__)
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _retry_after_ms(exc: BaseException) -> int:
@@ -61,11 +57,13 @@ class StopExecutor:
         return int(self._clock() * 1000)
 
     def _apply(self, t: es.Transition) -> None:
+        changed = t.state != self.state or bool(t.events)
         self.state = t.state
         for e in t.events:
             self._post(e.type.value, e.reason.value, e.message)
         self._pending.extend(a for a in t.actions if not isinstance(a, es.CancelOrder))
-        self._on_change()
+        if changed:
+            self._on_change()       # status is written only when the stop's state (or its Events) changed
 
     def configure(self, cfg: es.StopConfig, selector: Mapping[str, Any] | None, futures: bool) -> None:
         """The spec changed while the stop stands (e.g. another sweep interval)."""
@@ -133,8 +131,8 @@ class StopExecutor:
     async def on_stream_order(self, order: Order) -> None:
         """An order the stream showed while the stop stands: cancelled at once (whatever its client
         order id or symbol), beside any sweep in progress."""
-        if self.state is None:
-            return
+        if self.state is None or not order.state.active:
+            return                  # a cancel, a fill: nothing for the breaker to do
         t = es.step(self.state, es.StreamOrder(order), self._now_ms(), self.cfg)
         self._apply(t)
         for action in t.actions:
