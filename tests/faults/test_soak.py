@@ -26,6 +26,7 @@ def check(result: dict, accounts: int) -> None:
     assert result["recovered"] == result["accounts"] == accounts, result
 
 
+@pytest.mark.soak
 @pytest.mark.sim
 @pytest.mark.timeout(300)
 def test_soak_gateway_and_core():
@@ -36,6 +37,7 @@ def test_soak_gateway_and_core():
     check(run.result, 3)
 
 
+@pytest.mark.soak
 @pytest.mark.cluster
 @pytest.mark.timeout(420)
 def test_soak_through_the_operator(crd_installed, monkeypatch):

@@ -29,6 +29,7 @@ import ccxt.pro as ccxt_pro
 from ccxt.async_support.base.ws.future import Future as CcxtFuture
 
 from ..domain import Invalid, Unsupported
+from ..endpoints import point_at
 from .budget import RateBudgets, _strip_prefix, family_of, request_weight
 from .errors import ScrubFilter, scrub
 
@@ -201,8 +202,7 @@ def exchange_class(exchange_id: str, pro: bool) -> type:
 
 def rewrite_urls(exchange: Any, endpoint: str) -> None:
     """Point every REST and WebSocket URL of ``exchange`` at ``endpoint`` keeping each path."""
-    from ..sim.client import point_ccxt_at  # the one implementation of the rewrite in the project
-    point_ccxt_at(exchange, endpoint)
+    point_at(exchange, endpoint)
 
 
 def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | None, budgets: RateBudgets,
