@@ -179,6 +179,12 @@ def test_bots_scaled_to_zero_usdm_flatten_and_bad_input(crd_installed, namespace
     c = cond(obj, "WorkloadsScaledDown")
     assert c["status"] == "False" and c["reason"] == "NoWorkloadMatched" and "app=nothing-here" in c["message"]
 
+    # a new reason while the bots are held: they stay held, and are still restored on release
+    kubectl(kc, "-n", ns, "annotate", "ta", "fut", "--overwrite", f"{ESTOP}=second look")
+    es = wait_for("the new stop completed", lambda: (e := stop_of(kc, ns, "fut")).get("reason") == "second look"
+                  and e.get("state") == "Completed" and e, timeout=60, operator=op)
+    assert es["scaledDown"] == [{"kind": "Deployment", "name": "bot", "replicas": 2}]
+
     # release: replicas restored, named in an Event
     kubectl(kc, "-n", ns, "annotate", "ta", "fut", f"{ESTOP}-")
     wait_for("restored", lambda: kubectl(kc, "-n", ns, "get", "deployment", "bot", "-o",

@@ -198,6 +198,17 @@ def test_a_failed_sweep_after_completion_keeps_completed_and_reports_it():
     assert reasons(t) == ["EmergencyStopIncomplete"]
 
 
+def test_orders_found_after_completion_count_as_breaker_cancels_even_after_a_failed_round():
+    state = completed()
+    t = es.step(es.step(state, es.Tick(), 11_000, CFG).state, es.Listed((order("late"),)), 11_000, CFG)
+    t = es.step(t.state, es.Cancelled((), {"BTC/USDT": "Temporary: 503"}), 11_000, CFG)
+    assert t.state.phase is es.StopPhase.INCOMPLETE
+    now = t.state.next_sweep_ms
+    t = es.step(es.step(t.state, es.Tick(), now, CFG).state, es.Listed((order("late"),)), now, CFG)
+    t = es.step(t.state, es.Cancelled((order("late"),)), now, CFG)
+    assert t.state.breaker_cancelled == 1 and reasons(t) == ["EmergencyStopBreakerCancelled"]
+
+
 def test_many_breaker_cancels_are_named_in_bounded_events():
     state = completed()
     orders = tuple(order(f"b{i}", f"S{i}/USDT") for i in range(100))

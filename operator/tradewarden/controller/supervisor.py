@@ -538,8 +538,12 @@ class AccountSupervisor:
     async def _open_breaker(self, reason: str, who: str) -> None:
         """Record the stop in status before any exchange call; the machine's first actions (scale the
         bots down, list the whole account) run at the next step."""
+        held = self.state.stop.held if self.state.stop.active else ()   # a new reason: the bots stay held
         self._breaker = self._new_breaker()
         self._breaker.open(reason, who or "unknown")
+        if held:
+            self._breaker.held = list(held)
+            self._breaker_changed()
         self.log.warning("EMERGENCY STOP requested by %s: %s", who or "unknown", reason)
         await self.flush(force=True)     # readers see the stop before anything else happens
         if self.deps.telemetry is not None:

@@ -303,7 +303,8 @@ def _listed(state: StopState, obs: Listed, now_ms: int, cfg: StopConfig) -> Tran
         return _failed(state, (("remaining", f"{len(obs.orders)} orders, {len(positions)} positions still "
                                              f"open after {state.rounds} rounds: {what}"),),
                        0, now_ms, cfg, "orders or positions remain")
-    breaker = state.completed_at_ms is not None and (state.phase is StopPhase.COMPLETED or state.breaker_round)
+    # after the first completion verified the account empty, whatever a listing shows was placed since
+    breaker = state.completed_at_ms is not None
     events = ()
     phase = state.phase
     if state.phase is StopPhase.COMPLETED:
