@@ -146,3 +146,27 @@ async def test_usdm_flatten_leaves_every_position_at_zero(sim, setup):
     assert (await gw.list_account(positions=True)).positions == []
     assert "EmergencyStopPositionsClosed" in rec.reasons()
     assert "every position is 0" in [m for _, r, m in rec.events if r == "EmergencyStopCompleted"][0]
+
+
+async def test_a_flood_of_breaker_cancels_does_not_flood_the_api_server_with_events(sim, setup):
+    from tradewarden.controller import breaker
+    from tradewarden.domain import Order, OrderState, Side
+    from decimal import Decimal
+
+    key, gw, ex, rec = await setup(symbols=("BTC/USDT",))
+    ex.open("r", "me")
+    await until(ex, lambda: ex.state.phase is es.StopPhase.COMPLETED)
+    n = 40
+    for i in range(n):
+        placed = place(sim, key, "BTCUSDT", "10", f"flood-{i}")
+        await ex.on_stream_order(Order(f"flood-{i}", str(placed.order_id), "BTC/USDT", Side.BUY, "limit",
+                                       Decimal("10"), Decimal("1"), Decimal(0), OrderState.OPEN, 0, 0))
+    assert open_count(sim, key) == 0 and ex.state.breaker_cancelled == n and rec.breaker == n
+    named = [m for _, r, m in rec.events if r == "EmergencyStopBreakerCancelled"]
+    assert len(named) <= breaker.BREAKER_EVENT_BURST + 1
+    ex._event_refill_at -= 10                       # time passes: the held-back ones go out as one Event
+    await ex.work()
+    named = [m for _, r, m in rec.events if r == "EmergencyStopBreakerCancelled"]
+    assert f"{n - breaker.BREAKER_EVENT_BURST} breaker Events held back" in named[-1]
+    held = n - breaker.BREAKER_EVENT_BURST
+    assert f"flood-{breaker.BREAKER_EVENT_BURST}" in named[-1] and f"and {held - 5} more" in named[-1]

@@ -30,6 +30,10 @@ def _retry_after_ms(exc: BaseException) -> int:
     return int(float(getattr(exc, "retry_after", 0.0) or 0.0) * 1000) if isinstance(exc, RateLimited) else 0
 
 
+BREAKER_EVENT_BURST = 10        # breaker Events posted at once ...
+BREAKER_EVENT_PER_S = 0.5       # ... then one every 2 s; the rest are aggregated
+
+
 class StopExecutor:
     def __init__(self, *, namespace: str, gateway: Callable[[], Any], kube: Any,
                  post: Callable[[str, str, str], None], telemetry: Callable[[], Any],
@@ -50,6 +54,12 @@ class StopExecutor:
         self.scale: dict[str, str] | None = None     # {"problem", "message"} of the last scale call
         self._pending: deque[es.Action] = deque()
         self._lock = asyncio.Lock()                  # one sweep at a time (stream cancels run beside it)
+        # A runaway bot placing hundreds of orders a second must not become hundreds of Events a second on the
+        # API server: breaker Events go through a token bucket; what it holds back is posted as one Event at
+        # the next sweep (every order is still counted in status and in the metric).
+        self._event_tokens = float(BREAKER_EVENT_BURST)
+        self._event_refill_at = clock()
+        self._held_back: list[str] = []
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -60,10 +70,37 @@ class StopExecutor:
         changed = t.state != self.state or bool(t.events)
         self.state = t.state
         for e in t.events:
-            self._post(e.type.value, e.reason.value, e.message)
+            self._post_event(e)
         self._pending.extend(a for a in t.actions if not isinstance(a, es.CancelOrder))
         if changed:
             self._on_change()       # status is written only when the stop's state (or its Events) changed
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._event_tokens = min(float(BREAKER_EVENT_BURST),
+                                 self._event_tokens + (now - self._event_refill_at) * BREAKER_EVENT_PER_S)
+        self._event_refill_at = now
+
+    def _post_event(self, e: es.StopEvent) -> None:
+        if e.reason is es.StopReason.BREAKER_CANCELLED:
+            self._refill()
+            if self._event_tokens < 1:
+                self._held_back.append(e.message)
+                return
+            self._event_tokens -= 1
+        self._post(e.type.value, e.reason.value, e.message)
+
+    def _post_held_back(self) -> None:
+        self._refill()
+        if not self._held_back or self._event_tokens < 1:
+            return
+        held, self._held_back = self._held_back, []
+        self._event_tokens -= 1
+        shown = "; ".join(held[:es.MAX_NAMED]) + (f"; and {len(held) - es.MAX_NAMED} more" if len(held) > es.MAX_NAMED
+                                                 else "")
+        self._post(es.EventType.WARNING.value, es.StopReason.BREAKER_CANCELLED.value,
+                   f"{len(held)} breaker Events held back (Event rate limit; every order is counted in "
+                   f"status.emergencyStop.breakerCancelled): {shown}")
 
     def configure(self, cfg: es.StopConfig, selector: Mapping[str, Any] | None, futures: bool) -> None:
         """The spec changed while the stop stands (e.g. another sweep interval)."""
@@ -116,6 +153,7 @@ class StopExecutor:
         their outcomes, until the machine waits (for a timer or nothing)."""
         if self.state is None:
             return
+        self._post_held_back()
         async with self._lock:
             if not self._pending and self.state.in_flight:
                 # what was in flight was abandoned (the step was cancelled): start the sweep again
