@@ -191,6 +191,13 @@ def test_the_stream_cancels_at_once_and_each_cancel_is_reported():
     assert t.state.next_sweep_ms == 2001 and reasons(t) == ["EmergencyStopBreakerCancelFailed"]
 
 
+def test_a_stream_gap_brings_the_next_sweep_forward():
+    state = completed()
+    t = es.step(state, es.StreamGap(), 5_000, CFG)
+    assert t.state.next_sweep_ms == 5_000 and es.step(t.state, es.Tick(), 5_000, CFG).actions == (es.ListAccount(False),)
+    assert es.step(state, es.StreamGap(), 20_000, CFG).state.next_sweep_ms == state.next_sweep_ms   # already due
+
+
 def test_a_failed_sweep_after_completion_keeps_completed_and_reports_it():
     state = completed()
     t = es.step(es.step(state, es.Tick(), 11_000, CFG).state, es.ListFailed("Temporary: 503"), 11_000, CFG)

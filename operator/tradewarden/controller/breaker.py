@@ -166,6 +166,11 @@ class StopExecutor:
                 if obs is not None and self.state is not None:
                     self._apply(es.step(self.state, obs, self._now_ms(), self.cfg))
 
+    def stream_gap(self) -> None:
+        """The stream reconnected after a gap: the next sweep is due now."""
+        if self.state is not None:
+            self._apply(es.step(self.state, es.StreamGap(), self._now_ms(), self.cfg))
+
     async def on_stream_order(self, order: Order) -> None:
         """An order the stream showed while the stop stands: cancelled at once (whatever its client
         order id or symbol), beside any sweep in progress."""

@@ -492,6 +492,8 @@ class AccountSupervisor:
         if counted and self._tele is not None:
             self._tele.stream_reconnected()
         self.state.reconnect_pending = True
+        if self.state.stop.active and self._breaker is not None:
+            self._breaker.stream_gap()          # the breaker did not see what was placed in the gap: sweep now
         self._wake.set()
 
     async def stream_event(self, event: domain.StreamEvent) -> None:

@@ -126,7 +126,12 @@ class OrderCancelled:
     error: str = ""
 
 
-Observation = Tick | Listed | ListFailed | Cancelled | Flattened | StreamOrder | OrderCancelled
+@dataclass(frozen=True, slots=True)
+class StreamGap:
+    """The stream reconnected after a gap: orders placed meanwhile were not seen; sweep now."""
+
+
+Observation = Tick | Listed | ListFailed | Cancelled | Flattened | StreamOrder | OrderCancelled | StreamGap
 
 
 # ---- actions (what the executor does) ---------------------------------------------------------
@@ -259,6 +264,8 @@ def step(state: StopState, obs: Observation, now_ms: int, cfg: StopConfig) -> Tr
         return Transition(state)
     if isinstance(obs, OrderCancelled):
         return _order_cancelled(state, obs, now_ms)
+    if isinstance(obs, StreamGap):
+        return Transition(replace(state, next_sweep_ms=min(state.next_sweep_ms, now_ms)))
     raise TypeError(f"not an observation: {obs!r}")
 
 
