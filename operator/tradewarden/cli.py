@@ -36,17 +36,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .controller.main import run
     return run(namespaces=args.namespace, all_namespaces=args.all_namespaces,
                standalone=args.standalone, metrics_port=args.metrics_port,
-               liveness=args.liveness, peering=args.peering, verbose=args.verbose)
+               liveness=args.liveness, peering=args.peering, verbose=args.verbose, log_format=args.log_format)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
-    return demo_main(keep=args.keep, fast=args.fast)
+    return demo_main(keep=args.keep, fast=args.fast, log_format=args.log_format)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .output import FORMATS, default_format
+
+    # --log-format is accepted before or after the subcommand (after wins when both are given)
+    def log_format_option(parser: argparse.ArgumentParser, dest: str) -> None:
+        parser.add_argument("--log-format", dest=dest, choices=FORMATS, default=None,
+                            help="text (default) or json: one JSON object per line (env TRADEWARDEN_LOG_FORMAT). "
+                                 "Colour is off when NO_COLOR is set or the output is not a terminal")
+
+    common = argparse.ArgumentParser(add_help=False)
+    log_format_option(common, "log_format")
     p = argparse.ArgumentParser(prog="tradewarden", description=__doc__)
+    log_format_option(p, "log_format_global")
+    p.set_defaults(default_log_format=default_format())
     sub = p.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: _add_parser(*a, parents=[common], **kw)  # type: ignore[method-assign]
 
     s = sub.add_parser("crd", help="print the TradingAccount CRD (generated from the models)")
     s.set_defaults(func=cmd_crd)
@@ -83,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.log_format = getattr(args, "log_format", None) or args.log_format_global or args.default_log_format
     return int(args.func(args) or 0)
 
 

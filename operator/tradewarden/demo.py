@@ -21,6 +21,7 @@ import urllib.request
 from typing import Any, Callable
 
 from . import models
+from .output import Console
 
 PKG = pathlib.Path(__file__).resolve().parent
 NAMESPACE = "tradewarden-demo"
@@ -29,8 +30,13 @@ API_KEY = "demo-api-key"
 API_SECRET = "demo-api-secret"
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "BNB/USDT"]
 
-BOLD, DIM, GREEN, YELLOW, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[33m", "\033[31m", "\033[0m") \
-    if sys.stdout.isatty() else ("",) * 6
+# Styles are always written; the console drops them under NO_COLOR, off a terminal and in JSON mode.
+BOLD, DIM, GREEN, YELLOW, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[33m", "\033[31m", "\033[0m")
+CONSOLE = Console()
+
+
+def emit(text: str, **kw: Any) -> None:
+    CONSOLE.emit(text, **kw)
 
 
 class DemoError(RuntimeError):
@@ -38,15 +44,15 @@ class DemoError(RuntimeError):
 
 
 def step(n: int, title: str) -> None:
-    print(f"\n{BOLD}== {n}. {title}{RESET}", flush=True)
+    emit(f"\n{BOLD}== {n}. {title}{RESET}", step=n)
 
 
 def say(text: str) -> None:
-    print(f"   {text}", flush=True)
+    emit(f"   {text}")
 
 
 def ok(text: str) -> None:
-    print(f"   {GREEN}✓{RESET} {text}", flush=True)
+    emit(f"   {GREEN}✓{RESET} {text}", ok=True)
 
 
 def free_port() -> int:
@@ -92,7 +98,7 @@ class Demo:
     def wait_for(self, what: str, predicate: Callable[[dict], bool], timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
         spinner = "|/-\\"
-        tty = sys.stdout.isatty()
+        tty = CONSOLE.interactive
         t0 = time.monotonic()
         i = 0
         if not tty:
@@ -223,7 +229,8 @@ class Demo:
         self.metrics_port = free_port()
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "tradewarden.cli", "run", "--standalone", "--namespace", NAMESPACE,
-             "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+             "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+             "--log-format", CONSOLE.fmt],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
         ok(f"operator running (log: {self.workdir / 'operator.log'}, metrics: "
            f"http://127.0.0.1:{self.metrics_port}/metrics)")
@@ -330,11 +337,11 @@ class Demo:
 
     def cleanup(self) -> None:
         if self.keep:
-            print(f"\n{BOLD}Everything keeps running (--keep).{RESET}")
-            print(f"   export KUBECONFIG={self.kubeconfig}; kubectl -n {NAMESPACE} get ta")
-            print(f"   simulator: {self.sim_url} (control API under /sim/v1/)")
+            emit(f"\n{BOLD}Everything keeps running (--keep).{RESET}")
+            emit(f"   export KUBECONFIG={self.kubeconfig}; kubectl -n {NAMESPACE} get ta")
+            emit(f"   simulator: {self.sim_url} (control API under /sim/v1/)")
             pids = " ".join(str(p.pid) for p in self.procs)
-            print(f"   stop it: kill {pids}" + ("; ./tw testenv stop" if self.started_control_plane else ""))
+            emit(f"   stop it: kill {pids}" + ("; ./tw testenv stop" if self.started_control_plane else ""))
             return
         if self.kubeconfig and self.procs:
             # delete the account while the operator runs, so it removes its finalizer (an account
@@ -355,11 +362,11 @@ class Demo:
         if self.started_control_plane:
             subprocess.run(["bash", str(PKG / "scripts" / "controlplane.sh"), "stop"], capture_output=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
-        print(f"\n{DIM}Stopped the operator and the simulator"
+        emit(f"\n{DIM}Stopped the operator and the simulator"
               + (" and the local control plane" if self.started_control_plane else "") + f"; nothing left running.{RESET}")
 
     def run(self) -> int:
-        print(f"{BOLD}tradewarden demo{RESET}: an exchange account kept honest, end to end")
+        emit(f"{BOLD}tradewarden demo{RESET}: an exchange account kept honest, end to end")
         try:
             self.setup_cluster()
             self.start_simulator()
@@ -369,15 +376,15 @@ class Demo:
             self.stale_order()
             self.stream_drop()
             self.emergency_stop()
-            print(f"\n{GREEN}{BOLD}Demo complete.{RESET}")
+            emit(f"\n{GREEN}{BOLD}Demo complete.{RESET}")
             return 0
         except (DemoError, OSError) as e:
-            print(f"\n{RED}demo failed: {e}{RESET}", file=sys.stderr)
+            emit(f"\n{RED}demo failed: {e}{RESET}", level="error", err=True)
             for name in ("operator.log", "sim.log"):
                 path = self.workdir / name
                 if path.exists():
                     tail = path.read_text().splitlines()[-15:]
-                    print(f"--- last lines of {name}:", *tail, sep="\n", file=sys.stderr)
+                    emit("\n".join([f"--- last lines of {name}:", *tail]), level="error", err=True)
             return 1
         except KeyboardInterrupt:
             return 130
@@ -392,5 +399,7 @@ def _cond(obj: dict, type_: str) -> str:
     return ""
 
 
-def main(keep: bool = False, fast: bool = False) -> int:
+def main(keep: bool = False, fast: bool = False, log_format: str = "text") -> int:
+    global CONSOLE
+    CONSOLE = Console(log_format)
     return Demo(keep=keep, fast=fast).run()

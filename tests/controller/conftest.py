@@ -76,12 +76,14 @@ class Operator:
     """`tradewarden run --standalone -n <ns>` as a subprocess (killable, restartable)."""
 
     def __init__(self, kubeconfig: str, namespace: str, log_path: pathlib.Path, *,
-                 peering: str | None = None, env: dict[str, str] | None = None) -> None:
+                 peering: str | None = None, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
         self.peering = peering
         self.env = env or {}
+        self.args = list(args or [])            # extra `tradewarden run` arguments (the last of a flag wins)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -90,7 +92,7 @@ class Operator:
         mode = ["--peering", self.peering] if self.peering else ["--standalone"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tradewarden.cli", "run", *mode, "-n", self.namespace,
-             "--metrics-port", "0", "--liveness", "off"],
+             "--metrics-port", "0", "--liveness", "off", *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
 
     def kill(self) -> None:

