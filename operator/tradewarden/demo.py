@@ -62,8 +62,12 @@ def free_port() -> int:
 
 
 class Demo:
-    def __init__(self, keep: bool, fast: bool):
+    def __init__(self, keep: bool, fast: bool, in_cluster: bool = False):
         self.keep = keep
+        self.in_cluster = in_cluster    # the operator as a Pod from its image, on the local node
+        self.node = None
+        self.started_node = False
+        self.release = "tradewarden-demo"
         self.pause = 0.5 if fast else 2.0
         self.procs: list[subprocess.Popen] = []
         self.started_control_plane = False
@@ -141,6 +145,9 @@ class Demo:
     # ---- the mission ----------------------------------------------------------------------------
 
     def setup_cluster(self) -> None:
+        if self.in_cluster:
+            self.setup_node()
+            return self.install_crd()
         step(1, "A real Kubernetes API server")
         existing = os.environ.get("KUBECONFIG")
         if existing and subprocess.run(["kubectl", "--kubeconfig", existing, "--request-timeout=5s", "get", "--raw",
@@ -159,6 +166,25 @@ class Demo:
             self.kubeconfig = out.stdout.strip().splitlines()[-1].removeprefix("export KUBECONFIG=")
             self.started_control_plane = not already
             ok(f"kube-apiserver ready; KUBECONFIG={self.kubeconfig}")
+        self.install_crd()
+
+    def setup_node(self) -> None:
+        from . import incluster
+        step(1, "A real Kubernetes API server and a node (containerd, kubelet, scheduler)")
+        say("the local control plane and its node; the first run on a machine builds them from Debian's")
+        say("sources (about 10 minutes), later runs start them in seconds")
+        r = subprocess.run(["bash", str(PKG / "scripts" / "controlplane.sh"), "status"], capture_output=True,
+                           text=True)
+        self.started_control_plane = r.returncode != 0
+        self.started_node = "node: " not in r.stdout
+        try:
+            self.node = incluster.start_node()
+        except incluster.InClusterError as e:
+            raise DemoError(str(e)) from None
+        self.kubeconfig = self.node.kubeconfig
+        ok(f"node Ready; Pods reach this machine at {self.node.ip}; KUBECONFIG={self.kubeconfig}")
+
+    def install_crd(self) -> None:
         crd = self.workdir / "crd.yaml"
         from .crd import crd_yaml
         crd.write_text(crd_yaml())
@@ -187,9 +213,11 @@ class Demo:
     def start_simulator(self) -> None:
         step(2, "The exchange: tradewarden's Binance-compatible simulator")
         self.sim_port = free_port()
-        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
+        host = self.node.ip if self.node else "127.0.0.1"   # a Pod reaches this machine at the node's address
+        self.sim_url = f"http://{host}:{self.sim_port}"
         log = open(self.workdir / "sim.log", "w")
-        self.procs.append(subprocess.Popen([sys.executable, "-m", "tradewarden.cli", "sim", "--port", str(self.sim_port)],
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "tradewarden.cli", "sim", "--host", host,
+                                            "--port", str(self.sim_port)],
                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + 30
         while True:
@@ -224,16 +252,19 @@ class Demo:
 
     def start_operator(self) -> None:
         step(3, "The operator and the TradingAccount")
-        log = open(self.workdir / "operator.log", "w")
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-        self.metrics_port = free_port()
-        self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tradewarden.cli", "run", "--standalone", "--namespace", NAMESPACE,
-             "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
-             "--log-format", CONSOLE.fmt],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
-        ok(f"operator running (log: {self.workdir / 'operator.log'}, metrics: "
-           f"http://127.0.0.1:{self.metrics_port}/metrics)")
+        if self.in_cluster:
+            self.install_operator_pod()
+        else:
+            log = open(self.workdir / "operator.log", "w")
+            env = {**os.environ, "KUBECONFIG": self.kubeconfig}
+            self.metrics_port = free_port()
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tradewarden.cli", "run", "--standalone", "--namespace", NAMESPACE,
+                 "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+                 "--log-format", CONSOLE.fmt],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            ok(f"operator running (log: {self.workdir / 'operator.log'}, metrics: "
+               f"http://127.0.0.1:{self.metrics_port}/metrics)")
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tradewarden-demo-credentials"},
                   "type": "Opaque", "stringData": {"apiKey": API_KEY, "secret": API_SECRET}}
         self.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps(secret))
@@ -248,6 +279,28 @@ class Demo:
         }
         self.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps(account))
         say("kubectl apply -f tradingaccount.yaml   (exchange binance, 3 symbols, policy Correct)")
+
+    def install_operator_pod(self) -> None:
+        from . import incluster
+        try:
+            say("building the operator's image from the Dockerfile (buildah; the first build makes the base)")
+            t0 = time.monotonic()
+            image = incluster.build_image()
+            incluster.load_image()
+            ok(f"image {image} built and loaded into the node in {time.monotonic() - t0:.0f} s")
+            t0 = time.monotonic()
+            incluster.helm("install", self.release, str(incluster.CHART), "--take-ownership",
+                           *incluster.install_values(self.node, image, NAMESPACE, self.release),
+                           kubeconfig=self.kubeconfig)
+            self.installed = True
+            say(f"helm install {self.release} charts/tradewarden -n {NAMESPACE} "
+                f"--set watchNamespaces={{{NAMESPACE}}} --set image.repository=... (the image built here)")
+            pod = incluster.wait_ready_pod(self.kubeconfig, NAMESPACE, self.release)
+        except incluster.InClusterError as e:
+            raise DemoError(str(e)) from None
+        ok(f"operator Pod {pod['metadata']['name']} Running and Ready in {time.monotonic() - t0:.1f} s "
+           f"(in-cluster config, ServiceAccount {pod['spec']['serviceAccountName']}; "
+           f"log: kubectl -n {NAMESPACE} logs {pod['metadata']['name']})")
 
     def initial_sync(self) -> None:
         step(4, "Initial sync")
@@ -343,10 +396,17 @@ class Demo:
             pids = " ".join(str(p.pid) for p in self.procs)
             emit(f"   stop it: kill {pids}" + ("; ./tw testenv stop" if self.started_control_plane else ""))
             return
-        if self.kubeconfig and self.procs:
+        if self.kubeconfig and (self.procs or getattr(self, "installed", False)):
             # delete the account while the operator runs, so it removes its finalizer (an account
             # deleted after its operator is gone would hold the namespace in Terminating)
             self.kubectl("-n", NAMESPACE, "delete", "ta", "--all", "--timeout=30s", check=False)
+        if getattr(self, "installed", False):
+            from . import incluster
+            incluster.helm("uninstall", self.release, "--namespace", NAMESPACE, kubeconfig=self.kubeconfig,
+                           check=False)
+        if self.started_node and not self.started_control_plane:
+            from . import incluster
+            incluster.stop_node()
         for p in self.procs:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -380,6 +440,11 @@ class Demo:
             return 0
         except (DemoError, OSError) as e:
             emit(f"\n{RED}demo failed: {e}{RESET}", level="error", err=True)
+            if getattr(self, "installed", False):
+                logs = subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, "-n", NAMESPACE, "logs", "-l",
+                                       f"app.kubernetes.io/instance={self.release}", "--tail=15"],
+                                      capture_output=True, text=True).stdout
+                emit("--- last lines of the operator Pod's log:\n" + logs, level="error", err=True)
             for name in ("operator.log", "sim.log"):
                 path = self.workdir / name
                 if path.exists():
@@ -399,7 +464,7 @@ def _cond(obj: dict, type_: str) -> str:
     return ""
 
 
-def main(keep: bool = False, fast: bool = False, log_format: str = "text") -> int:
+def main(keep: bool = False, fast: bool = False, log_format: str = "text", in_cluster: bool = False) -> int:
     global CONSOLE
     CONSOLE = Console(log_format)
-    return Demo(keep=keep, fast=fast).run()
+    return Demo(keep=keep, fast=fast, in_cluster=in_cluster).run()

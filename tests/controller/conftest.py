@@ -24,14 +24,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 class ThreadSim:
     """A tradewarden.sim.Simulator running on a private loop in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         from tradewarden.sim import Simulator
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sim-loop", daemon=True)
         self.thread.start()
         self.sim = Simulator(control=True)
-        self.call_async(self.sim.start(host="127.0.0.1", port=0))
+        self.call_async(self.sim.start(host=host, port=0))
         self.url = self.sim.url
 
     def call_async(self, coro: Any, timeout: float = 30) -> Any:

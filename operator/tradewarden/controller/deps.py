@@ -5,10 +5,9 @@ import random
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol
 
 from .. import domain
-from .vocabulary import gateway_problem  # noqa: F401 - re-exported for the supervisor
 
 
 class KubeAPI(Protocol):
@@ -19,18 +18,9 @@ class KubeAPI(Protocol):
     def close(self) -> None: ...
 
 
-class AccountGateway(domain.Gateway, Protocol):
-    """A domain.Gateway as the supervisor builds it: started, and telling its API family."""
-
-    futures: bool           # a derivatives (USD-M) account: what it fetches depends on it
-    rest_family: str        # the rate budget family of its REST API ("api", "fapi")
-
-    async def start(self, symbols: Sequence[str] = ()) -> None: ...
-
-
 class GatewayFactory(Protocol):
     def __call__(self, exchange_id: str, api_key: str, secret: str, endpoint: str | None = None, *,
-                 budgets: Any = None) -> AccountGateway: ...
+                 budgets: Any = None) -> domain.Gateway: ...
 
 
 class Budgets(Protocol):
@@ -92,7 +82,7 @@ class BudgetPublisher:
             pass
 
 
-def _default_gateway_factory(*args: Any, **kwargs: Any) -> AccountGateway:
+def _default_gateway_factory(*args: Any, **kwargs: Any) -> domain.Gateway:
     from ..gateway import create_gateway
 
     return create_gateway(*args, **kwargs)

@@ -390,7 +390,10 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
         out["ledger"] = dict(s.ledger)
     else:
         out["ledger"] = kept(previous, "ledger", {})
-    return prune_none(TradingAccountStatus.model_validate(out).model_dump(exclude_unset=True))
+    status = TradingAccountStatus.model_validate(out)
+    if status.model_extra:          # the model allows extras for readers; the writer may not invent fields
+        raise ValueError(f"status fields the model does not have: {sorted(status.model_extra)}")
+    return prune_none(status.model_dump(exclude_unset=True))
 
 
 def kept(previous: Mapping[str, Any], key: str, default: Any) -> Any:

@@ -28,13 +28,13 @@ from .breaker import StopExecutor
 from . import events as ev
 from . import schedule
 from . import status as st
-from .deps import Deps, gateway_problem
+from .deps import Deps
 from .credentials import CredentialsError, read_credentials
 from .lifecycle import (AcceptSpec, Action, Build, Configure, Idle, OpenBreaker, Reject, ReleaseBreaker, Run,
                         StartStream, State, Stop)
 from .streaming import StreamConsumer
 from .throttle import StatusWriter
-from .vocabulary import Problem, ProblemReason, RunKind, StreamState
+from .vocabulary import Problem, ProblemReason, RunKind, StreamState, gateway_problem
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ class AccountSupervisor:
         s.check_interval_s = o.check_interval_s
         if self._runner is not None and config == previous:
             if s.synced and previous_check is not None and o.check_interval_s != previous_check:
-                s.next_stale = min(s.next_stale, schedule.next_stale(self._now(), o.check_interval_s, self.deps.rng))
+                s.next_stale = min(s.next_stale, schedule.after(self._now(), o.check_interval_s, self.deps.rng))
             return
         if self._runner is not None:
             ledger, monitor = self._runner.ledger, self._runner.monitor
@@ -349,8 +349,8 @@ class AccountSupervisor:
             # A shorter interval takes effect now, not after the old one has run out.
             now = self._now()
             if config.interval_s != previous.interval_s:
-                s.next_reconcile = min(s.next_reconcile, schedule.next_stale(now, config.interval_s, self.deps.rng))
-            s.next_stale = min(s.next_stale, schedule.next_stale(now, o.check_interval_s, self.deps.rng))
+                s.next_reconcile = min(s.next_reconcile, schedule.after(now, config.interval_s, self.deps.rng))
+            s.next_stale = min(s.next_stale, schedule.after(now, o.check_interval_s, self.deps.rng))
 
     async def _teardown(self) -> None:
         await self._stream.stop()
@@ -404,7 +404,7 @@ class AccountSupervisor:
             s.reconnect_pending = False
         report = await self._run(action.kind, action.trigger)
         if action.kind is RunKind.STALE:
-            s.next_stale = schedule.next_stale(self._now(), o.check_interval_s, self.deps.rng)
+            s.next_stale = schedule.after(self._now(), o.check_interval_s, self.deps.rng)
             return
         if action.handles is not None:
             if report is None and emergency.pending(self._annotations().get(lifecycle.ESTOP), s.stop):
