@@ -6,7 +6,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Sequence
 
-from tradewarden.domain import (Balance, SymbolsResult, Order, OrderNotFound, OrderState, Position, Section,
+from tradewarden.domain import (AccountListing, Balance, SymbolsResult, Order, OrderNotFound, OrderState, Position, Section,
                                 Side, Snapshot)
 
 WRITES = frozenset({"cancel_order", "cancel_symbols"})
@@ -122,6 +122,13 @@ class FakeExchange:
         self.orders[o.client_order_id] = done
         # like Binance: the answer carries the cancel request's own client id (origClientOrderId is the order's)
         return replace(done, client_order_id=f"cancel-{len(self.calls)}")
+
+    async def list_account(self, positions: bool = False) -> AccountListing:
+        """Every open order, whatever its symbol (the emergency stop's whole-account listing)."""
+        self.calls.append(("list_account", positions))
+        self._fault("list_account")
+        held = [p for p in self.positions.values() if p.amount != 0] if positions else []
+        return AccountListing(orders=self.open_orders(), positions=held)
 
     async def cancel_symbols(self, symbols: Sequence[str], algo_symbols: Sequence[str] = (),
                              listed: Sequence[Order] = ()) -> SymbolsResult:
