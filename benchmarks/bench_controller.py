@@ -1,8 +1,10 @@
 """Controller benchmarks (real kube-apiserver + simulator + real ccxt + `tradewarden run`).
 
 Prints, each with a baseline measured in the same run:
-  1. emergency stop latency: annotation written -> the simulator shows no open order, for 1,000
-     orders over 50 symbols (baseline: the gateway's own cancel_all of the same book, no operator);
+  1. emergency stop (issue 14): annotation written -> the simulator shows no open order, p50 for 1,000
+     orders over 50 symbols (baseline: the gateway's own whole-account sweep of the same book, no
+     operator); an order placed after the stop -> cancelled by the breaker, p50/p95 via the stream and
+     via the sweep (stream silently dead; baseline: the sweep interval); request weight per sweep;
   2. stream event -> status latency: an order placed out of band -> status.openOrders shows it
      (baseline: the same change made visible by a reconcile-annotation run);
   3. CPU, memory and API-server writes for 100 accounts on one operator over a short window,
@@ -156,7 +158,15 @@ class WriteCounter:
         self._w.stop()
 
 
-def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path) -> None:
+def _pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))]
+
+
+def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path, reps: int = 5, samples: int = 20,
+                         sweep_samples: int = 6) -> None:
+    """Issue 14: annotation -> book empty (1,000 orders over 50 symbols, p50 of ``reps`` stops); an order placed
+    after the stop -> cancelled, via the stream and via the sweep (stream silently dead); weight per sweep."""
     ns = "tw-bench-" + uuid.uuid4().hex[:6]
     sh(kc, "create", "namespace", ns)
     sim = tsim.sim
@@ -165,55 +175,105 @@ def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path) -> None:
         tsim.call(sim.add_market, f"{b}USDT", price="100")
     symbols = [f"{b}/USDT" for b in bases]
 
-    def book(key: str) -> None:
-        for b in bases:
-            for i in range(20):
-                tsim.call(sim.place_order, key, symbol=f"{b}USDT", side="BUY", type="LIMIT", quantity="1",
-                          price=str(50 + i), time_in_force="GTC", client_order_id=f"tw-{b}-{i}")
+    def book(key: str, tag: str) -> None:
+        def place_all() -> None:
+            for b in bases:
+                for i in range(20):
+                    sim.place_order(key, symbol=f"{b}USDT", side="BUY", type="LIMIT", quantity="1",
+                                    price=str(50 + i), time_in_force="GTC", client_order_id=f"tw-{tag}-{b}-{i}")
+        tsim.call(place_all)
 
-    # Baseline: the gateway alone cancels the same book (no Kubernetes, no operator).
+    # Baseline: the gateway alone sweeps the same book (whole-account listing, cancel per symbol, verify).
     key0, sec0 = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
     tsim.call(sim.add_account, key0, sec0, balances={"USDT": "10000000"})
-    book(key0)
 
     async def direct() -> float:
         from tradewarden.gateway import create_gateway
 
         gw = create_gateway("binance", key0, sec0, tsim.url)
-        await gw.start(symbols)
-        t0 = time.perf_counter()
-        res = await gw.cancel_all(symbols)
-        dt = time.perf_counter() - t0
+        await gw.start(symbols[:1])
+        times = []
+        for r in range(reps):
+            book(key0, f"base{r}")
+            t0 = time.perf_counter()
+            listing = await gw.list_account()
+            res = await gw.cancel_symbols(sorted({o.symbol for o in listing.orders}), (), listing.orders)
+            left = await gw.list_account()
+            times.append(time.perf_counter() - t0)
+            assert not res.errors and not left.orders and len(res.done) == 1000
         await gw.close()
-        assert not res.remaining
-        return dt
+        return statistics.median(times)
 
     base_s = asyncio.run(direct())
     assert not tsim.open_orders(key0)
 
     key, sec = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
     tsim.call(sim.add_account, key, sec, balances={"USDT": "10000000"})
-    book(key)
     apply_secret(kc, ns, "creds", key, sec)
-    apply_account(kc, ns, "big", tsim.url, symbols, "creds", reconciliation={"intervalSeconds": 3600})
+    # the spec lists one symbol: the stop covers the whole account anyway
+    apply_account(kc, ns, "big", tsim.url, symbols[:1], "creds", reconciliation={"intervalSeconds": 3600},
+                  emergencyStop={"sweepIntervalSeconds": 5})
     op = Operator(kc, ns, tmp / "estop.log")
     op.start()
     custom, _ = api(kc)
+    stop = lambda: get(custom, ns, "big")["status"].get("emergencyStop") or {}  # noqa: E731
+    gone, completed = [], []
     try:
-        poll(lambda: cond(get(custom, ns, "big"), "Ready") == "True", 180, 0.2)
-        assert len(tsim.open_orders(key)) == 1000
-        t0 = time.perf_counter()
-        sh(kc, "-n", ns, "annotate", "ta", "big", "tradewarden.io/emergency-stop=bench")
-        t_written = time.perf_counter()
-        poll(lambda: not tsim.open_orders(key), 120, 0.01)
-        t_gone = time.perf_counter()
-        poll(lambda: get(custom, ns, "big")["status"]["emergencyStop"].get("state") == "Completed", 120, 0.05)
-        t_done = time.perf_counter()
-        print(f"[estop] 1000 orders / 50 symbols: annotation written -> simulator shows no open order: "
-              f"{t_gone - t_written:.3f}s (kubectl annotate itself {t_written - t0:.3f}s); "
-              f"status Completed after {t_done - t_written:.3f}s")
-        print(f"[estop] baseline gateway.cancel_all alone (no operator): {base_s:.3f}s; "
-              f"operator/baseline ratio {(t_gone - t_written) / base_s:.2f}x")
+        for r in range(reps):
+            poll(lambda: cond(get(custom, ns, "big"), "Ready") == "True", 180, 0.2)
+            book(key, f"r{r}")
+            assert len(tsim.open_orders(key)) == 1000
+            sh(kc, "-n", ns, "annotate", "ta", "big", f"tradewarden.io/emergency-stop=bench-{r}")
+            t_written = time.perf_counter()
+            poll(lambda: not tsim.open_orders(key), 120, 0.005)
+            gone.append(time.perf_counter() - t_written)
+            poll(lambda: stop().get("state") == "Completed", 120, 0.05)
+            completed.append(time.perf_counter() - t_written)
+            if r < reps - 1:
+                sh(kc, "-n", ns, "annotate", "ta", "big", "tradewarden.io/emergency-stop-")
+                poll(lambda: stop().get("active") is False, 60, 0.05)
+        med = statistics.median
+        print(f"[estop] 1000 orders / 50 symbols (49 outside spec.symbols): annotation written -> simulator shows "
+              f"no open order: p50 {med(gone) * 1000:.0f} ms, max {max(gone) * 1000:.0f} ms (n={reps}); "
+              f"status Completed (verified by a whole-account listing) p50 {med(completed) * 1000:.0f} ms")
+        print(f"[estop] baseline: the gateway's own sweep of the same book (list, cancel per symbol, verify), "
+              f"no operator: p50 {base_s * 1000:.0f} ms; operator/baseline {med(gone) / base_s:.2f}x")
+
+        # the breaker: orders placed after the stop completed
+        via_stream = []
+        for i in range(samples):
+            t0 = time.perf_counter()
+            tsim.call(sim.place_order, key, symbol="B00XUSDT", side="BUY", type="LIMIT", quantity="1", price="60",
+                      time_in_force="GTC", client_order_id=f"bot-s{i}")
+            poll(lambda: not tsim.open_orders(key), 30, 0.002)
+            via_stream.append(time.perf_counter() - t0)
+            time.sleep(0.2)
+        tsim.call(sim.set_deliver, key, False)               # the stream silently dead: only the sweep sees
+        via_sweep = []
+        for i in range(sweep_samples):
+            t0 = time.perf_counter()
+            tsim.call(sim.place_order, key, symbol="B01XUSDT", side="BUY", type="LIMIT", quantity="1", price="60",
+                      time_in_force="GTC", client_order_id=f"bot-w{i}")
+            poll(lambda: not tsim.open_orders(key), 30, 0.01)
+            via_sweep.append(time.perf_counter() - t0)
+            time.sleep(1.3)                                  # spread the placements over the sweep cycle
+        tsim.call(sim.set_deliver, key, True)
+        print(f"[estop] order placed after the stop -> cancelled by the breaker: via the stream p50 "
+              f"{_pct(via_stream, 0.5) * 1000:.0f} ms, p95 {_pct(via_stream, 0.95) * 1000:.0f} ms (n={samples}); "
+              f"via the sweep (stream silently dead, sweepIntervalSeconds=5) p50 {_pct(via_sweep, 0.5):.2f} s, "
+              f"p95 {_pct(via_sweep, 0.95):.2f} s (n={sweep_samples}); baseline: the sweep interval, 5 s")
+        st = stop()
+        print(f"[estop] breakerCancelled in status {st.get('breakerCancelled')} (placed {samples + sweep_samples})")
+
+        # weight per sweep: what the simulator charged this key for one quiet sweep
+        tsim.call(sim.request_log.clear)
+        time.sleep(11)
+        reqs = [r for r in sim.requests() if r.get("key") == key and r.get("path", "").startswith("/api/")]
+        sweeps = [r for r in reqs if r["method"] == "GET" and r["path"] == "/api/v3/openOrders"]
+        per_sweep = statistics.median([r["weight"] for r in sweeps]) if sweeps else 0
+        print(f"[estop] weight per sweep (spot, no open order): {per_sweep:.0f} (GET /api/v3/openOrders without a "
+              f"symbol); {len(sweeps)} sweeps in 11 s -> {per_sweep * 60 / 5:.0f} weight/min of 6000; baseline: "
+              f"listing the 50 symbols one by one would cost {50 * 6}")
     finally:
         op.stop()
         sh(kc, "delete", "namespace", ns, "--wait=false", check=False)

@@ -53,6 +53,8 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         elif key == "additionalProperties":
             if isinstance(value, dict):
                 out["additionalProperties"] = _structural(value, defs)
+        elif key == "default" and isinstance(value, dict):
+            out[key] = _no_nulls(value)        # an absent optional field, not a null the API server rejects
         else:
             out[key] = value
     if out.get("x-kubernetes-preserve-unknown-fields"):
@@ -64,6 +66,12 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["x-kubernetes-preserve-unknown-fields"] = True
     # defaults must be given explicitly at every level; object defaults from pydantic are fine
     return out
+
+
+def _no_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _schema_of(model: type) -> dict[str, Any]:

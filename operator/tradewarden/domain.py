@@ -228,10 +228,21 @@ class Unsupported(GatewayError):
 # ---- what the core needs from an exchange ---------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class CancelAllResult:
-    cancelled: int                    # orders the exchange reported cancelled
-    remaining: Sequence[Order]        # still open after the verifying query (empty = verified gone)
-    errors: Mapping[str, str] = field(default_factory=dict)   # symbol -> error text
+class AccountListing:
+    """Every open order of the whole account, whatever its symbol (USD-M: algo orders too), and the
+    account's non-zero positions when asked for (USD-M; spot has none). Only ever built from a
+    listing that succeeded in full."""
+    orders: Sequence[Order]
+    positions: Sequence[Position] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolsResult:
+    """The outcome of a write per symbol (cancels, position closes): what the exchange confirmed,
+    and per symbol the error of each request that failed (never silently dropped)."""
+    done: Sequence = ()                                   # Orders cancelled / Positions closed
+    errors: Mapping[str, str] = field(default_factory=dict)
+    retry_after_s: float = 0.0                            # the longest Retry-After among the errors
 
 
 @runtime_checkable
@@ -257,7 +268,16 @@ class Gateway(Protocol):
                            algo: bool = False) -> Order | None:
         """Cancel one order. Raises OrderNotFound, UnknownOutcome, ..."""
 
-    async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult: ...
+    # the emergency stop (core/estop.py): the whole account, whatever spec.symbols says
+    async def list_account(self, positions: bool = False) -> AccountListing:
+        """Every open order of the account on every symbol (and its positions); raises on any failure."""
+
+    async def cancel_symbols(self, symbols: Sequence[str], algo_symbols: Sequence[str] = (),
+                             listed: Sequence[Order] = ()) -> SymbolsResult:
+        """Cancel every open order of each symbol; per-symbol errors in the result."""
+
+    async def close_positions(self, positions: Sequence[Position]) -> SymbolsResult:
+        """Close each position with a reduce-only market order (USD-M)."""
 
     def stream(self, symbols: Sequence[str]) -> AsyncIterator[StreamEvent]:
         """User-data events in order, with ConnectionEvent transitions; reconnects by itself."""

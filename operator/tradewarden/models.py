@@ -10,6 +10,7 @@ and reported as a condition.
 """
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,8 +38,9 @@ DESCRIPTION = (
     "A TradingAccount declares one exchange account that tradewarden keeps honest: it syncs "
     "balances, open orders and positions, reconciles them periodically against the exchange, "
     "cancels its own stale orders and reports every discrepancy. Annotations: "
-    f"'{ANNOTATION_EMERGENCY_STOP}' (value: the reason) opens the circuit breaker and cancels "
-    f"every open order on every symbol of the account; remove it to resume. "
+    f"'{ANNOTATION_EMERGENCY_STOP}' (value: the reason) opens the circuit breaker: every open order of "
+    f"the whole account (every symbol, listed in spec or not) is cancelled and verified gone, and while it "
+    f"stands every new order is cancelled (see spec.emergencyStop); remove it to resume. "
     f"'{ANNOTATION_RECONCILE_REQUESTED_AT}' (any new value) asks for a reconciliation now."
 )
 
@@ -113,6 +115,50 @@ class StreamSpec(_Model):
         description="Consume the user-data stream; every reconnect triggers a reconciliation.")] = True
 
 
+class StopPositions(str, enum.Enum):
+    KEEP = "Keep"
+    FLATTEN = "Flatten"
+
+
+class LabelSelectorRequirement(_Model):
+    """A metav1.LabelSelectorRequirement."""
+    key: Annotated[str, Field(description="The label key.", min_length=1, max_length=317)]
+    operator: Annotated[Literal["In", "NotIn", "Exists", "DoesNotExist"], Field(
+        description="In, NotIn, Exists or DoesNotExist.")]
+    values: Annotated[list[Annotated[str, Field(max_length=63)]], Field(
+        description="Values for In and NotIn (non-empty); empty for Exists and DoesNotExist.",
+        max_length=100)] = []
+
+
+class LabelSelector(_Model):
+    """A metav1.LabelSelector (matchLabels and matchExpressions are ANDed)."""
+    matchLabels: Annotated[dict[str, str], Field(description="Labels every selected workload carries.")] = {}
+    matchExpressions: Annotated[list[LabelSelectorRequirement], Field(
+        description="Label requirements every selected workload meets.", max_length=20)] = []
+
+
+class EmergencyStopSpec(_Model):
+    """What the emergency stop does beyond cancelling every open order of the whole account."""
+    sweepIntervalSeconds: Annotated[int, Field(
+        description="While the stop stands, the breaker lists every open order of the whole account this "
+                    "often (and cancels what it finds), backing up the user-data stream, which cancels new "
+                    "orders at once. Each sweep costs request weight from the shared budget (spot 80, "
+                    "USD-M 80, +5 with Flatten).", ge=5, le=3600)] = 10
+    scaleDown: Annotated[LabelSelector | None, Field(
+        description="Deployments and StatefulSets of the account's namespace matching this label selector are "
+                    "scaled to 0 through their scale subresource when the stop opens (and again at each sweep "
+                    "while it stands) and restored to their previous replicas when it is released. The previous "
+                    "replicas are kept in status.emergencyStop.scaledDown (the operator may write only the scale "
+                    "subresource of a workload, never the workload itself). A selector that matches nothing, "
+                    "or a workload the operator may not scale, is reported in the WorkloadsScaledDown "
+                    "condition; the stop itself goes on.")] = None
+    positions: Annotated[StopPositions, Field(
+        description="'Keep' (default): only orders are cancelled. 'Flatten' (USD-M): after the cancels, every "
+                    "position of the account is closed with reduce-only market orders and verified to be 0. "
+                    "Spot accounts have no positions to flatten (holdings are balances, left untouched): "
+                    "'Flatten' changes nothing there.")] = StopPositions.KEEP
+
+
 class TradingAccountSpec(_Model):
     """The desired state: which account, and how tradewarden keeps it honest."""
     exchange: Annotated[str, Field(
@@ -143,6 +189,9 @@ class TradingAccountSpec(_Model):
         description="Retention of finished orders.")] = RetentionSpec()
     stream: Annotated[StreamSpec, Field(
         description="User-data stream settings.")] = StreamSpec()
+    emergencyStop: Annotated[EmergencyStopSpec, Field(
+        description=f"What the '{ANNOTATION_EMERGENCY_STOP}' annotation does: the breaker's sweep interval, "
+                    "the bots to scale to zero, the positions to close.")] = EmergencyStopSpec()
 
 
 # ---- status ---------------------------------------------------------------------------------
@@ -247,6 +296,26 @@ class StreamStatus(_Model):
     lastEventTime: Annotated[str | None, Field(description="Time of the last event received (RFC 3339).")] = None
 
 
+class SymbolError(_Model):
+    """Why something could not be done or verified on one symbol."""
+    symbol: Annotated[str, Field(description="Unified symbol, 'listing' or 'remaining'.")]
+    message: Annotated[str, Field(description="The error.")]
+
+
+class ScaledWorkload(_Model):
+    """A workload the emergency stop scaled to zero."""
+    kind: Annotated[str, Field(description="Deployment or StatefulSet.")]
+    name: Annotated[str, Field(description="Its name.")]
+    replicas: Annotated[int, Field(description="Replicas before the stop (restored on release).")] = 0
+
+
+class ScaleDownStatus(_Model):
+    """The outcome of the last scaleDown (or restore) of the emergency stop."""
+    problem: Annotated[str, Field(
+        description="'' when every selected workload is at 0; else NoWorkloadMatched, ScaleForbidden or ScaleFailed.")] = ""
+    message: Annotated[str, Field(description="What was scaled, or what went wrong.")] = ""
+
+
 class EmergencyStopStatus(_Model):
     """The circuit breaker opened by the emergency-stop annotation."""
     active: Annotated[bool, Field(description="True while the annotation is set.")] = False
@@ -254,10 +323,27 @@ class EmergencyStopStatus(_Model):
     requestedBy: Annotated[str, Field(
         description="Who set the annotation, where the API tells (managedFields manager).")] = ""
     requestedAt: Annotated[str | None, Field(description="When the stop was first seen (RFC 3339).")] = None
-    completedAt: Annotated[str | None, Field(description="When every order was verified gone (RFC 3339).")] = None
-    ordersCancelled: Annotated[int, Field(description="Orders cancelled by the stop.")] = 0
-    remaining: Annotated[int, Field(description="Orders still open after the stop's bounded retries.")] = 0
-    state: Annotated[str, Field(description="Cancelling, Completed, Incomplete.")] = ""
+    completedAt: Annotated[str | None, Field(
+        description="When a listing of every open order of the whole account first returned none (RFC 3339).")] = None
+    verifiedAt: Annotated[str | None, Field(
+        description="The last time a whole-account listing returned none (the breaker's last good sweep).")] = None
+    ordersCancelled: Annotated[int, Field(description="Orders the exchange reported cancelled by the stop.")] = 0
+    breakerCancelled: Annotated[int, Field(
+        description="Of them, orders placed while the stop stood, cancelled by the breaker (stream or sweep).")] = 0
+    remaining: Annotated[int | None, Field(
+        description="Open orders at the last successful whole-account listing; absent until one succeeded.")] = None
+    openPositions: Annotated[int | None, Field(
+        description="positions: Flatten: non-zero positions at the last successful listing.")] = None
+    errors: Annotated[list[SymbolError], Field(
+        description="What failed in the last attempt, per symbol (cancels, listing, position closes).")] = []
+    failures: Annotated[int, Field(description="Failed attempts in a row (retried with capped backoff).")] = 0
+    nextAttemptAt: Annotated[str | None, Field(description="When the next attempt or sweep is due.")] = None
+    scaledDown: Annotated[list[ScaledWorkload], Field(
+        description="Workloads of spec.emergencyStop.scaleDown scaled to 0 by the stop.")] = []
+    scaleDown: Annotated[ScaleDownStatus | None, Field(
+        description="How spec.emergencyStop.scaleDown went (also the WorkloadsScaledDown condition).")] = None
+    state: Annotated[str, Field(
+        description="Cancelling, Incomplete (retrying: see errors) or Completed (verified; the breaker holds).")] = ""
 
 
 class TradingAccountStatus(_Model):

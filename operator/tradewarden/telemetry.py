@@ -62,6 +62,7 @@ METRIC_NAMES = (
     "tradewarden_stream_reconnects_total",
     "tradewarden_emergency_stops_total",
     "tradewarden_emergency_stop_active",
+    "tradewarden_breaker_cancels_total",
     "tradewarden_exchange_weight_used",
     "tradewarden_exchange_weight_limit",
     "tradewarden_rate_limit_wait_seconds_total",
@@ -76,6 +77,7 @@ class _AccountState:
     stream_reconnects: int = 0
     emergency_stops: int = 0
     emergency_stop_active: bool = False
+    breaker_cancels: int = 0
 
 
 class AccountTelemetry:
@@ -140,6 +142,15 @@ class AccountTelemetry:
         """Restore the active flag (after a restart) or clear it (annotation removed)."""
         with self._t._lock:
             self._state.emergency_stop_active = bool(active)
+            self._t._register(self)
+
+    def breaker_cancelled(self, n: int = 1) -> None:
+        """Orders the emergency-stop breaker cancelled (placed while the stop stands; the exchange
+        confirmed the cancel)."""
+        if n <= 0:
+            return
+        with self._t._lock:
+            self._state.breaker_cancels += int(n)
             self._t._register(self)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -296,6 +307,8 @@ class Telemetry:
                 from_monitor(lambda mon: mon.stale_checks))
         counter("stream_reconnects_total", "User-data stream reconnects", per_account(lambda s: s.stream_reconnects))
         counter("emergency_stops_total", "Emergency stops executed", per_account(lambda s: s.emergency_stops))
+        counter("breaker_cancels_total", "Orders the emergency-stop breaker cancelled while the stop stood "
+                "(confirmed by the exchange)", per_account(lambda s: s.breaker_cancels))
 
         def discrepancies(_options: CallbackOptions):
             with self._lock:
@@ -427,7 +440,7 @@ class Telemetry:
                 raise
 
     def traced(self, gateway: Any, **attrs: Any) -> "TracedGateway":
-        """Wrap a domain.Gateway so each exchange call (snapshot, fetch_order, cancel_order, cancel_all,
+        """Wrap a domain.Gateway so each exchange call (snapshot, fetch_order, cancel_order, list_account, cancel_symbols, close_positions,
         start, close) is a child span ``exchange.<method>`` of the current span (the run's)."""
         return TracedGateway(gateway, self, attrs)
 
@@ -435,7 +448,7 @@ class Telemetry:
 class TracedGateway:
     """A transparent proxy over a Gateway: coroutine methods run inside a span; everything else passes."""
 
-    _TRACED = frozenset({"snapshot", "fetch_order", "cancel_order", "cancel_all", "start", "close"})
+    _TRACED = frozenset({"snapshot", "fetch_order", "cancel_order", "list_account", "cancel_symbols", "close_positions", "start", "close"})
 
     def __init__(self, gateway: Any, telemetry: Telemetry, attrs: Mapping[str, Any]) -> None:
         self._gateway = gateway

@@ -3,7 +3,6 @@ exchange, no API server, no clock)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +12,7 @@ from tradewarden.controller.lifecycle import (AcceptSpec, Build, Configure, Idle
                                               ReleaseBreaker, Run, StartStream, State, Stop, decide, observe)
 from tradewarden.controller.vocabulary import Problem, RunKind
 from tradewarden.core import Trigger
+from tradewarden.core import estop as es
 
 pytestmark = pytest.mark.unit
 
@@ -49,8 +49,10 @@ def seen(o: lifecycle.Observed, **kw) -> State:
 
 O = obs()
 STOPPING = obs(annotations={ESTOP: "runaway"})
-OPEN = EmergencyStop(active=True, reason="runaway", requested_by="kubectl-annotate", state=StopState.CANCELLING)
-DONE = replace(OPEN, state=StopState.COMPLETED)
+MACHINE = es.open_stop("runaway", "kubectl-annotate", int(NOW * 1000), es.StopConfig()).state   # actions queued
+OPEN = EmergencyStop(active=True, machine=MACHINE)
+DONE = EmergencyStop(active=True, machine=replace(MACHINE, phase=StopState.COMPLETED, in_flight=False,
+                                                  next_sweep_ms=int((NOW + 10) * 1000)))
 
 
 CASES = [
@@ -122,16 +124,16 @@ CASES = [
     ("breaker open, invalid spec: still rejected", obs(symbols=[], annotations={ESTOP: "runaway"}), seen(O, stop=OPEN),
      Reject(obs(symbols=[]).problem)),
     ("breaker open, no gateway: build it", STOPPING, State(identity=O.identity, seen_generation=1, stop=OPEN), Build()),
-    ("breaker open, built: attempt", STOPPING, seen(O, stop=OPEN), Stop(emergency.Attempt())),
-    ("completed stop holds without a gateway", STOPPING, State(identity=O.identity, seen_generation=1, stop=DONE),
-     Stop(emergency.Hold())),
-    ("completed stop holds", STOPPING, seen(O, stop=DONE), Stop(emergency.Hold())),
+    ("breaker open, built: the machine's queued work", STOPPING, seen(O, stop=OPEN), Stop(emergency.Sweep())),
+    ("no gateway: nothing holds or is claimed without it", STOPPING,
+     State(identity=O.identity, seen_generation=1, stop=DONE), Build()),
+    ("completed: the breaker waits for its next sweep", STOPPING, seen(O, stop=DONE), Stop(emergency.Wait(NOW + 10))),
+    ("completed: the sweep when due", STOPPING,
+     seen(O, stop=replace(DONE, machine=replace(DONE.machine, next_sweep_ms=int(NOW * 1000)))), Stop(emergency.Sweep())),
     ("incomplete: wait for the retry", STOPPING,
-     seen(O, stop=replace(OPEN, state=StopState.INCOMPLETE, retry_at=NOW + 30)), Stop(emergency.Wait(NOW + 30))),
-    ("completed here: settling run when due", STOPPING, seen(O, stop=replace(DONE, settle_at=NOW - 1)),
-     Stop(emergency.SettleRun())),
-    ("completed here: wait for the settling run", STOPPING, seen(O, stop=replace(DONE, settle_at=NOW + 6)),
-     Stop(emergency.Wait(NOW + 6))),
+     seen(O, stop=replace(DONE, machine=replace(DONE.machine, phase=StopState.INCOMPLETE,
+                                                next_sweep_ms=int((NOW + 30) * 1000)))),
+     Stop(emergency.Wait(NOW + 30))),
     ("annotation removed: release", O, seen(O, stop=DONE), ReleaseBreaker()),
     ("released: initial sync again", O, seen(O, stop=replace(DONE, active=False), synced=False),
      Run(RunKind.INITIAL, Trigger.INITIAL)),
@@ -163,48 +165,22 @@ def test_observe_reads_the_resource():
 
 def test_waiting_actions_carry_their_wake_up():
     assert lifecycle.waits(Idle(5.0)) and lifecycle.wake_at(Idle(5.0)) == 5.0
-    assert lifecycle.waits(Stop(emergency.Hold())) and lifecycle.wake_at(Stop(emergency.Hold())) is None
-    assert lifecycle.wake_at(Stop(emergency.Wait(7.0))) == 7.0
-    assert not lifecycle.waits(Stop(emergency.Attempt())) and not lifecycle.waits(Build())
+    assert lifecycle.wake_at(Stop(emergency.Wait(7.0))) == 7.0 and lifecycle.waits(Stop(emergency.Wait(None)))
+    assert not lifecycle.waits(Stop(emergency.Sweep())) and not lifecycle.waits(Build())
 
 
-# ---- the emergency stop's machine ------------------------------------------------------------------
-
-def test_stop_opens_completes_and_releases():
-    stop, events = emergency.open_breaker("runaway", "", "2026-01-01T00:00:00Z", ["BTC/USDT", "ETH/USDT"])
-    assert stop.active and stop.state is StopState.CANCELLING and stop.requested_by == "unknown"
-    assert [e.reason for e in events] == ["EmergencyStop"] and "2 symbols" in events[0].message
-    assert stop.to_status()["state"] == "Cancelling" and "completedAt" not in stop.to_status()
-
-    failing, events = emergency.attempt_failed(stop, "Temporary: 503", NOW)
-    assert failing.state is StopState.INCOMPLETE and failing.retry_at == NOW + emergency.ESTOP_RETRY_S
-    assert events[0].reason == "EmergencyStopIncomplete"
-    assert emergency.decide(failing, NOW + 1, gateway_ready=True) == emergency.Wait(failing.retry_at)
-    assert emergency.decide(failing, failing.retry_at, gateway_ready=True) == emergency.Attempt()
-
-    order = SimpleNamespace(symbol="BTC/USDT", client_order_id="tw-1")
-    partial, events = emergency.attempt_finished(failing, SimpleNamespace(cancelled=3, remaining=[order]), NOW,
-                                                 now_text="t", grace_s=5, elapsed_s=1)
-    assert (partial.orders_cancelled, partial.remaining, partial.state) == (3, 1, StopState.INCOMPLETE)
-    assert "BTC/USDT tw-1" in events[0].message
-
-    done, events = emergency.attempt_finished(partial, SimpleNamespace(cancelled=1, remaining=[]), NOW,
-                                              now_text="t2", grace_s=5, elapsed_s=1)
-    assert (done.orders_cancelled, done.remaining, done.state, done.completed_at) == (4, 0, StopState.COMPLETED, "t2")
-    assert done.settle_at == NOW + 5 + emergency.SETTLE_EXTRA_S
-    assert events[0].reason == "EmergencyStopCompleted"
-    assert emergency.decide(done, NOW, gateway_ready=False) is None          # the settling run needs the gateway
-    assert emergency.decide(emergency.settled(done), NOW, gateway_ready=False) == emergency.Hold()
-
-    released, events = emergency.release(done)
-    assert not released.active and released.state is StopState.COMPLETED and events[0].reason == "EmergencyStopReleased"
-    assert released.to_status()["active"] is False and released.to_status()["ordersCancelled"] == 4
-
+# ---- the seam to the emergency stop's machine (the machine itself: tests/core/test_estop.py) -----------
 
 def test_stop_status_round_trip():
     assert EmergencyStop().to_status() == {"active": False}
     assert EmergencyStop.from_status({"active": False}) == EmergencyStop()
-    done = EmergencyStop(active=True, reason="r", requested_by="me", requested_at="t0", completed_at="t1",
-                         orders_cancelled=7, remaining=0, state=StopState.COMPLETED)
-    assert EmergencyStop.from_status(done.to_status()) == done
-    assert not emergency.pending(None, done) and not emergency.pending("r", done) and emergency.pending("s", done)
+    status = DONE.to_status()
+    assert status["state"] == "Completed" and status["active"] is True and status["reason"] == "runaway"
+    back = EmergencyStop.from_status(status)
+    assert back.active and back.state is StopState.COMPLETED and back.reason == "runaway"
+    assert back.requested_by == "kubectl-annotate"
+    released = replace(DONE, active=False)
+    assert released.to_status()["active"] is False and "nextAttemptAt" not in released.to_status()
+    assert not EmergencyStop.from_status(released.to_status()).active
+    assert not emergency.pending(None, DONE) and not emergency.pending("runaway", DONE)
+    assert emergency.pending("other", DONE)

@@ -68,15 +68,22 @@ def test_emergency_stop_survives_operator_kill(crd_installed, namespace, tsim, o
     kubectl(kc, "-n", ns, "annotate", "ta", "bot", "example.com/touch=1")
     assert get_ta(kc, ns, "bot")["status"]["emergencyStop"]["completedAt"] == es["completedAt"]
 
-    # Removing the annotation resumes: initial sync, then Ready.
+    # While the annotation stands, the breaker holds: an order placed now is cancelled (issue 14).
     tsim.call(sim.place_order, api_key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.1",
-              price="30000", time_in_force="GTC", client_order_id="manual-after")
+              price="30000", time_in_force="GTC", client_order_id="manual-during")
+    wait_for("the breaker cancelled it", lambda: not tsim.open_orders(api_key), timeout=30, operator=op2)
+    # Removing the annotation resumes: initial sync, then Ready; orders live again.
     kubectl(kc, "-n", ns, "annotate", "ta", "bot", "tradewarden.io/emergency-stop-")
     obj = wait_for("Ready again", lambda: (o := get_ta(kc, ns, "bot"))
                    and cond(o, "Ready").get("status") == "True" and o, operator=op2)
     assert obj["status"]["emergencyStop"]["active"] is False
     assert cond(obj, "EmergencyStopped")["status"] == "False"
-    assert [i["clientOrderId"] for i in obj["status"]["openOrders"]["items"]] == ["manual-after"]
+    tsim.call(sim.place_order, api_key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.1",
+              price="30000", time_in_force="GTC", client_order_id="manual-after")
+    obj = wait_for("the new order shows", lambda: (o := get_ta(kc, ns, "bot"))
+                   and [i["clientOrderId"] for i in o["status"]["openOrders"]["items"]] == ["manual-after"] and o,
+                   timeout=30, operator=op2)
+    assert [o.client_order_id for o in tsim.open_orders(api_key)] == ["manual-after"]    # released: not cancelled
 
     # Deletion is never blocked, even in the middle of a stop against an exchange that hangs.
     tsim.call(sim.add_fault, method="DELETE", path="/api/v3/openOrders", latency_ms=60000)

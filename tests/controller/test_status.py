@@ -12,6 +12,7 @@ from tradewarden.controller import events as ev
 from tradewarden.controller import status as st
 from tradewarden.controller.lifecycle import requested_by
 from tradewarden.controller.schedule import backoff_s
+from tradewarden.core import estop as es
 from tradewarden.controller.emergency import EmergencyStop, StopState
 from tradewarden.controller.vocabulary import Problem, StreamState, gateway_problem
 from tradewarden.controller.credentials import CredentialsError, parse_secret
@@ -54,7 +55,7 @@ def test_ready_status_lists_and_conditions():
     assert s["phase"] == "Ready"
     assert s["observedGeneration"] == 3
     conds = {c["type"]: c for c in s["conditions"]}
-    assert set(conds) == set(st.CONDITION_TYPES)
+    assert set(conds) == set(st.CONDITION_TYPES) - {st.WORKLOADS_SCALED_DOWN}
     assert conds["Ready"]["status"] == "True" and conds["Synced"]["status"] == "True"
     assert conds["StreamConnected"]["status"] == "True"
     assert conds["EmergencyStopped"]["status"] == "False"
@@ -114,8 +115,9 @@ def test_problem_sets_error_phase_and_credentials_condition():
 
 
 def test_emergency_stop_and_alerts():
-    estop = EmergencyStop(active=True, reason="runaway bot", requested_by="kubectl-annotate",
-                          state=StopState.COMPLETED, orders_cancelled=7, remaining=0)
+    machine = es.StopState(StopState.COMPLETED, reason="runaway bot", requested_by="kubectl-annotate",
+                           requested_at_ms=T0, completed_at_ms=T0, verified_at_ms=T0, cancelled=7, remaining=0)
+    estop = EmergencyStop(active=True, machine=machine)
     bal = Discrepancy("balance", "USDT", "10000", "10500", "ledger set to the exchange's value", Outcome.CORRECTED)
     health = healthy(T0, runs=9, consecutive_failures=4, last_balance_mismatches=1)
     s = st.build_status(ready_inputs(estop=estop, report=report([bal]), **health), {}, T0)
@@ -125,8 +127,26 @@ def test_emergency_stop_and_alerts():
     assert c["Ready"]["status"] == "False"
     assert c["BalanceMismatch"]["status"] == "True" and "USDT" in c["BalanceMismatch"]["message"]
     assert c["ReconciliationFailing"]["status"] == "True"
-    assert s["stream"]["state"] == "stopped" and s["stream"]["tradingSafe"] is False
+    # the breaker keeps the stream up during a stop (issue 14): status shows it as it is; never safe to trade
+    assert s["stream"]["state"] == "connected" and s["stream"]["tradingSafe"] is False
+    assert c["StreamConnected"]["status"] == "True"
     assert s["lastReconciliation"]["discrepancies"] == {"balance": 1}
+    assert "WorkloadsScaledDown" not in c
+
+
+def test_emergency_stop_says_what_it_does_not_know():
+    machine = es.StopState(StopState.INCOMPLETE, reason="r", requested_by="me", requested_at_ms=T0,
+                           errors=(("listing", "Temporary: 503"),), failures=3, next_sweep_ms=T0 + 4000)
+    estop = EmergencyStop(active=True, machine=machine,
+                          scale=("ScaleForbidden", "scale Deployment/bot: forbidden by RBAC"))
+    s = st.build_status(ready_inputs(estop=estop), {}, T0)
+    c = {x["type"]: x for x in s["conditions"]}
+    msg = c["EmergencyStopped"]["message"]
+    assert c["EmergencyStopped"]["reason"] == "EmergencyStopIncomplete"
+    assert "open orders unknown" in msg and "listing: Temporary: 503" in msg and "verified" not in msg
+    assert c["WorkloadsScaledDown"]["status"] == "False" and c["WorkloadsScaledDown"]["reason"] == "ScaleForbidden"
+    assert "remaining" not in s["emergencyStop"] and "completedAt" not in s["emergencyStop"]
+    models.TradingAccountStatus.model_validate(s)
 
 
 def test_stale_condition_after_two_intervals():

@@ -34,9 +34,9 @@ class Gateway(FakeExchange):
     async def start(self, symbols=()) -> None:
         self.started += 1
 
-    async def cancel_all(self, symbols):
-        self.log.append("cancel_all")
-        return await super().cancel_all(symbols)
+    async def list_account(self, positions=False):
+        self.log.append("list_account")
+        return await super().list_account(positions)
 
     def stream(self, symbols):
         async def events():
@@ -101,20 +101,24 @@ async def test_from_nothing_to_ready_then_stopped_then_resumed(world):
         body["metadata"]["annotations"][ESTOP] = "runaway bot"
         sup.poke()
         await sup.settle()
-        assert log.index("status: breaker open") < log.index("cancel_all")
-        assert gw.open_orders() == [] and not sup.state.stream_running
+        assert log.index("status: breaker open") < log.index("list_account")
+        assert gw.open_orders() == [] and sup.state.stream_running        # the stream stays up for the breaker
         es = kube.status["emergencyStop"]
         assert (es["state"], es["ordersCancelled"], es["remaining"]) == ("Completed", 2, 0)
         assert conditions(kube)["EmergencyStopped"] == "True" and kube.status["phase"] == "EmergencyStopped"
         assert [r for _, r, _ in events if r.startswith("EmergencyStop")] == ["EmergencyStop", "EmergencyStopCompleted"]
 
-        # Completed: the settling run once the grace has passed, then it holds and touches nothing.
-        gw.clock.t += 10
-        await sup.settle()
+        # Completed: the breaker holds. Nothing due before the next sweep; a bot's order is found and cancelled.
         calls = len(gw.calls)
-        gw.clock.t += 600
         await sup.settle()
         assert len(gw.calls) == calls and sup.state.stop.state is StopState.COMPLETED
+        gw.put(order("bot-late", symbol="DOGE/USDT", created_ms=gw.clock.ms()))
+        gw.clock.t += 11                                           # the default sweepIntervalSeconds: 10
+        await sup.settle()
+        await sup.flush()
+        assert gw.open_orders() == [] and kube.status["emergencyStop"]["breakerCancelled"] == 1
+        assert any(r == "EmergencyStopBreakerCancelled" and "bot-late" in m for _, r, m in events)
+        assert sup.state.stop.state is StopState.COMPLETED
 
         # Release: an initial sync, the stream again, Ready.
         del body["metadata"]["annotations"][ESTOP]

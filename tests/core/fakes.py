@@ -6,10 +6,10 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Sequence
 
-from tradewarden.domain import (Balance, CancelAllResult, Fill, Order, OrderNotFound, OrderState, Position, Section,
+from tradewarden.domain import (AccountListing, Balance, Fill, SymbolsResult, Order, OrderNotFound, OrderState, Position, Section,
                                 Side, Snapshot)
 
-WRITES = frozenset({"cancel_order", "cancel_all"})
+WRITES = frozenset({"cancel_order", "cancel_symbols"})
 
 
 class Clock:
@@ -51,7 +51,6 @@ class FakeExchange:
         self.calls: list[tuple[str, Any]] = []
         self.algo_calls: list[tuple[str, str, bool]] = []   # (method, client order id, algo flag)
         self.faults: dict[str, Any] = {}
-        self.cancel_all_leaves: list[int] = []      # per cancel_all call: how many orders survive it
         self.venue_ahead_ms = 0                      # the venue's clock minus ours (snapshot times)
 
     # ---- test helpers ----
@@ -143,15 +142,24 @@ class FakeExchange:
                      or not from_trade_id and since_ms <= f.time_ms and (not until_ms or f.time_ms <= until_ms))
                 ][:limit]
 
-    async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult:
-        self.calls.append(("cancel_all", tuple(symbols)))
-        self._fault("cancel_all")
-        leave = self.cancel_all_leaves.pop(0) if self.cancel_all_leaves else 0
-        targets = [o for o in self.open_orders() if o.symbol in set(symbols)]
-        survivors = targets[:leave]
-        for o in targets[leave:]:
-            self.orders[o.client_order_id] = replace(o, state=OrderState.CANCELED, updated_ms=self.clock.ms())
-        return CancelAllResult(cancelled=len(targets) - len(survivors), remaining=survivors)
+    async def list_account(self, positions: bool = False) -> AccountListing:
+        """Every open order, whatever its symbol (the emergency stop's whole-account listing)."""
+        self.calls.append(("list_account", positions))
+        self._fault("list_account")
+        held = [p for p in self.positions.values() if p.amount != 0] if positions else []
+        return AccountListing(orders=self.open_orders(), positions=held)
+
+    async def cancel_symbols(self, symbols: Sequence[str], algo_symbols: Sequence[str] = (),
+                             listed: Sequence[Order] = ()) -> SymbolsResult:
+        self.calls.append(("cancel_symbols", tuple(symbols)))
+        self.writes.append(("cancel_symbols", tuple(symbols)))
+        self._fault("cancel_symbols")
+        done = []
+        for o in self.open_orders():
+            if o.symbol in set(symbols) | set(algo_symbols):
+                self.orders[o.client_order_id] = replace(o, state=OrderState.CANCELED, updated_ms=self.clock.ms())
+                done.append(o)
+        return SymbolsResult(done=done)
 
     def stream(self, symbols: Sequence[str]):  # pragma: no cover - not used by the unit tests
         raise NotImplementedError

@@ -465,20 +465,17 @@ async def test_terminal_orders_purged_after_retention_memory_bounded():
     assert runner.ledger.order("tw-1") is not None and runner.ledger.order("manual-1") is not None
 
 
-# ---- emergency stop --------------------------------------------------------------------------
+# ---- after the emergency stop (the stop itself: core/estop.py, tests/core/test_estop.py) -------------
 
 @pytest.mark.parametrize("policy", [Policy.CORRECT, Policy.OBSERVE_ONLY])
-async def test_emergency_stop_cancels_everything_via_cancel_all(policy):
+async def test_confirm_stopped_asks_every_final_state_and_reports_no_discrepancy(policy):
     clock, ex, runner = await synced(policy=policy)
     ex.put(order("tw-2", created_ms=clock.ms() - HOUR_MS), order("manual-2", created_ms=clock.ms() - HOUR_MS))
     await runner.reconcile()
-    ex.cancel_all_leaves = [2]           # the first attempt leaves two open: retried
-    report = await runner.emergency_stop(deadline_s=30)
-    assert report.verified and report.remaining == [] and report.cancelled == 4 and report.attempts == 2
-    assert [c[0] for c in ex.writes] == ["cancel_all", "cancel_all"]
-    assert ex.writes[0][1] == ("BTC/USDT", "ETH/USDT")
+    await ex.cancel_symbols(["BTC/USDT", "ETH/USDT"])            # what the stop's executor did
+    report = await runner.confirm_stopped()
     assert list(runner.ledger.active_orders()) == []           # final states were asked for
-    assert runner.last_report.trigger == "emergency-stop" and runner.last_report.discrepancies == []
+    assert report.trigger == "emergency-stop" and report.discrepancies == []
     assert {c[1] for c in ex.calls if c[0] == "fetch_order"} == {"tw-1", "manual-1", "tw-2", "manual-2"}
     assert {runner.ledger.order(k).state for k in ("tw-1", "manual-1", "tw-2", "manual-2")} == {OrderState.CANCELED}
 
@@ -502,32 +499,17 @@ async def test_conditional_orders_are_queried_and_cancelled_as_algo_orders():
     assert ("cancel_order", "tw-stop", True) in ex.algo_calls
 
 
-async def test_emergency_stop_resolves_orders_placed_just_before_it():
-    """No timer runs while stopped, so the stop's follow-up asks about every formerly open order,
-    even one placed a moment ago (which a normal run would leave for the next run)."""
+async def test_confirm_stopped_resolves_orders_placed_just_before_the_stop():
+    """No timer runs while stopped, so the follow-up asks about every formerly open order, even one
+    placed a moment ago (which a normal run would leave for the next run)."""
     clock, ex, runner = await synced()
     fresh = order("tw-fresh", created_ms=clock.ms() - 1000)
     ex.put(fresh)
     await runner.apply_event(OrderEvent(fresh, clock.ms()))
-    report = await runner.emergency_stop(deadline_s=30)
-    assert report.verified
+    await ex.cancel_symbols(["BTC/USDT", "ETH/USDT"])
+    await runner.confirm_stopped()
     assert list(runner.ledger.active_orders()) == []
     assert runner.ledger.order("tw-fresh").state is OrderState.CANCELED
-
-
-async def test_emergency_stop_stops_retrying_on_a_permanent_error():
-    clock, ex, runner = await synced()
-    ex.faults["cancel_all"] = AuthenticationFailed("invalid API key")
-    report = await runner.emergency_stop(deadline_s=60)
-    assert not report.verified and report.attempts == 1 and "AuthenticationFailed" in report.errors["*"]
-
-
-async def test_emergency_stop_gives_up_at_the_deadline_unverified():
-    clock, ex, runner = await synced()
-    ex.faults["cancel_all"] = Temporary("exchange down")
-    report = await runner.emergency_stop(deadline_s=5)
-    assert not report.verified and report.attempts >= 3 and "exchange down" in report.errors["*"]
-    assert runner.ledger.order("tw-1").state is OrderState.OPEN
 
 
 # ---- stream events and the lock ----------------------------------------------------------------

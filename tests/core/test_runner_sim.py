@@ -193,16 +193,19 @@ async def test_observe_only_sends_no_write_against_the_simulator(sim, account, m
     assert any(r["key"] == key and r["path"] == "/api/v3/openOrders" for r in sim.requests())  # log works
 
 
-async def test_emergency_stop_cancels_everything_with_cancel_all(sim, account, make_runner):
+async def test_the_ledger_learns_the_emergency_stops_cancels(sim, account, make_runner):
     key = account[0]
     for i in range(3):
         place(sim, key, f"tw-es-{i}", qty="0.01", price=str(40000 - i))
     place(sim, key, "manual-es", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
     runner = await make_runner(policy=Policy.OBSERVE_ONLY)        # a human asked: applies anyway
     await runner.initial_sync()
-    report = await runner.emergency_stop(deadline_s=20)
-    assert report.verified and report.remaining == [] and report.cancelled == 4
+    listing = await runner.gateway.list_account()
+    result = await runner.gateway.cancel_symbols(sorted({o.symbol for o in listing.orders}), (), listing.orders)
+    assert result.errors == {} and len(result.done) == 4
     assert sim.account(key).open_count("spot") == 0
+    report = await runner.confirm_stopped()
+    assert [d for d in report.discrepancies if d.kind != "balance"] == []     # the cancels: asked for, not alarms
     assert list(runner.ledger.active_orders()) == []
     assert {e.order.state for e in runner.ledger.orders.values()} == {OrderState.CANCELED}
 

@@ -84,21 +84,18 @@ async def test_5xx_on_cancel_is_unknown_outcome(sim, account, gateways):
 
 
 @pytest.mark.parametrize("exchange, symbols", [("binance", SPOT + ["SOL/USDT"]), ("binanceusdm", USDM)])
-async def test_cancel_all_is_verified(sim, account, gateways, exchange, symbols):
+async def test_cancel_symbols_counts_what_the_venue_cancelled(sim, account, gateways, exchange, symbols):
     key, secret = account
     gw = gateways(exchange, key, secret)
     await gw.start(symbols)
     for i, price in enumerate((20000, 21000, 22000)):
         await place(gw, symbols[0], price, f"tw-c{i}")
     await place(gw, symbols[1], 100, "manual-1", amount=0.1)
-    # symbols[2:] (spot) have no open order: -2011 there is success with zero
-    result = await gw.cancel_all(symbols)
-    assert result.remaining == [] and result.errors == {}
-    if exchange == "binance":
-        assert result.cancelled == 4
-    acct = sim.account(key)
-    assert not [o for o in (await gw.fetch_open_orders(symbols))]
-    assert acct is not None
+    listed = (await gw.list_account()).orders
+    # symbols[2:] (spot) have no open order: -2011 there is success with zero (rest-api.md, errors.md -2011)
+    result = await gw.cancel_symbols(symbols, (), listed)
+    assert result.errors == {} and len(result.done) == 4
+    assert (await gw.list_account()).orders == []
 
 
 async def test_429_storm_never_sends_inside_retry_after(sim, account, gateways):
@@ -295,3 +292,84 @@ async def test_markets_are_loaded_once_for_every_account_of_an_endpoint(sim, gat
     await gateways("binanceusdm", key, secret, markets=cache).start(["BTC/USDT:USDT"])
     assert cache.loads == 3
     assert len([r for r in sim.requests() if r["path"] == "/fapi/v1/exchangeInfo"]) == 1
+
+
+# ---- the emergency stop's whole-account calls (issue 14) ------------------------------------------
+
+@pytest.mark.parametrize("exchange, listed, other", [("binance", SPOT, "SOL/USDT"),
+                                                     ("binanceusdm", USDM, "SOL/USDT:USDT")])
+async def test_whole_account_listing_and_cancel_reach_symbols_outside_the_spec(sim, account, gateways, exchange,
+                                                                                 listed, other):
+    # spot rest-api.md "Current open orders (USER_DATA)": "If the symbol is not sent, orders for all symbols
+    # will be returned in an array", weight 80; usdm-facts.md C1 "GET /fapi/v1/openOrders: 1 with symbol, 40
+    # without; no symbol -> all symbols in one array" and D2 "GET /fapi/v1/openAlgoOrders: 1 / 40 without"
+    key, secret = account
+    gw = gateways(exchange, key, secret)
+    await gw.start(listed)
+    await place(gw, listed[0], 20000, "tw-in")
+    await place(gw, other, 10, "bot-outside", amount=1)
+    if exchange == "binanceusdm":
+        await gw._rest.create_order("ETH/USDT:USDT", "STOP_MARKET", "sell", 0.1, None,
+                                    {"stopPrice": 100, "clientOrderId": "bot-stop"})
+    sim.request_log.clear()
+    listing = await gw.list_account()
+    got = sorted((o.symbol, o.client_order_id, o.algo) for o in listing.orders)
+    want = [(listed[0], "tw-in", False), (other, "bot-outside", False)]
+    if exchange == "binanceusdm":
+        want.append(("ETH/USDT:USDT", "bot-stop", True))
+    assert got == sorted(want)
+    reqs = [r for r in sim.requests() if r["method"] == "GET"]
+    assert all("symbol" not in r["params"] for r in reqs)
+    weights = {r["path"]: r["weight"] for r in reqs}
+    assert weights == ({"/api/v3/openOrders": 80} if exchange == "binance" else
+                       {"/fapi/v1/openOrders": 40, "/fapi/v1/openAlgoOrders": 40})
+
+    plain = sorted({o.symbol for o in listing.orders if not o.algo})
+    algo = sorted({o.symbol for o in listing.orders if o.algo})
+    result = await gw.cancel_symbols(plain, algo, listing.orders)
+    assert result.errors == {}
+    assert sorted(o.client_order_id for o in result.done) == sorted(c for _, c, _ in want)
+    assert (await gw.list_account()).orders == []
+    # spot rest-api.md "Cancel All Open Orders on a Symbol (TRADE)": weight 1, symbol mandatory
+    deletes = [r for r in sim.requests() if r["method"] == "DELETE"]
+    assert deletes and all(r["weight"] == 1 and "symbol" in r["params"] for r in deletes)
+
+
+async def test_cancel_symbols_reports_each_failing_symbol_and_never_hides_it(sim, account, gateways):
+    key, secret = account
+    gw = gateways("binance", key, secret)
+    await gw.start(SPOT)
+    await place(gw, "BTC/USDT", 20000, "a")
+    await place(gw, "ETH/USDT", 100, "b", amount=0.1)
+    sim.add_fault(method="DELETE", path="/api/v3/openOrders", status=503, count=1)
+    result = await gw.cancel_symbols(["BTC/USDT", "ETH/USDT"], (), [])
+    # one of the two failed (the fault hit the first to arrive): named with its error, the other counted
+    assert len(result.errors) == 1 and len(result.done) == 1
+    [(symbol, text)] = result.errors.items()
+    assert symbol in SPOT and text.startswith("UnknownOutcome")     # a 5xx on a write: outcome unknown
+    left = (await gw.list_account()).orders
+    assert [o.symbol for o in left] == [symbol]
+    # a failing listing raises: never an empty list that would look verified
+    sim.add_fault(method="GET", path="/api/v3/openOrders", status=503, count=1)
+    with pytest.raises(Temporary):
+        await gw.list_account()
+
+
+async def test_usdm_close_positions_leaves_every_position_at_zero(sim, account, gateways):
+    # usdm-facts.md C3 "reduceOnly ... positionSide=BOTH with reduceOnly=true": a reduce-only order only reduces
+    key, secret = account
+    gw = gateways("binanceusdm", key, secret)
+    await gw.start(USDM)
+    await gw._rest.create_order("BTC/USDT:USDT", "market", "buy", 0.01)
+    await gw._rest.create_order("SOL/USDT:USDT", "market", "sell", 2)      # outside the spec
+    listing = await gw.list_account(positions=True)
+    assert sorted((p.symbol, p.amount) for p in listing.positions) == [("BTC/USDT:USDT", Decimal("0.01")),
+                                                                      ("SOL/USDT:USDT", Decimal("-2"))]
+    result = await gw.close_positions(listing.positions)
+    assert result.errors == {} and len(result.done) == 2
+    assert (await gw.list_account(positions=True)).positions == []
+    spot = gateways("binance", key, secret)
+    await spot.start(SPOT)
+    from tradewarden.domain import Unsupported
+    with pytest.raises(Unsupported):
+        await spot.close_positions(listing.positions)

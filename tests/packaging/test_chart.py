@@ -87,8 +87,9 @@ def test_helm_lint_strict(helm_bin):
 def test_default_render(render):
     objs = render()
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-                            "Service", "Deployment", "ClusterKopfPeering", "CustomResourceDefinition"])
+    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
+                            "ClusterRoleBinding", "Service", "Deployment", "ClusterKopfPeering",
+                            "CustomResourceDefinition"])
     (dep,) = find(objs, "Deployment")
     spec = dep["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
@@ -126,8 +127,31 @@ def test_default_render(render):
     ]
     for b in find(objs, "ClusterRoleBinding"):
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "tradewarden", "namespace": "tradewarden"}]
+        assert b["roleRef"]["name"] != "tradewarden-scale"      # scaling is never granted cluster-wide
+    (scale,) = find(objs, "ClusterRole", "tradewarden-scale")
+    assert scale["rules"] == SCALE_RULES
+    assert not find(objs, "RoleBinding")                        # ... nor anywhere by default
     assert find(objs, "ClusterKopfPeering", "tradewarden")
     no_wildcards(objs)
+
+
+# issue 14: spec.emergencyStop.scaleDown writes only the scale subresource, namespaced
+SCALE_RULES = [
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get", "list"]},
+    {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"], "verbs": ["get", "patch", "update"]},
+]
+
+
+def test_scale_down_namespaces_get_a_role_binding_to_the_scale_role_only(render):
+    objs = render("rbac.scaleDownNamespaces={trading}", release="tw", namespace="ops")
+    (binding,) = find(objs, "RoleBinding", namespace="trading")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "tw-tradewarden-scale"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tw-tradewarden", "namespace": "ops"}]
+    for o in objs:
+        for rule in o.get("rules", []):
+            if "apps" in rule["apiGroups"]:
+                assert o["metadata"]["name"] == "tw-tradewarden-scale" and rule in SCALE_RULES
 
 
 def no_wildcards(objs):
@@ -143,8 +167,8 @@ def test_namespaced_render(render):
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["args"][:4] == ["run", "--namespace=team-a", "--namespace=team-b", "--peering=tw"]
     assert "--all-namespaces" not in c["args"]
-    # no cluster-wide access to secrets or accounts
-    (cluster_role,) = find(objs, "ClusterRole")
+    # no cluster-wide access to secrets or accounts (the scale role is bound per namespace only)
+    (cluster_role,) = [r for r in find(objs, "ClusterRole") if not r["metadata"]["name"].endswith("-scale")]
     assert cluster_role["rules"] == [
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
          "verbs": ["get", "list", "watch"]},
@@ -153,7 +177,9 @@ def test_namespaced_render(render):
         (role,) = find(objs, "Role", namespace=ns)
         assert role["rules"] == ACCOUNT_RULES + [
             {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]}]
-        (binding,) = find(objs, "RoleBinding", namespace=ns)
+        (binding,) = [b for b in find(objs, "RoleBinding", namespace=ns) if b["roleRef"]["kind"] == "Role"]
+        (scale,) = [b for b in find(objs, "RoleBinding", namespace=ns) if b["roleRef"]["kind"] == "ClusterRole"]
+        assert scale["roleRef"]["name"] == "prod-tradewarden-scale"
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prod-tradewarden", "namespace": "ops"}]
         assert find(objs, "KopfPeering", "tw", namespace=ns)
     assert not find(objs, "ClusterKopfPeering")

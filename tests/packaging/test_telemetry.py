@@ -69,6 +69,8 @@ def test_scrape_shows_account_metrics(telemetry):
     a.stream_reconnected()
     a.stream_reconnected()
     a.emergency_stop()
+    a.breaker_cancelled(2)
+    a.breaker_cancelled(0)
     telemetry.exchange_weight_used("binance", "api.binance.com", 37, limit=6000)
     telemetry.rate_limit_wait("binanceusdm", 0)          # the counter exists from the first figures, at 0
     telemetry.rate_limit_wait("binance", 1.5)
@@ -94,6 +96,7 @@ def test_scrape_shows_account_metrics(telemetry):
     assert value(text, "tradewarden_stream_reconnects_total", **lb) == 2
     assert value(text, "tradewarden_emergency_stops_total", **lb) == 1
     assert value(text, "tradewarden_emergency_stop_active", **lb) == 1
+    assert value(text, "tradewarden_breaker_cancels_total", **lb) == 2
     assert value(text, "tradewarden_exchange_weight_used", exchange="binance", host="api.binance.com") == 37
     assert value(text, "tradewarden_exchange_weight_limit", exchange="binance", host="api.binance.com") == 6000
     assert value(text, "tradewarden_rate_limit_wait_seconds_total", exchange="binanceusdm") == 0

@@ -60,3 +60,14 @@ app.kubernetes.io/component: operator
   resources: ["secrets"]
   verbs: ["get"]
 {{- end -}}
+
+{{- define "tradewarden.scaleRules" -}}
+# spec.emergencyStop.scaleDown: read workloads to resolve the label selector; write ONLY their scale
+# subresource (replicas), never the workload itself (no image, template or annotation changes).
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets"]
+  verbs: ["get", "list"]
+- apiGroups: ["apps"]
+  resources: ["deployments/scale", "statefulsets/scale"]
+  verbs: ["get", "patch", "update"]
+{{- end -}}

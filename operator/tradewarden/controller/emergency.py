@@ -1,87 +1,74 @@
-"""The emergency stop's own state machine (pure: no I/O, no clock; ``now`` is passed in).
+"""The emergency stop as the lifecycle sees it (pure: no I/O, no clock; ``now`` is passed in).
 
-The lifecycle (``lifecycle.decide``) opens the breaker when the annotation appears and releases it
-when the annotation goes; while it stands, it delegates to :func:`decide` here, and wraps what comes
-back in ``lifecycle.Stop``. The supervisor executes those actions in one place
-(``AccountSupervisor._execute_stop``) and feeds the outcome of an attempt back through
-:func:`attempt_failed` / :func:`attempt_finished`, which return the new state and the Events to post.
+The stop's own state machine is ``core/estop.py`` (states, observations, retries, Events); the executor
+that carries out its actions is ``controller/breaker.py``. This module is the small seam between them and
+the lifecycle (``lifecycle.decide``): the frozen :class:`EmergencyStop` held in ``State.stop`` (a mirror of
+the executor's machine state, and what status.emergencyStop shows), and :func:`decide`, which tells the
+lifecycle whether the machine has work due (``Sweep``) or waits (``Wait``).
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping
 
-from .events import EventSpec
+from ..core import estop as es
+from .workloads import Held
 
-ESTOP_RETRY_S = 30.0        # between attempts while orders remain (or an attempt failed)
-ESTOP_DEADLINE_S = 60.0     # one attempt's own retries (runner.emergency_stop)
-SETTLE_EXTRA_S = 1.0        # after the core's missing-order grace: one read-only run shows final states
-
-
-class StopState(enum.StrEnum):
-    """``status.emergencyStop.state``."""
-    CANCELLING = "Cancelling"
-    INCOMPLETE = "Incomplete"
-    COMPLETED = "Completed"
+StopState = es.StopPhase        # status.emergencyStop.state
 
 
 @dataclass(frozen=True)
 class EmergencyStop:
-    """The breaker: what status.emergencyStop shows, and the machine's two timers."""
+    """The breaker: the machine's state (None: never stopped), the workloads it holds at zero and how
+    the last scaling went. ``active``: the annotation stands."""
     active: bool = False
-    reason: str = ""
-    requested_by: str = ""
-    requested_at: str | None = None       # RFC 3339, as status shows it
-    completed_at: str | None = None
-    orders_cancelled: int = 0
-    remaining: int = 0
-    state: StopState | None = None        # None: never stopped
-    retry_at: float = 0.0                 # next attempt not before (s, epoch)
-    settle_at: float | None = None        # the settling run after a completion made here
+    machine: es.StopState | None = None
+    held: tuple[Held, ...] = ()
+    scale: tuple[str, str] | None = None            # (problem or "", message) of the last scaleDown
+
+    @property
+    def reason(self) -> str:
+        return self.machine.reason if self.machine is not None else ""
+
+    @property
+    def requested_by(self) -> str:
+        return self.machine.requested_by if self.machine is not None else ""
+
+    @property
+    def state(self) -> es.StopPhase | None:
+        return self.machine.phase if self.machine is not None else None
 
     def to_status(self) -> dict[str, Any]:
         """``status.emergencyStop`` (the EmergencyStopStatus model's fields)."""
-        if self.state is None and not self.active:
+        from .status import rfc3339
+
+        if self.machine is None:
             return {"active": False}
-        out: dict[str, Any] = {"active": self.active, "reason": self.reason, "requestedBy": self.requested_by,
-                               "requestedAt": self.requested_at, "ordersCancelled": self.orders_cancelled,
-                               "remaining": self.remaining, "state": str(self.state) if self.state else None}
-        if self.completed_at:
-            out["completedAt"] = self.completed_at
+        out = es.to_status(self.machine, rfc3339)
+        out["active"] = self.active
+        out["scaledDown"] = [h.to_status() for h in self.held]
+        if self.scale is not None:
+            out["scaleDown"] = {"problem": self.scale[0], "message": self.scale[1]}
+        if not self.active:
+            out.pop("nextAttemptAt", None)
         return out
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> "EmergencyStop":
         """The breaker as a previous process left it in status (a restart keeps holding it)."""
+        from .status import parse_rfc3339
+
         s = dict(status or {})
-        try:
-            state = StopState(s["state"]) if s.get("state") else None
-        except ValueError:
-            state = StopState.INCOMPLETE
-        return cls(active=bool(s.get("active")), reason=str(s.get("reason") or ""),
-                   requested_by=str(s.get("requestedBy") or ""), requested_at=s.get("requestedAt"),
-                   completed_at=s.get("completedAt"), orders_cancelled=int(s.get("ordersCancelled") or 0),
-                   remaining=int(s.get("remaining") or 0), state=state)
+        machine = es.from_status({**s, "active": True}, parse_rfc3339) if s.get("state") else None
+        held = tuple(Held.from_status(h) for h in s.get("scaledDown") or [] if isinstance(h, Mapping))
+        return cls(active=bool(s.get("active")) and machine is not None, machine=machine, held=held)
 
 
-# ---- actions ---------------------------------------------------------------------------------------
+# ---- what the lifecycle hands the supervisor ---------------------------------------------------------
 
 @dataclass(frozen=True)
-class Hold:
-    """The stop is done: keep the stream stopped and touch nothing."""
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """Cancel every open order and verify (runner.emergency_stop)."""
-    deadline_s: float = ESTOP_DEADLINE_S
-
-
-@dataclass(frozen=True)
-class SettleRun:
-    """One read-only reconciliation after a completion: orders cancelled seconds after they were
-    placed are inside the core's grace, this run shows their final state."""
+class Sweep:
+    """The machine has work due: queued actions, or its sweep / retry time has come."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +77,7 @@ class Wait:
     wake_at: float | None
 
 
-StopAction = Hold | Attempt | SettleRun | Wait
+StopAction = Sweep | Wait
 
 
 def pending(annotation: str | None, stop: EmergencyStop) -> bool:
@@ -98,61 +85,15 @@ def pending(annotation: str | None, stop: EmergencyStop) -> bool:
     return annotation is not None and not (stop.active and stop.reason == annotation)
 
 
-def open_breaker(reason: str, requested_by: str, requested_at: str | None,
-                 symbols: Sequence[str]) -> tuple[EmergencyStop, list[EventSpec]]:
-    """The stop as status shows it before any exchange call."""
-    who = requested_by or "unknown"
-    stop = EmergencyStop(active=True, reason=reason, requested_by=who, requested_at=requested_at,
-                         state=StopState.CANCELLING)
-    return stop, [EventSpec("Warning", "EmergencyStop",
-                            f"emergency stop requested by {who} (reason: {reason or 'none given'}): cancelling "
-                            f"every open order on {len(symbols)} symbols")]
-
-
-def release(stop: EmergencyStop) -> tuple[EmergencyStop, list[EventSpec]]:
-    return replace(stop, active=False, settle_at=None), [
-        EventSpec("Normal", "EmergencyStopReleased", "emergency stop annotation removed: resuming with an initial sync")]
-
-
 def decide(stop: EmergencyStop, now: float, *, gateway_ready: bool) -> StopAction | None:
-    """The next thing to do while the annotation stands. None: the gateway must be built first."""
-    if stop.state is StopState.COMPLETED and stop.settle_at is None:
-        return Hold()
+    """The next thing to do while the annotation stands. None: the gateway must be built first (every
+    part of the stop talks to the exchange: nothing holds without it, and nothing is claimed)."""
     if not gateway_ready:
         return None
-    if stop.state is not StopState.COMPLETED and now >= stop.retry_at:
-        return Attempt()
-    if stop.settle_at is not None and now >= stop.settle_at:
-        return SettleRun()
-    wake = [t for t in ((stop.retry_at if stop.state is not StopState.COMPLETED else None), stop.settle_at)
-            if t is not None]
-    return Wait(min(wake) if wake else None)
-
-
-def attempt_failed(stop: EmergencyStop, error: str, now: float) -> tuple[EmergencyStop, list[EventSpec]]:
-    return replace(stop, state=StopState.INCOMPLETE, retry_at=now + ESTOP_RETRY_S), [
-        EventSpec("Warning", "EmergencyStopIncomplete",
-                  f"emergency stop attempt failed: {error}; retrying in {ESTOP_RETRY_S:.0f}s")]
-
-
-def attempt_finished(stop: EmergencyStop, report: Any, now: float, *, now_text: str | None, grace_s: float,
-                     elapsed_s: float) -> tuple[EmergencyStop, list[EventSpec]]:
-    """The outcome of one attempt (a core EmergencyStopReport: cancelled, remaining)."""
-    remaining = list(report.remaining)
-    cancelled = stop.orders_cancelled + int(report.cancelled)
-    if not remaining:
-        done = replace(stop, orders_cancelled=cancelled, remaining=0, state=StopState.COMPLETED,
-                       completed_at=now_text, settle_at=now + grace_s + SETTLE_EXTRA_S)
-        return done, [EventSpec("Warning", "EmergencyStopCompleted",
-                                f"emergency stop completed in {elapsed_s:.1f}s: {cancelled} orders cancelled, "
-                                f"0 open orders remain (verified)")]
-    sample = ", ".join(f"{o.symbol} {o.client_order_id}" for o in remaining[:5])
-    return replace(stop, orders_cancelled=cancelled, remaining=len(remaining), state=StopState.INCOMPLETE,
-                   retry_at=now + ESTOP_RETRY_S), [
-        EventSpec("Warning", "EmergencyStopIncomplete",
-                  f"emergency stop: {cancelled} orders cancelled, {len(remaining)} still open ({sample}); "
-                  f"retrying in {ESTOP_RETRY_S:.0f}s")]
-
-
-def settled(stop: EmergencyStop) -> EmergencyStop:
-    return replace(stop, settle_at=None)
+    machine = stop.machine
+    if machine is None or machine.in_flight:
+        return Sweep()
+    wake = es.next_wake_ms(machine)
+    if wake is None or now * 1000 >= wake:
+        return Sweep()
+    return Wait(wake / 1000.0)

@@ -32,6 +32,13 @@ def load_config() -> Any:
     return kubernetes.client.ApiClient(cfg)
 
 
+class Forbidden(Exception):
+    """The API server refused (403): RBAC does not allow it."""
+
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+
+
 class Kube:
     """Async facade over the official client. ``writes`` counts API writes (status patches)."""
 
@@ -81,6 +88,55 @@ class Kube:
         with self._lock:
             self.writes += 1
         return True
+
+    # ---- workloads (the emergency stop's scaleDown: the scale subresource only) ----------------
+
+    def _apps(self) -> Any:
+        import kubernetes
+
+        return kubernetes.client.AppsV1Api(self._api)
+
+    async def _apps_call(self, what: str, fn, *args, **kwargs):
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return await self._call(fn, *args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 403:
+                raise Forbidden(f"{what}: forbidden by RBAC") from None
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_workloads(self, namespace: str, label_selector: str) -> list[tuple[str, str]]:
+        """(kind, name) of the Deployments and StatefulSets matching ``label_selector``."""
+        apps = self._apps()
+        out: list[tuple[str, str]] = []
+        for kind, fn in (("Deployment", apps.list_namespaced_deployment),
+                         ("StatefulSet", apps.list_namespaced_stateful_set)):
+            resp = await self._apps_call(f"list {kind}s in {namespace}", fn, namespace, label_selector=label_selector,
+                                         _request_timeout=30)
+            with self._lock:
+                self.reads += 1
+            out += [(kind, item.metadata.name) for item in (resp.items if resp is not None else [])]
+        return sorted(out)
+
+    async def get_scale(self, namespace: str, kind: str, name: str) -> int | None:
+        """spec.replicas from the workload's scale subresource (None: it is gone)."""
+        apps = self._apps()
+        fn = apps.read_namespaced_deployment_scale if kind == "Deployment" else apps.read_namespaced_stateful_set_scale
+        resp = await self._apps_call(f"read the scale of {kind}/{name}", fn, name, namespace, _request_timeout=30)
+        return None if resp is None else int(resp.spec.replicas or 0)
+
+    async def set_scale(self, namespace: str, kind: str, name: str, replicas: int) -> bool:
+        """Patch spec.replicas through the scale subresource (False: the workload is gone)."""
+        apps = self._apps()
+        fn = apps.patch_namespaced_deployment_scale if kind == "Deployment" else apps.patch_namespaced_stateful_set_scale
+        resp = await self._apps_call(f"scale {kind}/{name}", fn, name, namespace, {"spec": {"replicas": int(replicas)}},
+                                     _request_timeout=30)
+        with self._lock:
+            self.writes += 1
+        return resp is not None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -211,8 +211,7 @@ Action = Idle | Reject | AcceptSpec | OpenBreaker | Build | Configure | Stop | R
 
 def waits(action: Action) -> bool:
     """True when the action leaves nothing to do until a wake-up (the supervisor may sleep)."""
-    return isinstance(action, Idle) or (isinstance(action, Stop) and isinstance(action.action, (emergency.Hold,
-                                                                                                emergency.Wait)))
+    return isinstance(action, Idle) or (isinstance(action, Stop) and isinstance(action.action, emergency.Wait))
 
 
 def wake_at(action: Action) -> float | None:
@@ -239,7 +238,7 @@ def decide(o: Observed, s: State, now: float) -> Action:
                           retry_now=o.generation != s.seen_generation)
     stopping = o.estop is not None
     if stopping and (a := emergency.decide(s.stop, now, gateway_ready=False)) is not None:
-        return Stop(a)                   # a completed stop holds, gateway or not
+        return Stop(a)                   # (today every part of the stop needs the gateway: never taken)
     if not s.built:
         return Idle(s.retry_at) if now < s.retry_at else Build()
     if o.config != s.config or o.check_interval_s != s.check_interval_s:

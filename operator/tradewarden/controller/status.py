@@ -28,8 +28,9 @@ EMERGENCY_STOPPED = "EmergencyStopped"
 RECONCILIATION_FAILING = "ReconciliationFailing"
 BALANCE_MISMATCH = "BalanceMismatch"
 RECONCILIATION_STALE = "ReconciliationStale"
+WORKLOADS_SCALED_DOWN = "WorkloadsScaledDown"   # only while a stop with spec.emergencyStop.scaleDown stands
 CONDITION_TYPES = (READY, SYNCED, CREDENTIALS_VALID, STREAM_CONNECTED, EMERGENCY_STOPPED,
-                   RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE)
+                   RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE, WORKLOADS_SCALED_DOWN)
 
 # The health rules (failing, stale, balance mismatch) are the core's: tradewarden.core.monitor.Health.
 # The ledger is the one part of status whose size the account drives; above this it is not written
@@ -260,8 +261,6 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
     # StreamConnected
     if not s.stream_enabled:
         conds.append(Cond(STREAM_CONNECTED, "False", "Disabled", "spec.stream.enabled is false"))
-    elif estop_active:
-        conds.append(Cond(STREAM_CONNECTED, "False", "EmergencyStopped", "stream stopped by the emergency stop"))
     elif s.stream_state is StreamState.CONNECTED:
         conds.append(Cond(STREAM_CONNECTED, "True", "Connected", "user-data stream connected"))
     elif s.stream_state is StreamState.RECONNECTING:
@@ -270,13 +269,27 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
     else:
         conds.append(Cond(STREAM_CONNECTED, "False", "Disconnected", "user-data stream not connected"))
 
-    # EmergencyStopped
+    # EmergencyStopped (the machine's own words: core/estop.py; nothing here claims more than it verified)
     if estop_active:
-        state = s.estop.state or StopState.CANCELLING
-        who = s.estop.requested_by or "unknown"
-        msg = (f"emergency stop ({state}) requested by {who}: {s.estop.reason or 'no reason given'}; "
-               f"orders cancelled {s.estop.orders_cancelled}, remaining {s.estop.remaining}")
+        e = s.estop.to_status()
+        state = e.get("state") or "Cancelling"
+        who = e.get("requestedBy") or "unknown"
+        remaining = e.get("remaining")
+        msg = (f"emergency stop ({state}) requested by {who}: {e.get('reason') or 'no reason given'}; "
+               f"orders cancelled {int(e.get('ordersCancelled') or 0)} "
+               f"(by the breaker {int(e.get('breakerCancelled') or 0)}), open orders "
+               f"{'unknown: no whole-account listing has succeeded yet' if remaining is None else remaining}")
+        if e.get("verifiedAt"):
+            msg += f", verified none at {e['verifiedAt']}"
+        errors = e.get("errors") or []
+        if errors:
+            msg += "; failing: " + "; ".join(f"{x.get('symbol')}: {x.get('message')}" for x in errors[:5])
         conds.append(Cond(EMERGENCY_STOPPED, "True", f"EmergencyStop{state}", msg))
+        scale = e.get("scaleDown")
+        if isinstance(scale, Mapping):
+            ok = not scale.get("problem")
+            conds.append(Cond(WORKLOADS_SCALED_DOWN, "True" if ok else "False",
+                              "ScaledDown" if ok else str(scale.get("problem")), str(scale.get("message") or "")))
     else:
         conds.append(Cond(EMERGENCY_STOPPED, "False", "NotRequested", "no emergency stop annotation"))
 
@@ -374,8 +387,8 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
     out["lastHandledReconcileAt"] = s.last_handled_reconcile_at or ""
     out["metrics"] = metrics_status(s.monitor) if s.monitor is not None else kept(previous, "metrics", {})
     prev_stream = kept(previous, "stream", {})
-    state = StreamState.DISABLED if not s.stream_enabled else (
-        StreamState.STOPPED if s.estop.active else s.stream_state)
+    # the breaker keeps the stream up during a stop: status shows it as it is
+    state = StreamState.DISABLED if not s.stream_enabled else s.stream_state
     out["stream"] = {
         "state": str(state),
         "since": rfc3339(s.stream_since_ms) if s.stream_since_ms else prev_stream.get("since"),

@@ -18,9 +18,13 @@ import logging
 import time
 from typing import Any, Awaitable, Mapping
 
+from dataclasses import replace
+
 from .. import domain, models
+from ..core import estop as es
 from ..core.config import AccountConfig, Trigger
 from . import emergency, lifecycle
+from .breaker import StopExecutor
 from . import events as ev
 from . import schedule
 from . import status as st
@@ -68,6 +72,7 @@ class AccountSupervisor:
         self._current_run: asyncio.Task | None = None
         self._step_task: asyncio.Future | None = None
         self._tele: Any = None
+        self._breaker: StopExecutor | None = None     # the emergency stop's executor while one stands
 
         # what only status shows
         self._generation: int | None = None
@@ -199,13 +204,7 @@ class AccountSupervisor:
             case Stop(action=stop_action):
                 await self._execute_stop(stop_action)
             case ReleaseBreaker():
-                self.log.warning("emergency stop annotation removed: resuming (initial sync first)")
-                s.stop, events = emergency.release(s.stop)
-                s.synced, s.retry_at = False, 0.0
-                if self._tele is not None:
-                    self._tele.set_emergency_stop_active(False)
-                self._post_all(events)
-                self._mark()
+                await self._release_breaker()
             case Run(kind=RunKind.INITIAL):
                 await self._initial_sync(action, o)
             case Run():
@@ -498,8 +497,11 @@ class AccountSupervisor:
     # ---- stream (StreamConsumer calls back here) ------------------------------------------------------
 
     def _start_stream(self) -> None:
+        """The user-data stream of the whole account (one connection shows every symbol): the runner sees
+        the spec's symbols (``_in_spec``), the emergency stop's breaker every order. One stream for both, so
+        a stop neither restarts it nor waits for it."""
         if self._spec is not None and self._spec.stream.enabled and self._gw is not None:
-            self._stream.start(self._gw, list(self._spec.symbols), f"tw-stream-{self.key}")
+            self._stream.start(self._gw, [], f"tw-stream-{self.key}")
 
     def stream_running(self, running: bool) -> None:
         self.state.stream_running = running
@@ -516,9 +518,17 @@ class AccountSupervisor:
         if counted and self._tele is not None:
             self._tele.stream_reconnected()
         self.state.reconnect_pending = True
+        if self.state.stop.active and self._breaker is not None:
+            self._breaker.stream_gap()          # the breaker did not see what was placed in the gap: sweep now
         self._wake.set()
 
     async def stream_event(self, event: domain.StreamEvent) -> None:
+        if self.state.stop.active and self._breaker is not None and isinstance(event, domain.OrderEvent):
+            await self._breaker.on_stream_order(event.order)     # cancelled at once, whatever it is
+        seen = self._in_spec(event)
+        if seen is None:
+            return
+        event = seen
         runner = self._runner
         self.state.last_event_at = self._now()
         if runner is not None and not self.state.synced:
@@ -555,52 +565,107 @@ class AccountSupervisor:
         if early:
             self.writer.event_dirty = True
 
-    # ---- emergency stop ----------------------------------------------------------------------------
+    # ---- emergency stop (issue 14: the machine is core/estop.py, its executor controller/breaker.py) ----
+
+    def _breaker_config(self) -> es.StopConfig:
+        spec = self._spec
+        if spec is None:
+            return es.StopConfig()
+        futures = bool(self._gw.futures) if self._gw is not None else True   # settled by the gateway below
+        return es.StopConfig(sweep_interval_ms=spec.emergencyStop.sweepIntervalSeconds * 1000,
+                             flatten=spec.emergencyStop.positions == models.StopPositions.FLATTEN.value and futures,
+                             scale_down=spec.emergencyStop.scaleDown is not None)
+
+    def _new_breaker(self) -> StopExecutor:
+        spec = self._spec
+        selector = spec.emergencyStop.scaleDown.model_dump() if spec and spec.emergencyStop.scaleDown else None
+        return StopExecutor(namespace=self.namespace, gateway=lambda: self._gw, kube=self.deps.kube, post=self._post,
+                            telemetry=lambda: self._tele, cfg=self._breaker_config(), selector=selector,
+                            futures=bool(self._gw.futures) if self._gw is not None else False,
+                            clock=self.deps.clock, on_change=self._breaker_changed)
+
+    def _breaker_changed(self) -> None:
+        if self._breaker is not None:
+            self.state.stop = self._breaker.snapshot()
+            self._mark()
 
     async def _open_breaker(self, reason: str, who: str) -> None:
-        """Record the stop in status before any exchange call."""
-        s = self.state
-        s.stop, events = emergency.open_breaker(reason, who, st.rfc3339(self._now_ms()),
-                                                (self._body.get("spec") or {}).get("symbols") or [])
-        self._mark()
-        self.log.warning("EMERGENCY STOP requested by %s: %s", s.stop.requested_by, reason)
+        """Record the stop in status before any exchange call; the machine's first actions (scale the
+        bots down, list the whole account) run at the next step."""
+        held = self.state.stop.held if self.state.stop.active else ()   # a new reason: the bots stay held
+        self._breaker = self._new_breaker()
+        self._breaker.open(reason, who or "unknown")
+        if held:
+            self._breaker.held = list(held)
+            self._breaker_changed()
+        self.log.warning("EMERGENCY STOP requested by %s: %s", who or "unknown", reason)
         await self.flush(force=True)     # readers see the stop before anything else happens
         if self.deps.telemetry is not None:
             self._tele = self._tele or self.deps.telemetry.account(self.namespace, self.name, self._exchange())
             self._tele.emergency_stop()
-        self._post_all(events)
-        await self._stream.stop()
+        self._wake.set()
 
     async def _execute_stop(self, action: emergency.StopAction) -> None:
         """The one place where the emergency-stop machine's actions are carried out."""
         s = self.state
+        if self._breaker is None:        # a stop a previous process left in status: its breaker holds from here
+            self._breaker = self._new_breaker()
+            if s.stop.machine is not None:
+                self._breaker.adopt(s.stop)
+            else:
+                self._breaker.open(s.stop.reason, s.stop.requested_by)
+        spec = self._spec
+        selector = spec.emergencyStop.scaleDown.model_dump() if spec and spec.emergencyStop.scaleDown else None
+        self._breaker.configure(self._breaker_config(), selector, bool(self._gw.futures) if self._gw else False)
+        self._start_stream()             # stays up (reconnecting by itself) while the stop stands
         match action:
-            case emergency.Hold():
-                await self._stream.stop()
             case emergency.Wait():
                 pass
-            case emergency.SettleRun():
-                s.stop = emergency.settled(s.stop)
-                await self._run(RunKind.RECONCILE, Trigger.EMERGENCY_STOP)
-            case emergency.Attempt(deadline_s=deadline_s):
-                await self._stream.stop()
-                t0 = time.monotonic()
-                try:
-                    report = await self._runner.emergency_stop(deadline_s=deadline_s)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - retried; the breaker stays open
-                    self.log.error("emergency stop attempt failed: %s: %s", type(exc).__name__, exc)
-                    s.stop, events = emergency.attempt_failed(s.stop, f"{type(exc).__name__}: {exc}", self._now())
-                    self._post_all(events)
-                    self._mark()
-                    return
-                s.stop, events = emergency.attempt_finished(
-                    s.stop, report, self._now(), now_text=st.rfc3339(self._now_ms()),
-                    grace_s=float(self._runner.config.missing_grace_s), elapsed_s=time.monotonic() - t0)
-                self._post_all(events)
-                self._mark()
-                await self.flush(force=True)
+            case emergency.Sweep():
+                before = s.stop.state
+                await self._breaker.work()
+                after = self._breaker.state.phase if self._breaker.state is not None else None
+                if after is es.StopPhase.COMPLETED and before is not es.StopPhase.COMPLETED \
+                        and self._runner is not None:
+                    await self.flush(force=True)
+                    # the ledger learns each formerly open order's final state (a cancel may have lost to a
+                    # fill): asked for, not assumed; the cancelled ones are what was asked for
+                    await self._settle_after_stop()
+
+    async def _settle_after_stop(self) -> None:
+        try:
+            await self._runner.confirm_stopped()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the ledger catches up at the next run
+            self.log.warning("settling the ledger after the stop failed: %s: %s", type(exc).__name__, exc)
+        self._mark()
+
+    async def _release_breaker(self) -> None:
+        self.log.warning("emergency stop annotation removed: resuming (initial sync first)")
+        s = self.state
+        if self._breaker is None and s.stop.machine is not None:
+            self._breaker = self._new_breaker()
+            self._breaker.held = list(s.stop.held)
+            self._breaker.state = s.stop.machine
+        if self._breaker is not None:
+            await self._breaker.release()
+            s.stop = self._breaker.snapshot(active=False)
+        self._breaker = None
+        s.synced, s.retry_at = False, 0.0
+        if self._tele is not None:
+            self._tele.set_emergency_stop_active(False)
+        self._mark()
+
+    def _in_spec(self, event: domain.StreamEvent) -> domain.StreamEvent | None:
+        """What of a whole-account stream event the runner may see (only the spec's symbols)."""
+        symbols = set(self._spec.symbols) if self._spec is not None else set()
+        if isinstance(event, domain.OrderEvent):
+            return event if event.order.symbol in symbols else None
+        if isinstance(event, domain.PositionEvent):
+            kept = [p for p in event.positions if p.symbol in symbols]
+            return replace(event, positions=kept) if kept else None
+        return event
 
     # ---- status ------------------------------------------------------------------------------------------
 

@@ -176,12 +176,3 @@ class RunReport:
                 "durationMs": self.duration_ms, "ok": self.ok, "error": self.error or "",
                 "staleSections": list(self.stale_sections), "discrepancies": self.counts_by_kind(),
                 "items": [d.to_dict() for d in self.discrepancies[:max_items]]}
-
-
-@dataclass(frozen=True, slots=True)
-class EmergencyStopReport:
-    cancelled: int
-    remaining: list[Order]
-    verified: bool          # the exchange confirmed nothing remains open on any symbol
-    attempts: int = 0
-    errors: dict[str, str] = field(default_factory=dict)

@@ -9,11 +9,9 @@ are applied after, newest-wins by exchange update time).
 
 Policies: under ObserveOnly the runner never sends a cancel (stale orders are reported) and
 the ledger still mirrors the exchange (see ``reconcile``'s module doc for why). The emergency
-stop is the one write ObserveOnly allows: a human asked for it. It sends ``cancel_all``
-WITHOUT waiting for the lock (a long run must not delay it), retries until the exchange shows
-nothing open or the deadline passes, then takes the lock and asks each formerly open order's
-final state (a "cancelled" order may have filled first). ``cancel_all`` cancels foreign orders
-too: that is what an emergency stop means; stale cleanup never touches them.
+stop (core/estop.py, executed by controller/breaker.py over the gateway, outside this runner's
+lock) is the one write ObserveOnly allows: a human asked for it; it cancels foreign orders too.
+Once it verified the account empty, ``confirm_stopped`` asks each formerly open order's final state.
 
 Request bounds: at most ``config.max_requests_per_run`` single-order queries / cancels per run
 (the gateway's shared rate budget paces them); the rest wait for the next run and are reported.
@@ -26,12 +24,12 @@ import time
 from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
-from tradewarden.domain import (AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
-                                OrderEvent, OrderState, PositionEvent, RateLimited, StreamEvent, is_owned)
+from tradewarden.domain import (AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, Order,
+                                OrderEvent, OrderState, PositionEvent, StreamEvent, is_owned)
 
-from ..core.config import AccountConfig, EmergencyStopReport, RunReport, Trigger
+from ..core.config import AccountConfig, RunReport, Trigger
 from ..core import history
-from ..core.ledger import SOURCE_REST, SOURCE_STREAM, Ledger
+from ..core.ledger import SOURCE_STREAM, Ledger
 from ..core.monitor import MonitoringState
 from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, resolve_unscoped, same_order
 from ..core.stale import needs_query, plan_stale, purge, report_only, resolve_cancel
@@ -313,46 +311,14 @@ class AccountRunner:
 
     # ---- emergency stop --------------------------------------------------------------------------
 
-    async def emergency_stop(self, deadline_s: float = 60.0) -> EmergencyStopReport:
-        """cancel_all over every symbol of the account, retried until the exchange shows nothing
-        open or the deadline passes; then the ledger learns each order's final state."""
-        deadline = self._clock() + deadline_s
-        cancelled = attempts = 0
-        remaining: list[Order] = []
-        errors: dict[str, str] = {}
-        delay = 0.5
-        verified = False
-        while True:
-            attempts += 1
-            try:
-                result = await self.gateway.cancel_all(self.config.symbols)
-                cancelled += result.cancelled
-                remaining = list(result.remaining)
-                errors = dict(result.errors)
-                verified = not remaining and not errors
-            except Exception as exc:
-                errors = {"*": describe(exc)}
-                if isinstance(exc, GatewayError) and not exc.retryable:
-                    break                    # bad credentials / symbols: retrying cannot help
-                if isinstance(exc, RateLimited):
-                    delay = max(delay, exc.retry_after)
-            if verified or self._clock() + delay > deadline:
-                break
-            await self._sleep(delay)
-            delay = min(delay * 2, 5.0)
-        log.warning("emergency stop: %s cancelled in %s attempts, %s remaining, verified=%s",
-                    cancelled, attempts, len(remaining), verified)
+    async def confirm_stopped(self) -> RunReport:
+        """After the emergency stop verified the whole account empty (core/estop.py): the ledger learns each
+        formerly open order's final state. Asked for, not assumed (a "cancelled" order may have filled
+        first); orders found cancelled are what was asked for: applied, not reported as discrepancies."""
         async with self.lock:
-            now = self.now_ms()
-            for order in remaining:
-                self.ledger.upsert_order(order, SOURCE_REST, now)
-            # Final states are asked for, not assumed: a "cancelled" order may have filled first.
-            # Orders found cancelled are what was asked for: applied, not reported as discrepancies.
-            await self._reconcile_locked(Trigger.EMERGENCY_STOP, max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
-                                         expected=frozenset({OrderState.CANCELED}), raise_auth=False,
-                                         grace_s=0.0)   # no timer runs after a stop: ask about every order now
-        return EmergencyStopReport(cancelled=cancelled, remaining=remaining, verified=verified,
-                                   attempts=attempts, errors=errors)
+            return await self._reconcile_locked(Trigger.EMERGENCY_STOP, max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
+                                                expected=frozenset({OrderState.CANCELED}), raise_auth=False,
+                                                grace_s=0.0)   # ask about every order now
 
     # ---- stream events ---------------------------------------------------------------------------
 
