@@ -108,7 +108,7 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
         _stale(plan, "balances", snapshot.balances.error)
     if config.futures:
         if snapshot.positions.ok and snapshot.positions.value is not None:
-            exchange = {p.symbol: p for p in snapshot.positions.value}
+            exchange = {p.key: p for p in snapshot.positions.value}
             _positions(ledger, exchange, ledger.positions.keys() | exchange.keys(), snapshot.taken_ms,
                        config, baseline, plan)
         else:
@@ -173,27 +173,29 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
                 "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else "")))
 
 
-def _positions(ledger: Ledger, exchange: Mapping[str, Position], symbols: Iterable[str], taken_ms: int,
+def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[str], taken_ms: int,
                config: AccountConfig, baseline: bool, plan: Plan) -> None:
+    """Positions by key: the symbol (one-way, spot) or (symbol, side) for a hedge-mode leg
+    (``domain.position_key``): a LONG and a SHORT leg of one symbol are two positions, never netted."""
     tol, dust = config.balance_tolerance, config.dust
-    for symbol in symbols:
-        entry = ledger.positions.get(symbol)
+    for key in keys:
+        entry = ledger.positions.get(key)
         local = entry.position if entry else None
-        ex = exchange.get(symbol)
+        ex = exchange.get(key)
         if ex is not None and ex.amount == ZERO:
             ex = None
         rest_ms = ex.updated_ms if ex is not None and ex.updated_ms else taken_ms
         if local is not None and local.updated_ms > rest_ms:
             continue
-        value = None if ex is None else Position(symbol, ex.amount, ex.entry_price, rest_ms)
+        value = None if ex is None else Position(ex.symbol, ex.amount, ex.entry_price, rest_ms, ex.side)
         if value == local:
             continue
-        plan.corrections.append(Correction("position", symbol, value))
+        plan.corrections.append(Correction("position", key, value))
         la = local.amount if local else ZERO
         ea = ex.amount if ex else ZERO
         if not baseline and differs(la, ea, tol, dust):
             plan.discrepancies.append(Discrepancy(
-                "position", symbol, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value"))
+                "position", key, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value"))
 
 
 def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms: int, config: AccountConfig,
@@ -208,7 +210,10 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
     for key, ex in listed.items():
         entry = local_orders.get(key)
         if entry is None:
-            plan.corrections.append(Correction("order", key, ex))
+            linked = ledger.link_child(ex)
+            plan.corrections.append(Correction("order", key, linked))
+            if linked.parent_id:
+                continue                 # a known algo order's triggered child: not an orphan (usdm-facts D5)
             if not silent_adopt:
                 plan.discrepancies.append(Discrepancy(
                     "orphan", key, "absent", fmt_order(ex),
@@ -216,6 +221,10 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
                     + f" order {ex.exchange_order_id} on {ex.symbol}"))
             continue
         local = entry.order
+        if local.parent_id and not ex.parent_id:
+            ex = replace_order(ex, parent_id=local.parent_id)
+        if local.child_id and not ex.child_id:
+            ex = replace_order(ex, child_id=local.child_id)
         if not supersedes(ex, local):
             continue                     # the ledger holds newer news (stream raced ahead)
         if local == ex:

@@ -155,7 +155,7 @@ class AccountRunner:
         prefix = self.config.owned_prefix
 
         async def one(order: Order) -> Order | Exception | None:
-            if not is_owned(order, prefix):     # defence in depth: foreign orders are never cancelled
+            if not (is_owned(order, prefix) or self.ledger.owns(order)):   # defence in depth: never foreign
                 raise AssertionError(f"refusing to cancel foreign order {order.client_order_id!r}")
             async with sem:
                 try:
@@ -258,7 +258,10 @@ class AccountRunner:
         async with self.lock:
             now = self.now_ms()
             if isinstance(event, OrderEvent):
-                self.ledger.upsert_order(event.order, SOURCE_STREAM, now)
+                order = event.order
+                if order.algo and order.child_id:
+                    self._link_existing_child(order, now)
+                self.ledger.upsert_order(self.ledger.link_child(order), SOURCE_STREAM, now)
             elif isinstance(event, BalanceEvent):
                 for asset, balance in event.balances.items():
                     if not balance.updated_ms:
@@ -279,6 +282,17 @@ class AccountRunner:
         if await self.apply_event(event):
             return await self.reconcile(trigger="stream-reconnect")
         return None
+
+    def _link_existing_child(self, parent: Order, now: int) -> None:
+        """A TRIGGERED algo event names its child; a child seen before it (the venue's order of events is
+        not guaranteed, usdm-facts.md D5) gets the link now."""
+        for key, entry in self.ledger.orders.items():
+            o = entry.order
+            if not o.algo and o.symbol == parent.symbol and o.exchange_order_id == parent.child_id \
+                    and not o.parent_id:
+                self.ledger.put_order(replace(o, parent_id=parent.exchange_order_id), entry.source, now,
+                                      misses=entry.misses, recheck=entry.recheck, key=key)
+                return
 
     def _derive_spot_positions(self, asset: str, updated_ms: int, now: int) -> None:
         symbols = self._symbols_by_base.get(asset)

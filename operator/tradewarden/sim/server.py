@@ -333,7 +333,8 @@ class Simulator:
 
     async def _expire_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.1)
+            self.exchange.run_countdowns()
             now = self.now_ms()
             for key, info in list(self.listen_keys.items()):
                 if info["expires"] <= now:
