@@ -58,6 +58,7 @@ class AccountRunner:
         self.lock = asyncio.Lock()
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
+        self.last_margin = None            # USD-M: the last snapshot's MarginSummary (reported, never compared)
         self._symbols_by_base: dict[str, list[str]] = {}
         if not config.futures:
             for symbol in config.symbols:
@@ -106,6 +107,8 @@ class AccountRunner:
             self._finish_run(report)
             raise auth
         now = self.now_ms()
+        if snapshot.margin is not None:
+            self.last_margin = snapshot.margin
         plan = reconcile(self.ledger, snapshot, config, now)
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
@@ -197,6 +200,10 @@ class AccountRunner:
                 if to_query:       # "not found" on a cancel: ask for the final state, never assume
                     results = await self._query(to_query)
                     report.requests += len(to_query)
+                    # an algo cancel answers {"code": "200", "msg": "success"} without a status (usdm-facts
+                    # D2): the query that follows is what shows it cancelled
+                    cancelled += sum(1 for o in to_query if o.algo and isinstance(results.get(Ledger.order_id(o)), Order)
+                                     and results[Ledger.order_id(o)].state is OrderState.CANCELED)
                     self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
             report.purged = purge(self.ledger, self.config, self.now_ms())
             report.finished_ms = self.now_ms()

@@ -253,6 +253,7 @@ class Account:
         self.leverage: dict[str, int] = {}              # USD-M symbol -> leverage (both legs share it)
         self.dual_side = False                          # USD-M position mode: hedge (True) / one-way
         self.countdowns: dict[str, int] = {}            # USD-M symbol -> auto-cancel deadline (ms)
+        self.wallet_time: dict[str, int] = {}           # USD-M asset -> last wallet change (assets[].updateTime)
         # venue -> symbol -> orderId -> open order (insertion order = time priority)
         self.open: dict[str, dict[str, dict[int, Order]]] = {SPOT: {}, USDM: {}}
         self.orders: dict[str, dict[int, Order]] = {SPOT: {}, USDM: {}}   # every order by id
@@ -365,9 +366,10 @@ class Exchange:
         acct = Account(api_key, secret, next(self._uids))
         for asset, amount in (balances or {}).items():
             acct.balance(asset.upper())[0] = dec(amount, asset)
+        acct.update_time = self.clock()
         for asset, amount in (futures_balances or {}).items():
             acct.wallet[asset.upper()] = dec(amount, asset)
-        acct.update_time = self.clock()
+            acct.wallet_time[asset.upper()] = acct.update_time
         self.accounts[api_key] = acct
         return acct
 
@@ -401,6 +403,7 @@ class Exchange:
             if w + d < 0:
                 raise SimError(-2019, "Margin is insufficient.")
             acct.wallet[asset] = w + d
+            acct.wallet_time[asset] = t
             self._emit_account_update(acct, "DEPOSIT" if d >= 0 else "WITHDRAW", [asset], [], t, balance_change=d)
 
     # ---- order placement
@@ -855,6 +858,7 @@ class Exchange:
             p.realized += realized
             # wallet balance = transfers + realised PnL - commissions (usdm-facts.md A6); unrealised PnL never
             acct.wallet["USDT"] = acct.wallet.get("USDT", ZERO) + realized - fee
+            acct.wallet_time["USDT"] = t
             trade = Trade(USDM, order.symbol, tid, order.order_id, order.side, px, qty, quote, fee, "USDT", t, maker,
                           realized_pnl=realized)
             acct.trades[USDM].append(trade)

@@ -371,7 +371,7 @@ def _usdm_assets(req: "Request", a: Account, v2: bool) -> list[dict]:
                "maxWithdrawAmount": fplain(max(ZERO, min(avail, wallet)), 8)}
         if v2:
             row["marginAvailable"] = True
-        row["updateTime"] = a.update_time
+        row["updateTime"] = a.wallet_time.get(asset, a.update_time)
         assets.append(row)
     return assets
 
@@ -476,7 +476,7 @@ async def usdm_balance(req: "Request") -> Any:
         rows.append({"accountAlias": "SgsR", "asset": asset, "balance": fplain(wallet, 8),
                      "crossWalletBalance": fplain(wallet, 8), "crossUnPnl": fplain(fig["upnl"] if usdt else ZERO, 8),
                      "availableBalance": fplain(avail, 8), "maxWithdrawAmount": fplain(max(ZERO, avail), 8),
-                     "marginAvailable": True, "updateTime": a.update_time})
+                     "marginAvailable": True, "updateTime": a.wallet_time.get(asset, a.update_time)})
     return rows
 
 
