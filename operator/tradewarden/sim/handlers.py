@@ -437,20 +437,23 @@ def _active_symbols(a: Account) -> list[str]:
 async def usdm_account_v2(req: "Request") -> Any:
     a = req.account
     assert a is not None
-    out = {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True,
+    out = {"feeTier": 0, "feeBurn": False, "canTrade": True, "canDeposit": True, "canWithdraw": True,
            "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1}
     out.update(_usdm_totals(req, a))
     out["assets"] = _usdm_assets(req, a, v2=True)
     positions = []
     for s in req.sim.exchange.markets[USDM]:
         for side in _sides(a):
-            row = _position_row(req, a, s, side, risk=False)
+            r = _position_row(req, a, s, side, risk=True)
             p = a.positions.get((s, side))
-            row.update({"leverage": str(a.lev(s)), "entryPrice": fplain(p.entry_price) if p and p.amount
-                        else "0.0", "maxNotional": "1000000", "bidNotional": "0", "askNotional": "0",
-                        "isolated": False, "positionInitialMargin": row["initialMargin"],
-                        "openOrderInitialMargin": "0"})
-            positions.append(row)
+            # v2 rows (usdm-facts.md A2, examples/GET_fapi_v2_account.*.json): no notional / isolated wallet
+            positions.append({"symbol": s, "initialMargin": r["initialMargin"], "maintMargin": r["maintMargin"],
+                              "unrealizedProfit": r["unRealizedProfit"],
+                              "positionInitialMargin": r["positionInitialMargin"],
+                              "openOrderInitialMargin": r["openOrderInitialMargin"], "leverage": str(a.lev(s)),
+                              "isolated": False, "entryPrice": fplain(p.entry_price) if p and p.amount else "0.0",
+                              "maxNotional": "1000000", "bidNotional": "0", "askNotional": "0",
+                              "positionSide": side, "positionAmt": r["positionAmt"], "updateTime": r["updateTime"]})
     out["positions"] = positions
     return out
 
