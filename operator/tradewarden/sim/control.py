@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from .engine import SPOT, USDM, VENUES, AlgoOrder, Account, Order, SimError, fplain
+from .wire import json_response
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -16,8 +17,7 @@ ControlHandler = Callable[["Simulator", web.Request, dict, dict], Awaitable[Any]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,
-                        content_type="application/json")
+    return json_response(data, status=status)
 
 
 def order_json(o: Order) -> dict[str, Any]:

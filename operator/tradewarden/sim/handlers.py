@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .wire import RawJSON, Route
 from .engine import (MAINT_MARGIN_RATE, AlgoOrder, SPOT, USDM, ZERO, Account, Market, Order, SimError, Trade, f8, fplain,
                      unknown_order)
 
 if TYPE_CHECKING:
-    from .server import Request, Simulator
+    from .server import Simulator
+    from .wire import Request
 
 
 # ---- formatting -------------------------------------------------------------------------------
-
-class RawJSON(str):
-    """An already-serialized JSON body (the server sends it as is)."""
 
 
 def _dump(row: dict) -> str:
@@ -731,31 +729,18 @@ async def listen_key_new(req: "Request") -> Any:
 
 async def listen_key_keepalive(req: "Request") -> Any:
     assert req.account is not None
-    sim = req.sim
-    for key, info in sim.listen_keys.items():
-        if info["account"] is req.account and info["expires"] > sim.now_ms():
-            given = req.params.get("listenKey")
-            if given and given != key:
-                break
-            info["expires"] = sim.now_ms() + 60 * 60 * 1000
-            return {"listenKey": key}
-    raise SimError(-1125, "This listenKey does not exist.")
+    return {"listenKey": req.sim.listen_keys.keepalive(req.account, req.params.get("listenKey"), req.sim.now_ms())}
 
 
 async def listen_key_close(req: "Request") -> Any:
     assert req.account is not None
-    sim = req.sim
-    for key, info in list(sim.listen_keys.items()):
-        if info["account"] is req.account:
-            sim.listen_keys.pop(key, None)
+    req.sim.listen_keys.close(req.account)
     return {}
 
 
 # ---- registration -----------------------------------------------------------------------------
 
 def register(sim: "Simulator") -> None:
-    from .server import Route
-
     def add(venue: str, method: str, path: str, handler: Any, weight: Any, security: str = "NONE",
             order: bool = False) -> None:
         sim.routes[(method, path)] = Route(venue, method, path, handler, weight, security, order)
