@@ -621,6 +621,11 @@ class AccountSupervisor:
             tele.run_finished(report.duration_ms / 1000.0, bool(report.ok), counts)
             try:
                 tele.set_open_orders(sum(1 for _ in self._runner.ledger.active_orders()))
+                led = self._runner.ledger
+                health = margin_inputs(self._runner, list(led.position_values().values()),
+                                       list(led.active_orders())).get("margin_health")
+                if health is not None:
+                    tele.set_margin(health)
             except Exception:  # noqa: BLE001
                 pass
             cancelled = report.cancelled     # confirmed by the exchange (not "cancel sent, order filled")
@@ -829,7 +834,7 @@ class AccountSupervisor:
             stream_state=self._stream_state, stream_since_ms=self._stream_since_ms,
             stream_reconnects=self._stream_reconnects, stream_last_event_ms=self._stream_last_event_ms,
             estop=self._estop, last_handled_reconcile_at=self._last_handled, ledger=ledger_dump,
-            ledger_note=self._ledger_note)
+            ledger_note=self._ledger_note, **margin_inputs(runner, positions, orders))
 
     async def _flush(self, force: bool = False) -> None:
         now = self._now()
@@ -910,3 +915,19 @@ def _default_gateway_factory(*args: Any, **kwargs: Any) -> Any:
     from ..gateway import create_gateway
 
     return create_gateway(*args, **kwargs)
+
+
+def margin_inputs(runner: Any, positions: Any, orders: Any) -> dict[str, Any]:
+    """USD-M margin health for status (issue 15): the last snapshot's figures, judged against the spec's
+    thresholds with the ledger's positions and protective orders. Nothing for spot accounts."""
+    from ..core.margin import margin_health
+    if runner is None or not runner.config.futures:
+        return {}
+    margin = runner.last_margin
+    if margin is None or positions is None:
+        return {"futures": True}
+    cfg = runner.config
+    health = margin_health(margin, positions, orders or [], cfg.margin_ratio_threshold,
+                           cfg.liquidation_distance_threshold)
+    return {"futures": True, "margin": margin, "margin_health": health}
+
