@@ -41,6 +41,8 @@ class AccountConfig:
     # or a position's mark within this relative distance of its liquidation price.
     margin_ratio_threshold: Decimal = Decimal("0.8")
     liquidation_distance_threshold: Decimal = Decimal("0.05")
+    # Set by the runner per run (not a setting): the user-data stream connected since (local ms), or None.
+    stream_since_ms: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

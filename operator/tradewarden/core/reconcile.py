@@ -22,7 +22,7 @@ alone, and an order with activity after the snapshot (minus a grace) is not "mis
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
@@ -97,9 +97,16 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
 
 # ---- the run ---------------------------------------------------------------------------------
 
-def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int) -> Plan:
-    """Compare every section that came back; keep (and name) the ones that did not."""
+def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int,
+              stream_since_ms: int | None = None) -> Plan:
+    """Compare every section that came back; keep (and name) the ones that did not.
+
+    ``stream_since_ms``: the user-data stream has been connected since then (None: it is not). A venue
+    change newer than that and within ``missing_grace_s`` of the snapshot is news still on its way
+    (its event is queued behind this run), not a discrepancy: it is left for the stream or the next
+    run. Without a live stream nothing is in flight and everything is compared."""
     plan = Plan()
+    config = _with_stream(config, stream_since_ms)
     baseline = ledger.synced_ms == 0   # a never-synced ledger has no belief about balances/positions
     balances_ok = snapshot.balances.ok and snapshot.balances.value is not None
     if balances_ok:
@@ -119,7 +126,7 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
     else:
         _stale(plan, "positions", snapshot.balances.error)
     if snapshot.open_orders.ok and snapshot.open_orders.value is not None:
-        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, now_ms, config, plan)
+        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, now_ms, config, plan, baseline)
     else:
         _stale(plan, "orders", snapshot.open_orders.error)
     return plan
@@ -155,6 +162,8 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
             continue                                    # the stream told us something newer
         if local == ex:
             continue
+        if _in_flight(ex, local, taken_ms, config, baseline):
+            continue
         lf, ll = (local.free, local.locked) if local else (ZERO, ZERO)
         ef, el = (ex.free, ex.locked) if ex else (ZERO, ZERO)
         value = None if ex is None else Balance(asset, ex.free, ex.locked, rest_ms)
@@ -173,6 +182,31 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
                 "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else "")))
 
 
+def _with_stream(config: AccountConfig, stream_since_ms: int | None) -> AccountConfig:
+    return replace(config, stream_since_ms=stream_since_ms) if hasattr(config, "stream_since_ms") else config
+
+
+def in_flight(changed_ms: int, taken_ms: int, config: AccountConfig) -> bool:
+    """A venue change at ``changed_ms`` whose user-data event may not have been applied yet: the stream
+    was up before it and it is within the grace of the snapshot."""
+    since = config.stream_since_ms
+    return (since is not None and config.missing_grace_s > 0 and changed_ms >= since
+            and changed_ms > taken_ms - int(config.missing_grace_s * 1000))
+
+
+def _in_flight(ex: "Balance | Position | None", local: "Balance | Position | None", taken_ms: int,
+               config: AccountConfig, baseline: bool) -> bool:
+    """USD-M (update times per asset and per position row): the venue changed this value within the
+    grace before the snapshot, after the ledger's last news of it: the ACCOUNT_UPDATE saying so may
+    still be on its way. Neither compared nor corrected
+    this run (the next run does, if the stream never tells); a false alarm on every trade otherwise."""
+    if not config.futures or baseline or ex is None or not ex.updated_ms:
+        return False         # spot: one update time for the whole account, which an active account renews
+    if local is not None and local.updated_ms >= ex.updated_ms:
+        return False
+    return in_flight(ex.updated_ms, taken_ms, config)
+
+
 def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[str], taken_ms: int,
                config: AccountConfig, baseline: bool, plan: Plan) -> None:
     """Positions by key: the symbol (one-way, spot) or (symbol, side) for a hedge-mode leg
@@ -187,6 +221,8 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[
         rest_ms = ex.updated_ms if ex is not None and ex.updated_ms else taken_ms
         if local is not None and local.updated_ms > rest_ms:
             continue
+        if _in_flight(ex, local, taken_ms, config, baseline):
+            continue
         value = None if ex is None else Position(ex.symbol, ex.amount, ex.entry_price, rest_ms, ex.side)
         if value == local:
             continue
@@ -199,7 +235,7 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[
 
 
 def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms: int, config: AccountConfig,
-            plan: Plan) -> None:
+            plan: Plan, baseline: bool = False) -> None:
     listed: dict[str, Order] = {}
     for o in open_orders:
         listed[Ledger.order_id(o)] = o
@@ -210,6 +246,8 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
     for key, ex in listed.items():
         entry = local_orders.get(key)
         if entry is None:
+            if not baseline and not silent_adopt and in_flight(max(ex.created_ms, ex.updated_ms), taken_ms, config):
+                continue     # placed just now: its user-data event is on its way (else the next run adopts it)
             linked = ledger.link_child(ex)
             plan.corrections.append(Correction("order", key, linked))
             if linked.parent_id:
@@ -269,7 +307,8 @@ def same_order(answer: Order, local: Order) -> Order | None:
 
 
 def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException"], config: AccountConfig,
-                    context: str = "missing", expected: frozenset[OrderState] = frozenset()) -> Plan:
+                    context: str = "missing", expected: frozenset[OrderState] = frozenset(),
+                    taken_ms: int | None = None, stream_since_ms: int | None = None) -> Plan:
     """Apply the exchange's answers to targeted queries of orders the list did not show.
 
     Order -> its state is applied (finished or, rarely, still open). OrderNotFound -> one more
@@ -277,6 +316,7 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
     counted, the order stays pending and is queried again next run. Answers in an ``expected``
     state (e.g. cancelled, right after an emergency stop) are applied without a discrepancy."""
     plan = Plan()
+    config = _with_stream(config, stream_since_ms)
     retries = config.missing_retries
     for key, result in results.items():
         entry = ledger.orders.get(key)
@@ -295,6 +335,8 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
             plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
             if result.state in expected:
                 continue
+            if taken_ms is not None and in_flight(result.updated_ms, taken_ms, config):
+                continue     # it changed on the venue just now: news on its way, not a discrepancy
             if result.state.active:
                 action = "queried: still open on the exchange (absent from its open-orders list); ledger updated"
             else:

@@ -59,6 +59,7 @@ class AccountRunner:
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
         self.last_margin = None            # USD-M: the last snapshot's MarginSummary (reported, never compared)
+        self.stream_since_ms: int | None = None   # the user-data stream connected since (None: not connected)
         self._symbols_by_base: dict[str, list[str]] = {}
         if not config.futures:
             for symbol in config.symbols:
@@ -109,7 +110,7 @@ class AccountRunner:
         now = self.now_ms()
         if snapshot.margin is not None:
             self.last_margin = snapshot.margin
-        plan = reconcile(self.ledger, snapshot, config, now)
+        plan = reconcile(self.ledger, snapshot, config, now, stream_since_ms=self.stream_since_ms)
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
         report.stale_sections = list(plan.stale_sections)
@@ -118,7 +119,8 @@ class AccountRunner:
         if plan.fetches:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected), report)
+            self._apply(resolve_fetches(self.ledger, results, config, expected=expected,
+                                        taken_ms=snapshot.taken_ms, stream_since_ms=self.stream_since_ms), report)
         report.deferred = len(plan.deferred)
         if "orders" not in plan.stale_sections:
             self.ledger.truncated = 0
@@ -261,6 +263,8 @@ class AccountRunner:
         Returns True when the caller should reconcile now (the stream reconnected after a gap,
         so events may have been lost); ConnectionEvents never touch the ledger."""
         if isinstance(event, ConnectionEvent):
+            up = event.state is not ConnectionState.DISCONNECTED
+            self.stream_since_ms = (event.event_ms or self.now_ms()) if up else None
             return event.state is ConnectionState.RECONNECTED
         async with self.lock:
             now = self.now_ms()
