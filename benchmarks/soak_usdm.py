@@ -71,6 +71,7 @@ class Soak:
         self.missed: list[str] = []
         self.max_move = D(0)
         self.errors: list[str] = []
+        self.result: dict = {}
 
     # ---- setup ------------------------------------------------------------------------------------
 
@@ -308,18 +309,25 @@ class Soak:
         print(f"precision {precision:.3f}, recall {recall:.3f}")
         for item in (self.false[:8] + self.missed[:8]):
             print("  " + item)
+        self.result = {"runs": self.runs, "reported": sum(self.kinds.values()), "false": len(self.false),
+                       "injected": n_injected, "found": n_found, "missed": len(self.missed), "triggered": triggered,
+                       "max_move": float(self.max_move), "detail": self.false[:5] + self.missed[:5]}
         return 1 if self.false or self.missed or n_found != n_injected else 0
 
 
-def main() -> int:
-    import logging
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--accounts", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--interval", type=float, default=1.0)
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    args = build_parser().parse_args()
     return asyncio.run(asyncio.wait_for(Soak(args).run(), args.minutes * 60 + 180))
 
 
