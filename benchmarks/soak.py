@@ -38,7 +38,8 @@ from decimal import Decimal
 
 import aiohttp
 
-from tradewarden.core import AccountConfig, AccountRunner
+from tradewarden.core import AccountConfig
+from tradewarden.service import AccountRunner
 from tradewarden.domain import OrderState, Policy
 from tradewarden.gateway import RateBudgets, create_gateway
 

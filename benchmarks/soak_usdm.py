@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from tradewarden.core import AccountConfig, AccountRunner
+from tradewarden.core import AccountConfig
+from tradewarden.service import AccountRunner
 from tradewarden.domain import ConnectionState
 from tradewarden.gateway import RateBudgets, create_gateway
 from tradewarden.sim import Simulator

@@ -13,6 +13,64 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONTROLPLANE = ROOT / "operator" / "tradewarden" / "scripts" / "controlplane.sh"
 
 
+# ---- test tiers -------------------------------------------------------------------------------
+# unit: hermetic (no simulator, no API server, no helm/promtool, no network): `pytest -m unit`, first in CI.
+# sim: real ccxt against the exchange simulator on 127.0.0.1.
+# cluster: the real kube-apiserver, or the tools `./tw test` sets up beside it (helm, promtool, PyPI).
+# soak: long runs of the whole stack.
+# A test's tier follows from the fixtures it uses (so a mislabelled test cannot slip into the unit tier);
+# a test that needs none of them is a unit test, and is then kept from reaching out (see _hermetic).
+TIERS = ("unit", "sim", "cluster", "soak")
+SIM_FIXTURES = {"sim", "tsim"}
+CLUSTER_FIXTURES = {"kubeconfig", "helm_bin"}
+OUTSIDE_TOOLS = {"helm", "kubectl", "promtool", "pip", "pip3", "apt-get", "docker", "kube-apiserver", "etcd"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & CLUSTER_FIXTURES:
+            item.add_marker(pytest.mark.cluster)
+        if names & SIM_FIXTURES:
+            item.add_marker(pytest.mark.sim)
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if "unit" in tiers and len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: marked unit but needs {sorted(tiers - {'unit'})}")
+        if not tiers:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(request, monkeypatch):
+    """Unit tests may not leave the machine's loopback nor start the outside tools."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    import socket
+    import subprocess
+
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"a unit test connects to {address!r}: mark it (sim, cluster) or fake the peer")
+        return real_connect(self, address)
+
+    real_popen_init = subprocess.Popen.__init__
+
+    def popen_init(self, args, *a, **kw):
+        argv = [args] if isinstance(args, (str, bytes)) else list(args)
+        tool = os.path.basename(str(argv[0])) if argv else ""
+        if tool in OUTSIDE_TOOLS or (tool.startswith("python") and "pip" in map(str, argv[1:3])):
+            raise AssertionError(f"a unit test runs {tool!r}: mark it cluster")
+        return real_popen_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen_init)
+    yield
+
+
 # ---- the exchange simulator ------------------------------------------------------------------
 
 @pytest.fixture

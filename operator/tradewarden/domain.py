@@ -58,6 +58,12 @@ class Side(str, enum.Enum):
     SELL = "sell"
 
 
+def is_owned(client_order_id: str, prefix: str) -> bool:
+    """Ownership, the one rule: an order is tradewarden's (a candidate for a stale cancel) when its
+    client order id starts with the account's owned prefix; every other order is foreign."""
+    return bool(prefix) and client_order_id.startswith(prefix)
+
+
 class PositionSide(str, enum.Enum):
     """Binance's position side: BOTH in one-way mode, LONG / SHORT legs in hedge mode (usdm-facts.md B2)."""
     BOTH = "BOTH"
@@ -279,6 +285,10 @@ class UnknownOutcome(GatewayError):
 
 class Invalid(GatewayError):
     """Bad symbol, bad parameters: retrying the same request will not help."""
+
+
+class SymbolNotListed(Invalid):
+    """A symbol of the account that the exchange does not list ("unknown symbol: X/Y")."""
 
 
 class Unsupported(GatewayError):

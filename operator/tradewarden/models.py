@@ -10,10 +10,11 @@ and reported as a condition.
 """
 from __future__ import annotations
 
-import enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .domain import Policy
 
 GROUP = "tradewarden.io"
 VERSION = "v1alpha1"
@@ -26,8 +27,6 @@ CATEGORIES = ["tradewarden"]
 
 ANNOTATION_EMERGENCY_STOP = f"{GROUP}/emergency-stop"
 ANNOTATION_RECONCILE_REQUESTED_AT = f"{GROUP}/reconcile-requested-at"
-
-SUPPORTED_EXCHANGES = ("binance", "binanceusdm")
 
 # Bounds that keep status well under the 1.5 MiB object limit however large the account.
 MAX_STATUS_OPEN_ORDERS = 50
@@ -46,11 +45,6 @@ DESCRIPTION = (
 
 class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", use_enum_values=True)
-
-
-class AccountPolicy(str, enum.Enum):
-    CORRECT = "Correct"
-    OBSERVE_ONLY = "ObserveOnly"
 
 
 class CredentialsSecretRef(_Model):
@@ -140,11 +134,11 @@ class TradingAccountSpec(_Model):
         description="Unified ccxt symbols the account trades, e.g. 'BTC/USDT' (spot) or "
                     "'BTC/USDT:USDT' (USD-M).",
         min_length=1, max_length=500)]
-    policy: Annotated[AccountPolicy, Field(
+    policy: Annotated[Policy, Field(
         description="'Correct' acts on the exchange: stale owned orders are cancelled. 'ObserveOnly' "
                     "detects and reports, and never writes to the exchange (an emergency stop still "
                     "applies: a human asked for it). Under both, the local ledger follows the exchange "
-                    "after each run, so every difference is reported once.")] = AccountPolicy.CORRECT
+                    "after each run, so every difference is reported once.")] = Policy.CORRECT
     reconciliation: Annotated[ReconciliationSpec, Field(
         description="Periodic reconciliation settings.")] = ReconciliationSpec()
     staleOrders: Annotated[StaleOrdersSpec, Field(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tradewarden.controller.account import next_slot
+from tradewarden.controller.schedule import next_slot
 from tradewarden.gateway import jittered_offset
 
 
@@ -32,7 +32,7 @@ def test_accounts_created_together_spread_over_the_interval():
 
 
 def test_budget_metrics_are_labelled_with_the_exchange_that_spends_them():
-    from tradewarden.controller.account import publish_budgets
+    from tradewarden.controller.deps import BudgetPublisher
     from tradewarden.gateway import RateBudgets
 
     class Tele:
@@ -49,6 +49,7 @@ def test_budget_metrics_are_labelled_with_the_exchange_that_spends_them():
     budgets.for_url("http://127.0.0.1:9/api/v3/account").counters.last_server_used = 20
     budgets.for_url("http://127.0.0.1:9/fapi/v2/account").counters.last_server_used = 5
     tele = Tele()
-    publish_budgets(tele, budgets, "binance", "api")
-    publish_budgets(tele, budgets, "binanceusdm", "fapi")
+    publisher = BudgetPublisher()
+    publisher.publish(tele, budgets, "binance", "api")
+    publisher.publish(tele, budgets, "binanceusdm", "fapi")
     assert tele.weights == {("binance", "127.0.0.1:9/api"): 20.0, ("binanceusdm", "127.0.0.1:9/fapi"): 5.0}

@@ -10,9 +10,13 @@ import pytest
 from tradewarden import domain, models
 from tradewarden.controller import events as ev
 from tradewarden.controller import status as st
-from tradewarden.controller.account import backoff_s, gateway_problem, requested_by
+from tradewarden.controller.lifecycle import requested_by
+from tradewarden.controller.schedule import backoff_s
+from tradewarden.controller.emergency import EmergencyStop, StopState
+from tradewarden.controller.vocabulary import Problem, StreamState, gateway_problem
 from tradewarden.controller.credentials import CredentialsError, parse_secret
-from tradewarden.core import Discrepancy, MonitoringState, RunReport
+from tradewarden.redact import REDACTED
+from tradewarden.core import Discrepancy, MonitoringState, Outcome, RunReport
 
 T0 = 1_764_000_000_000
 
@@ -34,7 +38,7 @@ def ready_inputs(**kw) -> st.StatusInputs:
                           "BTC": domain.Balance("BTC", Decimal("1.50000000"), Decimal("0.5")),
                           "ETH": domain.Balance("ETH", Decimal("0"), Decimal("0"))},
                 orders=[order(1), order(2, coid="manual-1")], positions=[], monitor=MonitoringState(runs=1),
-                stream_state="connected", last_success_ms=T0, estop={"active": False})
+                stream_state=StreamState.CONNECTED, last_success_ms=T0, estop=EmergencyStop())
     base.update(kw)
     return st.StatusInputs(**base)
 
@@ -63,7 +67,7 @@ def test_last_transition_time_changes_only_on_flip():
     later = st.build_status(ready_inputs(), first, T0 + 60_000)
     assert first["conditions"] == later["conditions"]
     assert st.merge_patch(first, later) == {}            # nothing changed: nothing to write
-    down = st.build_status(ready_inputs(stream_state="reconnecting"), later, T0 + 120_000)
+    down = st.build_status(ready_inputs(stream_state=StreamState.RECONNECTING), later, T0 + 120_000)
     c = {x["type"]: x for x in down["conditions"]}
     assert c["StreamConnected"]["status"] == "False"
     assert c["StreamConnected"]["lastTransitionTime"] == st.rfc3339(T0 + 120_000)
@@ -91,22 +95,22 @@ def test_bounded_ledger_refuses_a_huge_dump():
 
 
 def test_problem_sets_error_phase_and_credentials_condition():
-    s = st.build_status(st.StatusInputs(generation=1, problem=st.Problem("SecretNotFound", "Secret 'x' not found",
+    s = st.build_status(st.StatusInputs(generation=1, problem=Problem("SecretNotFound", "Secret 'x' not found",
                                                                          credentials=True)), {}, T0)
     c = {x["type"]: x for x in s["conditions"]}
     assert s["phase"] == "Error"
     assert c["CredentialsValid"]["status"] == "False" and c["CredentialsValid"]["reason"] == "SecretNotFound"
     assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "SecretNotFound"
-    s2 = st.build_status(st.StatusInputs(generation=1, problem=st.Problem("SymbolNotListed", "unknown symbol: X/Y")),
+    s2 = st.build_status(st.StatusInputs(generation=1, problem=Problem("SymbolNotListed", "unknown symbol: X/Y")),
                          {}, T0)
     c2 = {x["type"]: x for x in s2["conditions"]}
     assert c2["CredentialsValid"]["status"] == "Unknown" and c2["Synced"]["reason"] == "SymbolNotListed"
 
 
 def test_emergency_stop_and_alerts():
-    estop = {"active": True, "reason": "runaway bot", "requestedBy": "kubectl-annotate", "state": "Completed",
-             "ordersCancelled": 7, "remaining": 0}
-    bal = Discrepancy("balance", "USDT", "10000", "10500", "ledger set to the exchange's value")
+    estop = EmergencyStop(active=True, reason="runaway bot", requested_by="kubectl-annotate",
+                          state=StopState.COMPLETED, orders_cancelled=7, remaining=0)
+    bal = Discrepancy("balance", "USDT", "10000", "10500", "ledger set to the exchange's value", Outcome.CORRECTED)
     mon = MonitoringState(runs=9, consecutive_failures=4)
     s = st.build_status(ready_inputs(estop=estop, report=report([bal]), monitor=mon), {}, T0)
     c = {x["type"]: x for x in s["conditions"]}
@@ -135,9 +139,11 @@ def test_merge_patch_roundtrip():
 
 
 def test_events_are_aggregated_and_bounded():
-    ds = [Discrepancy("balance", f"A{i}", "1", "2", "ledger set to the exchange's value") for i in range(1000)]
-    ds += [Discrepancy("fill", "tw-9", "open 0/1", "filled 1/1", "ledger set to the exchange's order")]
-    ds += [Discrepancy("stale", "tw-3", "open", "canceled", "cancelled (stale); exchange says canceled")]
+    ds = [Discrepancy("balance", f"A{i}", "1", "2", "ledger set to the exchange's value", Outcome.CORRECTED) for i in range(1000)]
+    ds += [Discrepancy("fill", "tw-9", "open 0/1", "filled 1/1", "ledger set to the exchange's order",
+                       Outcome.CORRECTED)]
+    ds += [Discrepancy("stale", "tw-3", "open", "canceled", "cancelled (stale); exchange says canceled",
+                       Outcome.CANCELLED)]
     out = ev.run_events(ds, trigger="annotation")
     reasons = [e.reason for e in out]
     assert reasons == ["BalanceMismatch", "MissedFill", "StaleOrder", "StaleOrderCancelled", "Corrected"]
@@ -145,7 +151,8 @@ def test_events_are_aggregated_and_bounded():
     assert bal.type == "Warning" and "1000 balance discrepancies" in bal.message and "(+995 more)" in bal.message
     assert "A0 local=1 exchange=2" in bal.message and len(bal.message) <= ev.MAX_MESSAGE
     assert "1001 local entries corrected" in out[-1].message
-    observe = ev.run_events([Discrepancy("stale", "tw-3", "o", "open for 99s", "reported only (policy ObserveOnly)")])
+    observe = ev.run_events([Discrepancy("stale", "tw-3", "o", "open for 99s", "reported only (policy ObserveOnly)",
+                                             Outcome.REPORTED)])
     assert [e.reason for e in observe] == ["StaleOrder"]
 
 
@@ -159,7 +166,7 @@ def test_credentials_parse_and_never_leak():
                      secret_key="secret")
     assert (c.api_key, c.secret) == ("KEY123456", "SECRET987654")
     assert "SECRET" not in repr(c) and "KEY123" not in repr(c)
-    assert c.redact("bad key KEY123456 sig SECRET987654") == "bad key *** sig ***"
+    assert c.redact("bad key KEY123456 sig SECRET987654") == f"bad key {REDACTED} sig {REDACTED}"
     with pytest.raises(CredentialsError) as e:
         parse_secret(None, name="s", api_key_key="apiKey", secret_key="secret")
     assert e.value.reason == "SecretNotFound"
@@ -188,7 +195,9 @@ def test_gateway_problems_and_backoff():
     redact = lambda t: t.replace("SECRETVALUE", "***")  # noqa: E731
     p = gateway_problem(domain.AuthenticationFailed("invalid key SECRETVALUE"), redact)
     assert p.reason == "AuthenticationFailed" and p.credentials and "SECRETVALUE" not in p.message
-    assert gateway_problem(domain.Invalid("unknown symbol: FOO/USDT"), redact).reason == "SymbolNotListed"
+    assert gateway_problem(domain.SymbolNotListed("unknown symbol: FOO/USDT"), redact).reason == "SymbolNotListed"
+    # by type, never by the words of the message
+    assert gateway_problem(domain.Invalid("bad symbol parameter"), redact).reason == "InvalidSpec"
     assert gateway_problem(domain.Temporary("connection refused"), redact).reason == "EndpointUnreachable"
     assert gateway_problem(domain.Unsupported("unsupported: fetchOpenOrders"), redact).reason == "UnsupportedExchange"
     delays = [backoff_s(n) for n in range(1, 12)]
@@ -197,12 +206,27 @@ def test_gateway_problems_and_backoff():
 
 def test_a_cancel_answered_filled_is_not_counted_as_a_cancel():
     from tradewarden.controller import events as ev
-    done = Discrepancy("stale", "tw-1", "open", "canceled", "cancelled (stale); exchange says canceled")
-    raced = Discrepancy("stale", "tw-2", "open", "filled", "cancelled (stale); exchange says filled")
+    done = Discrepancy("stale", "tw-1", "open", "canceled", "cancelled (stale); exchange says canceled",
+                       Outcome.CANCELLED)
+    raced = Discrepancy("stale", "tw-2", "open", "filled", "cancelled (stale); exchange says filled",
+                        Outcome.CANCEL_ANSWERED)
     assert ev.is_cancel(done) and not ev.is_cancel(raced)
     specs = ev.run_events([done, raced], trigger="stale")
     (cancel_event,) = [e for e in specs if e.reason == "StaleOrderCancelled"]
     assert cancel_event.message.startswith("1 stale owned orders cancelled") and "tw-2" not in cancel_event.message
+
+
+def test_status_is_built_through_the_model_and_survives_a_foreign_previous():
+    """The writer goes through the status model the CRD is generated from: a part carried over from a
+    status another version wrote, which no longer fits the model, is replaced, never written back."""
+    previous = {"metrics": {"runs": 3, "noSuchField": 1}, "stream": {"state": "connected", "since": "t"},
+                "lastReconciliation": {"time": "2026-01-01T00:00:00Z", "trigger": "timer"}}
+    s = st.build_status(st.StatusInputs(generation=1, stream_enabled=True), previous, T0)
+    assert s["metrics"] == {} and s["lastReconciliation"] == previous["lastReconciliation"]
+    assert s["stream"]["since"] == "t" and s["stream"]["state"] == "disconnected"
+    models.TradingAccountStatus.model_validate(s)
+    with pytest.raises(Exception):
+        models.TradingAccountStatus.model_validate({"metrics": {"noSuchField": 1}})
 
 
 # ---- USD-M margin health (issue 15) ----------------------------------------------------------------

@@ -6,7 +6,8 @@ import base64
 
 from tests.conftest import new_key
 from tradewarden.controller import status as st
-from tradewarden.controller.account import AccountSupervisor, Deps
+from tradewarden.controller.deps import Deps
+from tradewarden.controller.supervisor import AccountSupervisor
 
 
 class RecordingKube:
@@ -45,25 +46,25 @@ async def test_status_is_written_only_when_something_changed(sim):
     sup = AccountSupervisor("ns", "a", body, Deps(kube=kube, post_event=lambda b, t, r, m: events.append((t, r, m)),
                                                   min_write_interval_s=0))
     try:
-        await sup._step()                      # build the gateway and the runner
-        await sup._step()                      # initial sync
-        await sup._flush()
+        await sup.settle()                     # accept the spec, build the gateway and the runner, initial sync
+        assert sup.state.built and sup.state.synced
+        await sup.flush()
         conds = {c["type"]: c for c in kube.status["conditions"]}
         assert conds["Ready"]["status"] == "True", conds["Ready"]
         assert kube.status["openOrders"]["count"] == 1
         writes = len(kube.patches)
 
         # A stale check that finds nothing and a flush with nothing new: no write.
-        sup._next_stale = 0
-        await sup._step()
-        await sup._flush()
-        await sup._flush(force=True)
+        sup.state.next_stale = 0
+        await sup.settle()
+        await sup.flush()
+        await sup.flush(force=True)
         assert len(kube.patches) == writes
 
         # A reconciliation run: one write, carrying the run (not the whole status again).
-        sup._next_reconcile = 0
-        await sup._step()
-        await sup._flush()
+        sup.state.next_reconcile = 0
+        await sup.settle()
+        await sup.flush()
         assert len(kube.patches) == writes + 1
         assert set(kube.patches[-1]) <= {"lastReconciliation", "metrics", "ledger", "conditions"}, kube.patches[-1]
         assert "balances" not in kube.patches[-1] and "openOrders" not in kube.patches[-1]
@@ -73,8 +74,8 @@ async def test_status_is_written_only_when_something_changed(sim):
         del events[:]
         sim.adjust_balance(key, "USDT", "250")
         body["metadata"]["annotations"]["tradewarden.io/reconcile-requested-at"] = "now"
-        await sup._step()
-        await sup._flush()
+        await sup.settle()
+        await sup.flush()
         assert kube.status["lastReconciliation"]["discrepancies"] == {"balance": 1}
         assert kube.status["lastHandledReconcileAt"] == "now"
         assert [r for _, r, _ in events] == ["BalanceMismatch", "Corrected"]
@@ -82,4 +83,4 @@ async def test_status_is_written_only_when_something_changed(sim):
         assert secret not in repr(kube.patches) and secret not in repr(events)
     finally:
         sup.request_stop()
-        await sup._teardown()
+        await sup.close()

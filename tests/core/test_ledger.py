@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from tradewarden.core import AccountConfig, AccountRunner, Ledger, LedgerFormatError
+from tradewarden.core import AccountConfig, Ledger, LedgerFormatError
+from tradewarden.service import AccountRunner
 from tradewarden.domain import Balance, OrderState, Policy
 from tradewarden.models import TradingAccountSpec
 
@@ -76,7 +77,7 @@ def test_config_from_spec_and_validation():
                                                      "missingOrderRetries": 5, "intervalSeconds": 60},
         "staleOrders": {"timeoutSeconds": 120, "ownedClientOrderIdPrefix": "bot1-"},
         "retention": {"finishedOrdersSeconds": 600}})
-    cfg = AccountConfig.from_spec(spec)
+    cfg = AccountConfig.from_spec(spec, futures=True)     # the gateway's answer
     assert cfg.futures and cfg.observe_only and cfg.policy is Policy.OBSERVE_ONLY
     assert cfg.balance_tolerance == Decimal("0.001") and cfg.dust == Decimal("0.000001")
     assert (cfg.missing_retries, cfg.interval_s, cfg.stale_timeout_s, cfg.owned_prefix, cfg.retention_s) == \

@@ -8,7 +8,8 @@ from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tradewarden.core import AccountConfig, AccountRunner, Ledger
+from tradewarden.core import AccountConfig, Ledger
+from tradewarden.service import AccountRunner
 from tradewarden.core.reconcile import differs
 from tradewarden.domain import Balance, OrderState, Policy, Position, Side
 

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from tradewarden.core import AccountConfig, AccountRunner, Ledger
+from tradewarden.core import AccountConfig, Ledger, Outcome
+from tradewarden.service import AccountRunner
 from tradewarden.domain import (AuthenticationFailed, Balance, BalanceEvent, ConnectionEvent, ConnectionState, OrderEvent, OrderState,
                                 Policy, Position, PositionEvent, Temporary, UnknownOutcome)
 
@@ -76,6 +77,7 @@ async def test_initial_sync_from_restored_ledger_asks_the_final_state_of_vanishe
     assert restarted.ledger.order("tw-1").state is OrderState.FILLED
     assert restarted.ledger.order("tw-1").filled == Decimal("1")
     assert "final state filled" in report.discrepancies[0].action
+    assert report.discrepancies[0].outcome is Outcome.CORRECTED
 
 
 # ---- balances --------------------------------------------------------------------------------
@@ -115,6 +117,7 @@ async def test_observe_only_reports_mirrors_and_never_writes():
     cleanup = await runner.stale_cleanup()
     assert ("balance", "USDT") in kinds(report)
     assert kinds(cleanup) == [("stale", "tw-1")] and "ObserveOnly" in cleanup.discrepancies[0].action
+    assert cleanup.discrepancies[0].outcome is Outcome.REPORTED
     assert runner.ledger.balance("USDT").free == Decimal("1")     # the ledger mirrors the exchange
     assert runner.ledger.order("tw-1").state is OrderState.OPEN
     assert ex.writes == []
@@ -312,6 +315,7 @@ async def test_stale_cancel_unknown_outcome_rechecked_next_run():
     ex.faults["cancel_order"] = [UnknownOutcome("504 on cancel")]
     first = await runner.stale_cleanup()
     assert "outcome unknown" in first.discrepancies[0].action
+    assert first.discrepancies[0].outcome is Outcome.CANCEL_UNKNOWN
     assert runner.ledger.orders["tw-1"].recheck and runner.ledger.order("tw-1").state is OrderState.OPEN
     ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))   # it did go through
     second = await runner.stale_cleanup()

@@ -8,7 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from tradewarden.core import AccountConfig, AccountRunner, Ledger
+from tradewarden.core import AccountConfig, Ledger
+from tradewarden.service import AccountRunner
 from tradewarden.domain import ConnectionState, OrderState, Policy, Position
 
 pytestmark = pytest.mark.sim

@@ -13,7 +13,8 @@ from decimal import Decimal
 
 import pytest
 
-from tradewarden.core import AccountConfig, AccountRunner
+from tradewarden.core import AccountConfig
+from tradewarden.service import AccountRunner
 from tradewarden.domain import ConnectionState, OrderState, PositionSide
 
 pytestmark = pytest.mark.sim

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tradewarden.core import AccountConfig, AccountRunner, Ledger
+from tradewarden.core import AccountConfig, Ledger
+from tradewarden.service import AccountRunner
 from tradewarden.domain import OrderState, Policy
 from tradewarden.gateway import RateBudgets, create_gateway
 from tradewarden.gateway.markets import MarketsCache

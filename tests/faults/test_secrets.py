@@ -11,7 +11,8 @@ import secrets as _secrets
 
 import pytest
 
-from tradewarden.core import AccountConfig, AccountRunner
+from tradewarden.core import AccountConfig
+from tradewarden.service import AccountRunner
 from tradewarden.domain import ConnectionState, GatewayError
 from tradewarden.gateway import RateBudgets, create_gateway
 

@@ -27,6 +27,7 @@ def check(result: dict, accounts: int) -> None:
     assert result["recovered"] == result["accounts"] == accounts, result
 
 
+@pytest.mark.soak
 @pytest.mark.sim
 @pytest.mark.timeout(300)
 def test_soak_gateway_and_core():
@@ -37,6 +38,7 @@ def test_soak_gateway_and_core():
     check(run.result, 3)
 
 
+@pytest.mark.soak
 @pytest.mark.sim
 @pytest.mark.timeout(300)
 def test_soak_usdm_positions_while_prices_move():
@@ -50,6 +52,7 @@ def test_soak_usdm_positions_while_prices_move():
     assert (r["false"], r["missed"]) == (0, 0) and r["found"] == r["injected"], r
 
 
+@pytest.mark.soak
 @pytest.mark.cluster
 @pytest.mark.timeout(420)
 def test_soak_through_the_operator(crd_installed, monkeypatch):

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from tradewarden.domain import (AuthenticationFailed, ConnectionState, Invalid, OrderEvent, OrderNotFound,
+from tradewarden.domain import (AuthenticationFailed, ConnectionState, Invalid, SymbolNotListed, OrderEvent, OrderNotFound,
                                 OrderState, Temporary, UnknownOutcome)
 from tests.conftest import new_key
 
@@ -22,7 +22,7 @@ async def place(gw, symbol, price, cid, amount=0.01):
 
 async def test_start_checks_symbols_and_credentials(sim, account, gateways):
     key, secret = account
-    with pytest.raises(Invalid, match="unknown symbol: NOPE/USDT"):
+    with pytest.raises(SymbolNotListed, match="unknown symbol: NOPE/USDT"):
         await gateways("binance", key, secret).start(["BTC/USDT", "NOPE/USDT"])
     with pytest.raises(AuthenticationFailed) as info:
         await gateways("binance", key, "f" * 64).start(["BTC/USDT"])

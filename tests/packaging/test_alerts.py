@@ -13,8 +13,8 @@ from .conftest import find
 PROMTOOL = shutil.which("promtool")
 if PROMTOOL is None and os.environ.get("CI"):   # ./tw test installs it: in CI its absence is a failure
     raise RuntimeError("promtool not installed: ./tw test installs Debian's prometheus package")
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (Debian/Ubuntu: apt-get install --no-install-recommends prometheus)")
+pytestmark = [pytest.mark.cluster, pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (Debian/Ubuntu: apt-get install --no-install-recommends prometheus)")]
 
 LB = 'namespace="desk",name="main",exchange="binance"'
 OTHER = 'namespace="desk",name="calm",exchange="binance"'

@@ -141,6 +141,7 @@ def _build_context(dst):
         shutil.copy2(path, target)
 
 
+@pytest.mark.cluster      # pip from PyPI: not hermetic
 @pytest.mark.skipif(os.environ.get("TRADEWARDEN_SKIP_IMAGE_INSTALL") == "1",
                     reason="TRADEWARDEN_SKIP_IMAGE_INSTALL=1")
 def test_build_stage_installs_in_a_clean_venv(tmp_path):

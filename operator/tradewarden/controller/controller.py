@@ -7,7 +7,8 @@ from typing import Any
 
 import kopf
 
-from .account import AccountSupervisor, Deps
+from .deps import Deps
+from .supervisor import AccountSupervisor
 
 log = logging.getLogger(__name__)
 

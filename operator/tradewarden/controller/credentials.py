@@ -9,6 +9,8 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..redact import scrub
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -20,12 +22,8 @@ class Credentials:
         return f"Credentials(resource_version={self.resource_version!r})"
 
     def redact(self, text: str) -> str:
-        """``text`` with any occurrence of the key or the secret masked."""
-        out = str(text)
-        for value in (self.secret, self.api_key):
-            if value and len(value) >= 4:
-                out = out.replace(value, "***")
-        return out
+        """``text`` with the key, the secret, signatures and query strings masked (``redact.scrub``)."""
+        return scrub(text, (self.secret, self.api_key))
 
 
 class CredentialsError(Exception):

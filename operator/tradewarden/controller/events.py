@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from ..core.config import Discrepancy, Outcome
+
 # One reason per discrepancy kind (CamelCase, as Kubernetes wants).
 KIND_REASONS = {
     "balance": "BalanceMismatch",
@@ -18,8 +20,6 @@ KIND_REASONS = {
     "stale": "StaleOrder",
 }
 KIND_WARNING = {"balance", "lost", "position", "missing"}
-# The core's actions are sentences; these markers tell a correction of the ledger and a cancel.
-CORRECTION_MARKERS = ("ledger set", "ledger updated", "adopted", "declared lost")
 MAX_ENTITIES = 5
 MAX_MESSAGE = 1000
 
@@ -38,12 +38,11 @@ def _fmt(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def describe(d: Any) -> str:
+def describe(d: Discrepancy) -> str:
     """'USDT local=10000 exchange=10500 -> corrected' for one discrepancy."""
     out = f"{d.entity} local={_fmt(d.local)} exchange={_fmt(d.exchange)}"
-    action = str(getattr(d, "action", "") or "")
-    if action:
-        out += f" -> {action}"
+    if d.action:
+        out += f" -> {d.action}"
     return out
 
 
@@ -54,18 +53,18 @@ def _summary(title: str, items: Sequence[Any]) -> str:
     return msg if len(msg) <= MAX_MESSAGE else msg[: MAX_MESSAGE - 3] + "..."
 
 
-def is_correction(d: Any) -> bool:
-    action = str(getattr(d, "action", "") or "").lower()
-    return any(m in action for m in CORRECTION_MARKERS)
+def is_correction(d: Discrepancy) -> bool:
+    """The ledger now holds the exchange's value (corrected, adopted, declared lost)."""
+    return d.outcome.corrects_ledger
 
 
-def is_cancel(d: Any) -> bool:
-    """A stale order the exchange confirmed cancelled ("cancelled (stale); exchange says canceled")."""
-    action = str(getattr(d, "action", "") or "").lower()
-    return action.startswith("cancelled") and action.endswith("exchange says canceled")
+def is_cancel(d: Discrepancy) -> bool:
+    """A stale order the exchange confirmed cancelled (not "cancel sent, the order filled first")."""
+    return d.outcome is Outcome.CANCELLED
 
 
-def run_events(discrepancies: Iterable[Any], *, trigger: str = "", observe_only: bool = False) -> list[EventSpec]:
+def run_events(discrepancies: Iterable[Discrepancy], *, trigger: str = "",
+               observe_only: bool = False) -> list[EventSpec]:
     """At most len(KIND_REASONS) + 2 Events for one run."""
     by_kind: dict[str, list[Any]] = {}
     for d in discrepancies:

@@ -63,17 +63,6 @@ class Kube:
             self.reads += 1
         return json.loads(resp.data)
 
-    async def get_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return await self._call(self._custom.get_namespaced_custom_object, models.GROUP, models.VERSION,
-                                    namespace, models.PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any],
                            timeout: float = 30.0) -> bool:
         """Merge-patch ``status``. False when the object is gone."""

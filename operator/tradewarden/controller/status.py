@@ -1,6 +1,6 @@
 """Pure builders of the TradingAccount status (no kopf, no I/O, no clock: ``now_ms`` is passed in).
 
-The supervisor (``account.py``) gathers what it knows into :class:`StatusInputs`; :func:`build_status`
+The supervisor (``supervisor.py``) gathers what it knows into :class:`StatusInputs`; :func:`build_status`
 turns it into the ``status`` dict; :func:`merge_patch` says what changed since the last write, so the
 API server is written only when something did.
 """
@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Iterable, Mapping, Sequence
 
+from pydantic import ValidationError
+
 from .. import domain
 from ..core.monitor import FAILING_AFTER, STALE_AFTER_MS
-from ..models import MAX_STATUS_BALANCES, MAX_STATUS_OPEN_ORDERS, MAX_STATUS_POSITIONS
+from ..models import MAX_STATUS_BALANCES, MAX_STATUS_OPEN_ORDERS, MAX_STATUS_POSITIONS, TradingAccountStatus
+from .emergency import EmergencyStop, StopState
+from .vocabulary import Problem, StreamState
 
 # Condition types.
 READY = "Ready"
@@ -134,7 +138,7 @@ def order_status(o: domain.Order, owned_prefix: str) -> dict[str, Any]:
         "price": dstr(o.price),
         "amount": dstr(o.amount),
         "filled": dstr(o.filled),
-        "owned": bool(owned_prefix) and o.client_order_id.startswith(owned_prefix),
+        "owned": domain.is_owned(o.client_order_id, owned_prefix),
         **({"createdAt": rfc3339(o.created_ms)} if o.created_ms else {}),
     }
 
@@ -144,7 +148,7 @@ def open_orders_status(orders: Iterable[domain.Order] | None, owned_prefix: str,
     """Active orders: the full count and the oldest ``limit`` (the ones a human looks for first)."""
     active = [o for o in (orders or []) if o.state.active]
     active.sort(key=lambda o: (o.created_ms, o.symbol, o.client_order_id))
-    owned = sum(1 for o in active if owned_prefix and o.client_order_id.startswith(owned_prefix))
+    owned = sum(1 for o in active if domain.is_owned(o.client_order_id, owned_prefix))
     return {"count": len(active), "owned": owned, "truncated": len(active) > limit,
             "items": [order_status(o, owned_prefix) for o in active[:limit]]}
 
@@ -236,14 +240,6 @@ def metrics_status(monitor: Any) -> dict[str, Any]:
 # ---- the whole status -----------------------------------------------------------------------------
 
 @dataclass
-class Problem:
-    """Why the account cannot be served right now (shown on Ready and the matching condition)."""
-    reason: str
-    message: str
-    credentials: bool = False   # a credentials problem: CredentialsValid=False
-
-
-@dataclass
 class StatusInputs:
     generation: int | None = None
     problem: Problem | None = None          # spec / secret / gateway build error
@@ -262,11 +258,11 @@ class StatusInputs:
     interval_s: int = 300
     last_success_ms: int | None = None
     stream_enabled: bool = True
-    stream_state: str = "disconnected"      # connected | disconnected | reconnecting | disabled | stopped
+    stream_state: StreamState = StreamState.DISCONNECTED
     stream_since_ms: int | None = None
     stream_reconnects: int = 0
     stream_last_event_ms: int | None = None
-    estop: Mapping[str, Any] = field(default_factory=dict)   # EmergencyStopStatus fields
+    estop: EmergencyStop = field(default_factory=EmergencyStop)
     last_handled_reconcile_at: str = ""
     ledger: Mapping[str, Any] | None = None
     ledger_note: str = ""                   # set when the ledger was too large to keep in status
@@ -280,7 +276,7 @@ def stale_after_s(interval_s: int) -> int:
 
 
 def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
-    estop_active = bool(s.estop.get("active"))
+    estop_active = s.estop.active
     conds: list[Cond] = []
 
     # CredentialsValid
@@ -315,9 +311,9 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
         conds.append(Cond(STREAM_CONNECTED, "False", "Disabled", "spec.stream.enabled is false"))
     elif estop_active:
         conds.append(Cond(STREAM_CONNECTED, "False", "EmergencyStopped", "stream stopped by the emergency stop"))
-    elif s.stream_state == "connected":
+    elif s.stream_state is StreamState.CONNECTED:
         conds.append(Cond(STREAM_CONNECTED, "True", "Connected", "user-data stream connected"))
-    elif s.stream_state == "reconnecting":
+    elif s.stream_state is StreamState.RECONNECTING:
         conds.append(Cond(STREAM_CONNECTED, "False", "Reconnecting",
                           "user-data stream lost; reconnecting (trading is not safe)"))
     else:
@@ -325,11 +321,10 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
 
     # EmergencyStopped
     if estop_active:
-        state = s.estop.get("state") or "Cancelling"
-        who = s.estop.get("requestedBy") or "unknown"
-        msg = (f"emergency stop ({state}) requested by {who}: {s.estop.get('reason') or 'no reason given'}; "
-               f"orders cancelled {int(s.estop.get('ordersCancelled') or 0)}, "
-               f"remaining {int(s.estop.get('remaining') or 0)}")
+        state = s.estop.state or StopState.CANCELLING
+        who = s.estop.requested_by or "unknown"
+        msg = (f"emergency stop ({state}) requested by {who}: {s.estop.reason or 'no reason given'}; "
+               f"orders cancelled {s.estop.orders_cancelled}, remaining {s.estop.remaining}")
         conds.append(Cond(EMERGENCY_STOPPED, "True", f"EmergencyStop{state}", msg))
     else:
         conds.append(Cond(EMERGENCY_STOPPED, "False", "NotRequested", "no emergency stop annotation"))
@@ -365,7 +360,7 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
 
     # Ready (last: it summarizes)
     if estop_active:
-        ready = Cond(READY, "False", "EmergencyStopped", f"emergency stop: {s.estop.get('reason') or ''}")
+        ready = Cond(READY, "False", "EmergencyStopped", f"emergency stop: {s.estop.reason}")
     elif s.problem is not None:
         ready = Cond(READY, "False", s.problem.reason, s.problem.message)
     elif not s.synced:
@@ -385,7 +380,7 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
 
 def phase(s: StatusInputs, conds: Sequence[Cond]) -> str:
     by = {c.type: c for c in conds}
-    if s.estop.get("active"):
+    if s.estop.active:
         return "EmergencyStopped"
     if s.problem is not None:
         return "Error"
@@ -399,16 +394,18 @@ def phase(s: StatusInputs, conds: Sequence[Cond]) -> str:
 
 def trading_safe(s: StatusInputs, conds: Sequence[Cond]) -> bool:
     """Safe for a bot to trade on what status says: synced, confirmed by recent runs, stream up."""
-    if s.estop.get("active") or s.problem is not None or not s.synced:
+    if s.estop.active or s.problem is not None or not s.synced:
         return False
     if any(c.type == RECONCILIATION_FAILING and c.status == "True" for c in conds):
         return False
-    return (not s.stream_enabled) or s.stream_state == "connected"
+    return (not s.stream_enabled) or s.stream_state is StreamState.CONNECTED
 
 
 def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: int) -> dict[str, Any]:
-    """The full status dict. Parts the inputs do not know (no run yet) keep their previous value,
-    so a restart shows the last known state until the first run replaces it."""
+    """The full status dict, built through the status model the CRD is generated from (so the writer
+    cannot drift from the schema: an unknown field or a wrong type raises here, not at the API
+    server). Parts the inputs do not know (no run yet) keep their previous value, so a restart shows
+    the last known state until the first run replaces it."""
     previous = previous or {}
     conds = desired_conditions(s, now_ms)
     out: dict[str, Any] = {
@@ -423,15 +420,16 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
     else:
         for k, default in (("balances", []), ("openOrders", {"count": 0, "owned": 0, "truncated": False,
                                                              "items": []}), ("positions", [])):
-            out[k] = previous.get(k, default)
+            out[k] = kept(previous, k, default)
     out["lastReconciliation"] = (last_reconciliation(s.report) if s.report is not None
-                                 else previous.get("lastReconciliation", {}))
+                                 else kept(previous, "lastReconciliation", {}))
     out["lastHandledReconcileAt"] = s.last_handled_reconcile_at or ""
-    out["metrics"] = metrics_status(s.monitor) if s.monitor is not None else previous.get("metrics", {})
-    prev_stream = previous.get("stream") or {}
-    state = "disabled" if not s.stream_enabled else ("stopped" if s.estop.get("active") else s.stream_state)
+    out["metrics"] = metrics_status(s.monitor) if s.monitor is not None else kept(previous, "metrics", {})
+    prev_stream = kept(previous, "stream", {})
+    state = StreamState.DISABLED if not s.stream_enabled else (
+        StreamState.STOPPED if s.estop.active else s.stream_state)
     out["stream"] = {
-        "state": state,
+        "state": str(state),
         "since": rfc3339(s.stream_since_ms) if s.stream_since_ms else prev_stream.get("since"),
         "reconnects": int(s.stream_reconnects),
         "tradingSafe": trading_safe(s, conds),
@@ -440,13 +438,24 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
     }
     if s.futures:
         out["margin"] = (margin_status(s.margin, s.margin_health) if s.margin_health is not None
-                         else previous.get("margin", {"atRisk": False}))
-    out["emergencyStop"] = dict(s.estop) if s.estop else {"active": False}
+                         else kept(previous, "margin", {"atRisk": False}))
+    out["emergencyStop"] = s.estop.to_status()
     if s.ledger is not None:
         out["ledger"] = dict(s.ledger)
     else:
-        out["ledger"] = previous.get("ledger", {})
-    return prune_none(out)
+        out["ledger"] = kept(previous, "ledger", {})
+    return prune_none(TradingAccountStatus.model_validate(out).model_dump(exclude_unset=True))
+
+
+def kept(previous: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``previous[key]`` when it still fits the status model (a status written by another version
+    may not), else ``default``."""
+    value = previous.get(key, default)
+    try:
+        TradingAccountStatus.model_validate({key: value})
+    except ValidationError:
+        return default
+    return value
 
 
 def prune_none(value: Any) -> Any:

@@ -1,6 +1,7 @@
 """Per-account settings of the core, and the reports it returns."""
 from __future__ import annotations
 
+import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -10,6 +11,35 @@ from tradewarden.domain import Order, Policy, dec
 
 KINDS = ("balance", "fill", "missing", "lost", "orphan", "position", "stale")
 SECTIONS = ("balances", "orders", "positions")
+
+
+class Trigger(enum.StrEnum):
+    """What started a run (``status.lastReconciliation.trigger``, the Events' "(... run)")."""
+    INITIAL = "initial"
+    RESUME = "resume"                      # the initial sync of a ledger restored from status
+    TIMER = "timer"
+    ANNOTATION = "annotation"
+    STREAM_RECONNECT = "stream-reconnect"
+    EMERGENCY_STOP = "emergency-stop"
+    STALE = "stale"                        # the stale-order check, as the supervisor names it
+    STALE_CLEANUP = "stale-cleanup"        # ... and as its report names it
+
+
+class Outcome(enum.StrEnum):
+    """What was done about a discrepancy (``Discrepancy.action`` says it in words for humans)."""
+    CORRECTED = "corrected"              # the ledger now holds the exchange's value
+    ADOPTED = "adopted"                  # an order the ledger did not know is now in it
+    DECLARED_LOST = "declared-lost"      # unknown to the exchange after bounded retries: kept, reported
+    PENDING = "pending"                  # asked again next run (deferred, not found yet, query failed)
+    CANCELLED = "cancelled"              # a stale owned order: the exchange confirmed the cancel
+    CANCEL_ANSWERED = "cancel-answered"  # ... the cancel's answer was another final state (it filled first)
+    CANCEL_UNKNOWN = "cancel-unknown"    # ... the cancel's outcome is unknown: re-checked next run
+    CANCEL_FAILED = "cancel-failed"      # ... the cancel was refused: tried again next run
+    REPORTED = "reported"                # ObserveOnly: what Correct would have done, not done
+
+    @property
+    def corrects_ledger(self) -> bool:
+        return self in (Outcome.CORRECTED, Outcome.ADOPTED, Outcome.DECLARED_LOST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +98,10 @@ class AccountConfig:
         return self.policy is Policy.OBSERVE_ONLY
 
     @classmethod
-    def from_spec(cls, spec: Any) -> "AccountConfig":
-        """From a ``models.TradingAccountSpec``. Floats of the resource become Decimals as printed."""
+    def from_spec(cls, spec: Any, *, futures: bool) -> "AccountConfig":
+        """From a ``models.TradingAccountSpec``. Floats of the resource become Decimals as printed.
+        ``futures``: the gateway's answer to "is this a derivatives account" (the one definition: it
+        decides what the gateway fetches, so the core must agree with it)."""
         return cls(
             symbols=list(spec.symbols),
             policy=Policy(spec.policy),
@@ -80,7 +112,7 @@ class AccountConfig:
             retention_s=spec.retention.finishedOrdersSeconds,
             missing_retries=spec.reconciliation.missingOrderRetries,
             interval_s=spec.reconciliation.intervalSeconds,
-            futures=spec.exchange.endswith("usdm") or any(":" in s for s in spec.symbols),
+            futures=futures,
             include_protective=getattr(spec.staleOrders, "includeProtective", False),
             margin_ratio_threshold=dec(getattr(getattr(spec, "marginHealth", None), "marginRatioThreshold", "0.8")),
             liquidation_distance_threshold=dec(getattr(getattr(spec, "marginHealth", None),
@@ -100,11 +132,12 @@ class Discrepancy:
     entity: str        # asset, client order id or symbol
     local: str
     exchange: str
-    action: str
+    action: str        # what was done, in words
+    outcome: Outcome   # what was done, as a type
 
     def to_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "entity": self.entity, "local": self.local,
-                "exchange": self.exchange, "action": self.action}
+                "exchange": self.exchange, "action": self.action, "outcome": str(self.outcome)}
 
 
 @dataclass(slots=True)

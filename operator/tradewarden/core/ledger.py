@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterator
 
-from tradewarden.domain import ZERO, Balance, Order, OrderState, Position, PositionSide, Side, position_key
+from tradewarden.domain import (ZERO, Balance, Order, OrderState, Position, PositionSide, Side, is_owned,
+                                position_key)
 
 FORMAT_VERSION = 1
 DEFAULT_DUMP_MAX_ORDERS = 5000
@@ -97,7 +98,7 @@ class Ledger:
     # ---- reading -------------------------------------------------------------------------
 
     def is_owned(self, client_order_id: str) -> bool:
-        return bool(self.owned_prefix) and client_order_id.startswith(self.owned_prefix)
+        return is_owned(client_order_id, self.owned_prefix)
 
     def owns(self, order: Order) -> bool:
         """Owned by its client order id, or (a triggered algo order's child) by its parent's."""

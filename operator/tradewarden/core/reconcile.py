@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 from tradewarden.domain import (ZERO, Balance, GatewayError, Order, OrderNotFound, OrderState, Position,
                                 Snapshot)
 
-from .config import AccountConfig, Discrepancy, base_asset
+from .config import AccountConfig, Discrepancy, Outcome, base_asset
 from .ledger import SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Ledger, replace_order, supersedes
 
 
@@ -179,7 +179,8 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
         if not baseline and mismatch:
             plan.discrepancies.append(Discrepancy(
                 "balance", asset, fmt_balance(local), fmt_balance(ex),
-                "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else "")))
+                "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else ""),
+                Outcome.CORRECTED))
 
 
 def _with_stream(config: AccountConfig, stream_since_ms: int | None) -> AccountConfig:
@@ -231,7 +232,8 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[
         ea = ex.amount if ex else ZERO
         if not baseline and differs(la, ea, tol, dust):
             plan.discrepancies.append(Discrepancy(
-                "position", key, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value"))
+                "position", key, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value",
+                Outcome.CORRECTED))
 
 
 def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms: int, config: AccountConfig,
@@ -256,7 +258,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
                 plan.discrepancies.append(Discrepancy(
                     "orphan", key, "absent", fmt_order(ex),
                     "adopted: " + ("owned" if ledger.is_owned(ex.client_order_id) else "foreign")
-                    + f" order {ex.exchange_order_id} on {ex.symbol}"))
+                    + f" order {ex.exchange_order_id} on {ex.symbol}", Outcome.ADOPTED))
             continue
         local = entry.order
         if local.parent_id and not ex.parent_id:
@@ -272,7 +274,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
         plan.corrections.append(Correction("order", key, ex))
         if local.filled != ex.filled or local.state is not ex.state:
             plan.discrepancies.append(Discrepancy(
-                "fill", key, fmt_order(local), fmt_order(ex), "ledger set to the exchange's order"))
+                "fill", key, fmt_order(local), fmt_order(ex), "ledger set to the exchange's order", Outcome.CORRECTED))
     scope = set(config.symbols)
     grace_ms = int(config.missing_grace_s * 1000)
     horizon = taken_ms - grace_ms        # the venue's clock, as the order's own times
@@ -292,7 +294,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
             plan.deferred.append(local)
             plan.discrepancies.append(Discrepancy(
                 "missing", key, fmt_order(local), "not in open orders",
-                "query deferred to the next run (per-run request bound)"))
+                "query deferred to the next run (per-run request bound)", Outcome.PENDING))
 
 
 def same_order(answer: Order, local: Order) -> Order | None:
@@ -328,7 +330,8 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
             if result is None:
                 plan.discrepancies.append(Discrepancy(
                     context, key, fmt_order(local), "answer for another order",
-                    "kept pending (the exchange answered with another order id); queried again next run"))
+                    "kept pending (the exchange answered with another order id); queried again next run",
+                    Outcome.PENDING))
                 continue
             if not supersedes(result, local):
                 continue                 # a stream event newer than the answer already arrived
@@ -341,7 +344,8 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
                 action = "queried: still open on the exchange (absent from its open-orders list); ledger updated"
             else:
                 action = f"queried: final state {result.state.value}; ledger updated"
-            plan.discrepancies.append(Discrepancy(context, key, fmt_order(local), fmt_order(result), action))
+            plan.discrepancies.append(Discrepancy(context, key, fmt_order(local), fmt_order(result), action,
+                                                  Outcome.CORRECTED))
         elif isinstance(result, OrderNotFound):
             misses = entry.misses + 1
             if misses > retries:
@@ -349,14 +353,15 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
                 plan.corrections.append(Correction("order", key, lost, SOURCE_LOCAL, misses=misses))
                 plan.discrepancies.append(Discrepancy(
                     "lost", key, fmt_order(local), "unknown to the exchange",
-                    f"declared lost after {misses} not-found queries (kept in the ledger, reported)"))
+                    f"declared lost after {misses} not-found queries (kept in the ledger, reported)",
+                    Outcome.DECLARED_LOST))
             else:
                 plan.corrections.append(Correction("flags", key, misses=misses, recheck=entry.recheck))
                 plan.discrepancies.append(Discrepancy(
                     context, key, fmt_order(local), "unknown to the exchange",
-                    f"not found ({misses}/{retries + 1}); queried again next run"))
+                    f"not found ({misses}/{retries + 1}); queried again next run", Outcome.PENDING))
         else:
             plan.discrepancies.append(Discrepancy(
                 context, key, fmt_order(local), "query failed",
-                f"kept pending ({type(result).__name__}: {result}); queried again next run"))
+                f"kept pending ({type(result).__name__}: {result}); queried again next run", Outcome.PENDING))
     return plan

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from tradewarden.domain import Order, OrderNotFound, UnknownOutcome
+from tradewarden.domain import Order, OrderNotFound, OrderState, UnknownOutcome, is_owned
 
-from .config import AccountConfig, Discrepancy
+from .config import AccountConfig, Discrepancy, Outcome
 from .ledger import SOURCE_CANCEL, Ledger, supersedes
 from .reconcile import Correction, Plan, fmt_order, same_order
 
@@ -43,7 +43,7 @@ def plan_stale(ledger: Ledger, config: AccountConfig, now_ms: int) -> StalePlan:
     prefix = config.owned_prefix
     for entry in ledger.orders.values():
         order = entry.order
-        if not order.state.active or not (is_owned(order, prefix) or ledger.owns(order)):
+        if not order.state.active or not (is_owned(order.client_order_id, prefix) or ledger.owns(order)):
             continue
         if entry.recheck:
             plan.rechecks.append(order)
@@ -61,14 +61,10 @@ def plan_stale(ledger: Ledger, config: AccountConfig, now_ms: int) -> StalePlan:
     return plan
 
 
-def is_owned(order: Order, prefix: str) -> bool:
-    return bool(prefix) and order.client_order_id.startswith(prefix)
-
-
 def report_only(orders: Iterable[Order], now_ms: int) -> list[Discrepancy]:
     """ObserveOnly: what Correct would have cancelled."""
     return [Discrepancy("stale", Ledger.order_id(o), fmt_order(o), f"open for {order_age_ms(o, now_ms) // 1000}s",
-                        "reported only (policy ObserveOnly: no cancel sent)") for o in orders]
+                        "reported only (policy ObserveOnly: no cancel sent)", Outcome.REPORTED) for o in orders]
 
 
 def resolve_cancel(ledger: Ledger, order: Order, outcome: "Order | BaseException | None") -> Plan:
@@ -85,15 +81,18 @@ def resolve_cancel(ledger: Ledger, order: Order, outcome: "Order | BaseException
         if supersedes(outcome, local):
             plan.corrections.append(Correction("order", key, outcome, SOURCE_CANCEL))
         plan.discrepancies.append(Discrepancy("stale", key, fmt_order(local), fmt_order(outcome),
-                                              f"cancelled (stale); exchange says {outcome.state.value}"))
+                                              f"cancelled (stale); exchange says {outcome.state.value}",
+                                              Outcome.CANCELLED if outcome.state is OrderState.CANCELED
+                                              else Outcome.CANCEL_ANSWERED))
     elif isinstance(outcome, UnknownOutcome):
         plan.corrections.append(Correction("flags", key, misses=entry.misses if entry else 0, recheck=True))
         plan.discrepancies.append(Discrepancy("stale", key, fmt_order(local), "cancel outcome unknown",
-                                              f"cancel sent, outcome unknown ({outcome}); re-checked next run"))
+                                              f"cancel sent, outcome unknown ({outcome}); re-checked next run",
+                                              Outcome.CANCEL_UNKNOWN))
     elif isinstance(outcome, BaseException) and not isinstance(outcome, OrderNotFound):
         plan.discrepancies.append(Discrepancy("stale", key, fmt_order(local), "cancel failed",
                                               f"cancel failed ({type(outcome).__name__}: {outcome}); "
-                                              "tried again next run"))
+                                              "tried again next run", Outcome.CANCEL_FAILED))
     return plan
 
 

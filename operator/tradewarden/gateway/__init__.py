@@ -12,8 +12,9 @@ from .budget import (RateBudget, RateBudgets, backoff_delay, cheapest_open_order
                      jittered_offset, per_symbol_is_cheaper, request_weight)
 from .ccxt_gateway import CcxtGateway, create_gateway
 from .errors import map_error, scrub
+from .exchanges import exchange_ids
 from .markets import MarketsCache, default_markets
 
 __all__ = ["CcxtGateway", "RateBudget", "RateBudgets", "backoff_delay", "cheapest_open_orders_weight",
-           "MarketsCache", "create_gateway", "default_budgets", "default_markets", "jittered_offset", "map_error", "per_symbol_is_cheaper",
+           "MarketsCache", "create_gateway", "default_budgets", "exchange_ids", "default_markets", "jittered_offset", "map_error", "per_symbol_is_cheaper",
            "request_weight", "scrub"]

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 import ccxt
 
 from ..domain import (CancelAllResult, GatewayError, Invalid, MarginSummary, Order, OrderNotFound, Section,
-                      Snapshot, Temporary, Unsupported)
+                      Snapshot, SymbolNotListed, Temporary, Unsupported)
 from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheaper
 from .errors import map_error, scrub
 from .exchanges import forget_secrets, new_exchange, scrubbing_logger
@@ -32,13 +32,12 @@ class CcxtGateway:
     """domain.Gateway over ccxt.async_support (REST) and ccxt.pro (user-data stream)."""
 
     def __init__(self, exchange_id: str, api_key: str, secret: str, endpoint: str | None = None, *,
-                 budgets: RateBudgets | None = None, owned_prefix: str = "tw-",
+                 budgets: RateBudgets | None = None,
                  concurrency: int = 8, stream_options: dict | None = None, markets: MarketsCache | None = None):
         if not api_key or not secret:
             raise Invalid("api key and secret are required")
         self.exchange_id = exchange_id
         self.endpoint = endpoint
-        self.owned_prefix = owned_prefix
         self.budgets = budgets if budgets is not None else default_budgets()
         self.markets_cache = markets if markets is not None else default_markets()
         self._secrets = (api_key, secret)
@@ -188,7 +187,7 @@ class CcxtGateway:
     def _check_symbols(self, symbols: Sequence[str]) -> None:
         unknown = [s for s in symbols if s not in self._rest.markets]
         if unknown:
-            raise Invalid("unknown symbol: " + ", ".join(unknown))
+            raise SymbolNotListed("unknown symbol: " + ", ".join(unknown))
 
     # ---- snapshot ----------------------------------------------------------------------------------
 
@@ -402,9 +401,9 @@ async def _empty_list() -> Section:
 
 
 def create_gateway(exchange: str, api_key: str, secret: str, endpoint: str | None = None, *,
-                   budgets: RateBudgets | None = None, owned_prefix: str = "tw-", **kwargs: Any) -> CcxtGateway:
+                   budgets: RateBudgets | None = None, **kwargs: Any) -> CcxtGateway:
     """The gateway of one account (see module doc). ``endpoint`` rewrites every REST and WS URL."""
-    return CcxtGateway(exchange, api_key, secret, endpoint, budgets=budgets, owned_prefix=owned_prefix, **kwargs)
+    return CcxtGateway(exchange, api_key, secret, endpoint, budgets=budgets, **kwargs)
 
 
 __all__ = ["CcxtGateway", "create_gateway", "scrub", "family_of"]

@@ -13,29 +13,11 @@ from typing import Iterable
 
 import ccxt
 
+from ..redact import REDACTED, scrub  # noqa: F401 - re-exported: the gateway's texts are scrubbed here
 from ..domain import (AuthenticationFailed, GatewayError, Invalid, OrderNotFound, RateLimited, Temporary,
                       UnknownOutcome, Unsupported)
 
-_URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?\"'<>]+)\?[^\s\"'<>]*")
-_SIG = re.compile(r"(signature|listenKey|apiKey|X-MBX-APIKEY)([\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9%+/=_\-]+",
-                  re.IGNORECASE)
-_LISTENKEY_PATH = re.compile(r"(/ws/)[A-Za-z0-9]{20,}")
-REDACTED = "<redacted>"
 _INVALID_KEY = re.compile(r'"code"\s*:\s*-201[45]\b')
-
-
-def scrub(text: object, secrets: Iterable[str] = ()) -> str:
-    """``text`` without query strings, signatures, listen keys and the given secrets."""
-    out = str(text)
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            out = out.replace(secret, REDACTED)
-    out = _URL_QUERY.sub(lambda m: m.group(1) + "?" + REDACTED, out)
-    out = _SIG.sub(lambda m: m.group(1) + m.group(2) + REDACTED, out)
-    out = _LISTENKEY_PATH.sub(lambda m: m.group(1) + REDACTED, out)
-    if len(out) > 500:
-        out = out[:500] + "..."
-    return out
 
 
 class ScrubFilter(logging.Filter):

@@ -29,6 +29,7 @@ import ccxt.pro as ccxt_pro
 from ccxt.async_support.base.ws.future import Future as CcxtFuture
 
 from ..domain import Invalid, Unsupported
+from ..endpoints import point_at
 from .budget import RateBudgets, _strip_prefix, family_of, request_weight
 from .errors import ScrubFilter, scrub
 
@@ -179,6 +180,11 @@ class TradewardenExchangeMixin:
 _CLASSES: dict[tuple[str, bool], type] = {}
 
 
+def exchange_ids() -> frozenset[str]:
+    """Every exchange id ccxt knows (a spec naming another is rejected before any gateway is built)."""
+    return frozenset(ccxt.exchanges)
+
+
 def exchange_class(exchange_id: str, pro: bool) -> type:
     key = (exchange_id, pro)
     cls = _CLASSES.get(key)
@@ -196,8 +202,7 @@ def exchange_class(exchange_id: str, pro: bool) -> type:
 
 def rewrite_urls(exchange: Any, endpoint: str) -> None:
     """Point every REST and WebSocket URL of ``exchange`` at ``endpoint`` keeping each path."""
-    from ..sim.client import point_ccxt_at  # the one implementation of the rewrite in the project
-    point_ccxt_at(exchange, endpoint)
+    point_at(exchange, endpoint)
 
 
 def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | None, budgets: RateBudgets,
@@ -249,5 +254,5 @@ def forget_secrets(secrets: tuple[str, ...]) -> None:
     _FILTER.secrets = tuple(_SECRET_USERS)
 
 
-__all__ = ["BINANCE_OPTIONS", "TradewardenExchangeMixin", "exchange_class", "new_exchange", "rewrite_urls",
+__all__ = ["BINANCE_OPTIONS", "TradewardenExchangeMixin", "exchange_class", "exchange_ids", "new_exchange", "rewrite_urls",
            "scrubbing_logger", "forget_secrets"]

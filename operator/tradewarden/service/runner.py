@@ -1,4 +1,5 @@
-"""The per-account runner: drives the pure core through a ``domain.Gateway``.
+"""The per-account runner: drives the pure core through a ``domain.Gateway`` (the service layer: the
+I/O around the core's pure decisions).
 
 It fetches the snapshot, hands it to ``reconcile``, applies the corrections, sends the
 planned targeted queries and cancels, and feeds the answers back to the pure core. One
@@ -26,15 +27,15 @@ from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
 from tradewarden.domain import (ZERO, AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
-                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent)
+                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent, is_owned)
 
-from .config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, base_asset
-from .ledger import SOURCE_REST, SOURCE_STREAM, Ledger
-from .monitor import MonitoringState
-from .reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
-from .stale import is_owned, needs_query, plan_stale, purge, report_only, resolve_cancel
+from ..core.config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, Trigger, base_asset
+from ..core.ledger import SOURCE_REST, SOURCE_STREAM, Ledger
+from ..core.monitor import MonitoringState
+from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
+from ..core.stale import needs_query, plan_stale, purge, report_only, resolve_cancel
 
-log = logging.getLogger("tradewarden.core")
+log = logging.getLogger("tradewarden.service")
 
 EMERGENCY_FOLLOWUP_REQUESTS = 1000
 
@@ -74,9 +75,9 @@ class AccountRunner:
         """Balances, open orders (unknown ones adopted as orphans), positions, and every order a
         restored ledger believed open that the exchange no longer lists, queried for its final
         state."""
-        return await self.reconcile(trigger="initial")
+        return await self.reconcile(trigger=Trigger.INITIAL)
 
-    async def reconcile(self, trigger: str = "timer") -> RunReport:
+    async def reconcile(self, trigger: str = Trigger.TIMER) -> RunReport:
         async with self.lock:
             return await self._reconcile_locked(trigger)
 
@@ -160,7 +161,7 @@ class AccountRunner:
         prefix = self.config.owned_prefix
 
         async def one(order: Order) -> Order | Exception | None:
-            if not (is_owned(order, prefix) or self.ledger.owns(order)):   # defence in depth: never foreign
+            if not (is_owned(order.client_order_id, prefix) or self.ledger.owns(order)):   # defence in depth
                 raise AssertionError(f"refusing to cancel foreign order {order.client_order_id!r}")
             async with sem:
                 try:
@@ -177,7 +178,7 @@ class AccountRunner:
         """Cancel owned active orders older than the stale timeout (Correct) or report them
         (ObserveOnly); re-check cancels whose outcome was unknown; purge finished orders."""
         async with self.lock:
-            report = RunReport(trigger="stale-cleanup", started_ms=self.now_ms())
+            report = RunReport(trigger=Trigger.STALE_CLEANUP, started_ms=self.now_ms())
             plan = plan_stale(self.ledger, self.config, self.now_ms())
             report.deferred = plan.deferred
             if plan.rechecks:
@@ -250,7 +251,7 @@ class AccountRunner:
                 self.ledger.upsert_order(order, SOURCE_REST, now)
             # Final states are asked for, not assumed: a "cancelled" order may have filled first.
             # Orders found cancelled are what was asked for: applied, not reported as discrepancies.
-            await self._reconcile_locked("emergency-stop", max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
+            await self._reconcile_locked(Trigger.EMERGENCY_STOP, max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
                                          expected=frozenset({OrderState.CANCELED}), raise_auth=False,
                                          grace_s=0.0)   # no timer runs after a stop: ask about every order now
         return EmergencyStopReport(cancelled=cancelled, remaining=remaining, verified=verified,
@@ -291,7 +292,7 @@ class AccountRunner:
     async def handle_event(self, event: StreamEvent) -> RunReport | None:
         """apply_event, and on a reconnect the reconciliation it calls for."""
         if await self.apply_event(event):
-            return await self.reconcile(trigger="stream-reconnect")
+            return await self.reconcile(trigger=Trigger.STREAM_RECONNECT)
         return None
 
     def _link_existing_child(self, parent: Order, now: int) -> None:

@@ -1,0 +1,634 @@
+"""One supervisor per TradingAccount: the executor of its lifecycle.
+
+The loop: observe the resource, ask ``lifecycle.decide`` what to do, do it (the only place with I/O:
+the Secret, the gateway, the runner, the stream, Events, status), write status if it changed, and
+sleep until the decision's wake-up time or a poke. Runs of one account never overlap (one step at a
+time; the core's lock also serializes stream events against runs). The loop wakes on: a change of the
+resource (kopf's watch pokes it), a stream reconnect, a timer, a retry.
+
+The emergency stop is the one thing that does not wait its turn: a poke that sees a new stop cancels
+the run in flight, and the next decision opens the breaker (status first) before anything talks to
+the exchange. Its own machine (``emergency.py``) decides while the annotation stands; its actions are
+executed in :meth:`AccountSupervisor._execute_stop`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Mapping
+
+from .. import domain, models
+from ..core.config import AccountConfig, Trigger
+from ..core.margin import margin_health
+from . import emergency, lifecycle
+from . import events as ev
+from . import schedule
+from . import status as st
+from .deps import Deps, gateway_problem
+from .credentials import CredentialsError, read_credentials
+from .lifecycle import (AcceptSpec, Action, Build, Configure, Idle, OpenBreaker, Reject, ReleaseBreaker, Run,
+                        StartStream, State, Stop)
+from .streaming import StreamConsumer
+from .throttle import StatusWriter
+from .vocabulary import Problem, ProblemReason, RunKind, StreamState
+
+log = logging.getLogger(__name__)
+
+GATEWAY_START_TIMEOUT_S = 60.0
+CLOSE_TIMEOUT_S = 5.0
+LEDGER_DUMP_ORDERS = 2000       # orders kept in status.ledger (active and chased first)
+EVENTS_PER_RUN = 12             # hard cap on Events posted for one run
+
+
+class AccountSupervisor:
+    def __init__(self, namespace: str, name: str, body: Mapping[str, Any], deps: Deps,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.key = f"{namespace}/{name}"
+        self._body = body                   # kopf's live body: always the latest seen
+        self.deps = deps
+        self.log = logger or logging.LoggerAdapter(log, {"account": self.key})
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._forget = False
+
+        previous = dict(body.get("status") or {})
+        self.state = State(stop=emergency.EmergencyStop.from_status(previous.get("emergencyStop")),
+                           last_handled=str(previous.get("lastHandledReconcileAt") or ""))
+        self.writer = StatusWriter(self._patch_status, previous, deps.min_write_interval_s, self.log)
+
+        # what the executor holds
+        self._spec: models.TradingAccountSpec | None = None
+        self._gw: Any = None
+        self._runner: Any = None
+        self._stream = StreamConsumer(self, deps.clock, deps.rng,
+                                      reconnects=int((previous.get("stream") or {}).get("reconnects") or 0))
+        self._current_run: asyncio.Task | None = None
+        self._step_task: asyncio.Future | None = None
+        self._tele: Any = None
+
+        # what only status shows
+        self._generation: int | None = None
+        self._problem_posted = ""
+        self._credentials_ok: bool | None = None
+        self._report: Any = None
+        self._last_run_ok: bool | None = None
+        self._last_run_error = ""
+        self._restored_success_ms = st.parse_rfc3339((previous.get("metrics") or {}).get("lastSuccessTime"))
+        self._ledger_note = ""
+        self._kept_ledger: Any = None
+        self._kept_monitor: Any = None
+        self._discard_saved_ledger = False
+
+    # ---- signals from outside (sync, cheap) ---------------------------------------------------------
+
+    def poke(self) -> None:
+        """The resource changed (or something else happened): look at it now. A new emergency stop
+        interrupts the run in flight."""
+        if emergency.pending(self._annotations().get(lifecycle.ESTOP), self.state.stop) \
+                and self._current_run is not None and not self._current_run.done():
+            self.log.info("emergency stop requested: interrupting the run in flight")
+            self._current_run.cancel()
+        self._wake.set()
+
+    def request_stop(self, forget: bool = False) -> None:
+        self._stopping = True
+        self._forget = self._forget or forget
+        # Whatever the step is waiting for (a run, a gateway start, an emergency stop against a slow
+        # exchange) is abandoned: stopping and deletion never wait on the exchange.
+        if self._step_task is not None and not self._step_task.done():
+            self._step_task.cancel()
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the stream and close the gateway (what the loop does when it ends)."""
+        await self._teardown()
+
+    # ---- the loop --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.log.info("supervising %s", self.key)
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                self._step_task = asyncio.ensure_future(self.step())
+                wake: float | None = None
+                try:
+                    wake = await self._step_task
+                except asyncio.CancelledError:
+                    if _cancelling():
+                        self._step_task.cancel()
+                        raise
+                except Exception as exc:  # noqa: BLE001 - a bug must not kill the account's supervision
+                    self.log.exception("supervisor step failed")
+                    self._set_problem(Problem(ProblemReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+                    await self._teardown()      # start over (a fresh build clears the problem)
+                    self._schedule_retry()
+                    wake = self.state.retry_at
+                finally:
+                    self._step_task = None
+                if self._stopping:
+                    break
+                await self.flush()
+                await self._sleep(wake)
+        finally:
+            await self._teardown()
+            if self._forget and self._tele is not None:
+                self._tele.forget()
+            self.log.info("stopped supervising %s", self.key)
+
+    def observe(self) -> lifecycle.Observed:
+        gw = self._gw
+        return lifecycle.observe(self._body, known_exchanges=self.deps.exchanges(),
+                                 futures=gw.futures if gw is not None else None,
+                                 saved_ledger=bool(self.writer.last_written.get("ledger")))
+
+    async def step(self) -> float | None:
+        """One decision, executed. Returns when to come back (None: when poked), or now when more is due."""
+        observed = self.observe()
+        if observed.spec is not None:
+            self._spec = observed.spec
+        now = self._now()
+        action = lifecycle.decide(observed, self.state, now)
+        if not observed.deleting:
+            self._generation = observed.generation
+        await self.execute(action, observed)
+        return lifecycle.wake_at(action) if lifecycle.waits(action) else now
+
+    async def settle(self, max_steps: int = 20) -> None:
+        """Steps until the lifecycle has nothing more to do now (tests, and nothing else)."""
+        for _ in range(max_steps):
+            action = lifecycle.decide(self.observe(), self.state, self._now())
+            if lifecycle.waits(action):
+                await self.execute(action, self.observe())
+                return
+            await self.step()
+        raise AssertionError(f"{self.key}: still busy after {max_steps} steps")
+
+    async def execute(self, action: Action, o: lifecycle.Observed) -> None:
+        s = self.state
+        match action:
+            case Idle():
+                pass
+            case Reject(problem=problem):
+                self._set_problem(problem)
+                await self._teardown()
+            case AcceptSpec():
+                if action.rebuild:
+                    self.log.info("exchange, credentials, endpoint or symbols changed: rebuilding the gateway")
+                    await self._teardown()
+                if action.forget:
+                    self._kept_ledger = self._kept_monitor = None
+                    self._discard_saved_ledger = True
+                if action.retry_now:
+                    s.failures, s.retry_at = 0, 0.0
+                s.seen_generation, s.identity = action.generation, action.identity
+            case OpenBreaker():
+                await self._open_breaker(action.reason, action.requested_by)
+            case Build():
+                if await self._build(o):
+                    self._configure(o)
+            case Configure():
+                self._configure(o)
+            case Stop(action=stop_action):
+                await self._execute_stop(stop_action)
+            case ReleaseBreaker():
+                self.log.warning("emergency stop annotation removed: resuming (initial sync first)")
+                s.stop, events = emergency.release(s.stop)
+                s.synced, s.retry_at = False, 0.0
+                if self._tele is not None:
+                    self._tele.set_emergency_stop_active(False)
+                self._post_all(events)
+                self._mark()
+            case Run(kind=RunKind.INITIAL):
+                await self._initial_sync(action, o)
+            case Run():
+                await self._triggered_run(action, o)
+            case StartStream():
+                self._start_stream()
+
+    def _now(self) -> float:
+        return self.deps.clock()
+
+    def _now_ms(self) -> int:
+        return int(self._now() * 1000)
+
+    async def _sleep(self, wake: float | None) -> None:
+        now = self._now()
+        deadline = self.writer.deadline(now) if wake is None else min(wake, self.writer.deadline(now))
+        delay = deadline - now
+        if delay <= 0 or self._wake.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+
+    # ---- small helpers ------------------------------------------------------------------------------
+
+    def _annotations(self) -> Mapping[str, str]:
+        return (self._body.get("metadata") or {}).get("annotations") or {}
+
+    def _mark(self) -> None:
+        """Something readers must see changed: the next flush writes it."""
+        self.writer.dirty = True
+
+    def _post(self, type_: str, reason: str, message: str) -> None:
+        try:
+            self.deps.post_event(self._body, type_, reason, st.clip(message))
+        except Exception:  # noqa: BLE001 - an Event is never worth a failed step
+            self.log.debug("posting an Event failed", exc_info=True)
+
+    def _post_all(self, events: list[ev.EventSpec]) -> None:
+        for e in events:
+            self._post(e.type, e.reason, e.message)
+
+    def _exchange(self) -> str:
+        return str((self._body.get("spec") or {}).get("exchange") or "")
+
+    def _telemetry(self, exchange: str) -> Any:
+        t = self.deps.telemetry
+        if t is None:
+            return None
+        if self._tele is None or self._tele.attributes.get("exchange") != exchange:
+            self._tele = t.account(self.namespace, self.name, exchange)
+            if self._restored_success_ms:
+                self._tele.set_last_success(self._restored_success_ms / 1000.0)
+            self._tele.set_emergency_stop_active(self.state.stop.active)
+        return self._tele
+
+    def _set_problem(self, problem: Problem | None) -> None:
+        if problem is not None and problem.reason != self._problem_posted:
+            self._post("Warning", problem.reason, problem.message)
+            self._problem_posted = problem.reason
+        if problem is None:
+            self._problem_posted = ""
+        if problem != self.state.problem:
+            self._mark()
+        self.state.problem = problem
+
+    def _schedule_retry(self) -> None:
+        self.state.failures += 1
+        self.state.retry_at = self._now() + schedule.backoff_s(self.state.failures, self.deps.rng)
+
+    # ---- building -----------------------------------------------------------------------------------
+
+    async def _build(self, o: lifecycle.Observed) -> bool:
+        spec = o.spec
+        assert spec is not None
+        try:
+            creds = await read_credentials(self.deps.kube, self.namespace, spec.credentialsSecretRef.model_dump())
+        except CredentialsError as exc:
+            self._credentials_ok = None
+            self._set_problem(Problem(exc.reason, exc.message, credentials=True))
+            self._schedule_retry()
+            return False
+        gw = None
+        try:
+            gw = self.deps.gateway_factory(spec.exchange, creds.api_key, creds.secret, spec.endpoint,
+                                           budgets=self.deps.budgets)
+            await asyncio.wait_for(gw.start(list(spec.symbols)), timeout=GATEWAY_START_TIMEOUT_S)
+        except asyncio.CancelledError:
+            if gw is not None:
+                await _close_quietly(gw)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is a condition, never a crash
+            if gw is not None:
+                await _close_quietly(gw)
+            problem = gateway_problem(exc, creds.redact)
+            self._credentials_ok = False if problem.credentials else None
+            self._set_problem(problem)
+            self._schedule_retry()
+            self.log.warning("account not served: %s: %s", problem.reason, problem.message)
+            return False
+        self._gw = gw
+        self._credentials_ok = True
+        self._set_problem(None)
+        s = self.state
+        s.failures, s.retry_at = 0, 0.0
+        s.built, s.synced, s.config = True, False, None
+        self._runner = None
+        self._telemetry(spec.exchange)
+        return True
+
+    def _configure(self, o: lifecycle.Observed) -> None:
+        """The runner for the observed config (a reconfigured runner keeps the ledger and the monitor)."""
+        from ..service.runner import AccountRunner
+        from ..core import Ledger
+
+        s, spec = self.state, o.spec
+        assert spec is not None
+        config = AccountConfig.from_spec(spec, futures=self._gw.futures)
+        previous, previous_check = s.config, s.check_interval_s
+        s.check_interval_s = o.check_interval_s
+        if self._runner is not None and config == previous:
+            if s.synced and previous_check is not None and o.check_interval_s != previous_check:
+                s.next_stale = min(s.next_stale, schedule.next_stale(self._now(), o.check_interval_s, self.deps.rng))
+            return
+        if self._runner is not None:
+            ledger, monitor = self._runner.ledger, self._runner.monitor
+            self.log.info("spec changed: runner reconfigured (ledger kept)")
+        else:
+            ledger, monitor = self._kept_ledger, self._kept_monitor
+            saved = None if self._discard_saved_ledger else self.writer.last_written.get("ledger")
+            if ledger is None and saved:
+                try:
+                    ledger = Ledger.load(saved, owned_prefix=config.owned_prefix)
+                except ValueError as exc:
+                    self.log.warning("status.ledger not restored (%s): starting from a fresh sync", exc)
+            self._kept_ledger = self._kept_monitor = None
+        self._runner = AccountRunner(self._traced_gateway(), config, ledger=ledger, clock=self.deps.clock,
+                                     monitor=monitor)
+        s.config = config
+        self._mark()
+        if previous is not None and s.synced:
+            # A shorter interval takes effect now, not after the old one has run out.
+            now = self._now()
+            if config.interval_s != previous.interval_s:
+                s.next_reconcile = min(s.next_reconcile, schedule.next_stale(now, config.interval_s, self.deps.rng))
+            s.next_stale = min(s.next_stale, schedule.next_stale(now, o.check_interval_s, self.deps.rng))
+
+    async def _teardown(self) -> None:
+        await self._stream.stop()
+        gw, self._gw = self._gw, None
+        if self._runner is not None:        # a rebuild of the same account continues from here
+            self._kept_ledger, self._kept_monitor = self._runner.ledger, self._runner.monitor
+        self._runner = None
+        s = self.state
+        s.built, s.synced, s.config = False, False, None
+        if gw is not None:
+            await _close_quietly(gw)
+
+    # ---- runs -------------------------------------------------------------------------------------
+
+    def _traced_gateway(self) -> Any:
+        t = self.deps.telemetry
+        if t is None or self._gw is None:
+            return self._gw
+        return t.traced(self._gw, exchange=self._exchange())
+
+    async def _traced(self, coro: Awaitable[Any], kind: RunKind, trigger: Trigger) -> Any:
+        """A span per run (the exchange calls inside are its children, see _traced_gateway);
+        afterwards the shared rate budgets' figures go to the metrics."""
+        t = self.deps.telemetry
+        if t is None:
+            return await coro
+        exchange = self._exchange()
+        try:
+            with t.span(f"tradewarden.{kind}", namespace=self.namespace, name=self.name, exchange=exchange,
+                        trigger=str(trigger)):
+                return await coro
+        finally:
+            self.deps.budget_publisher.publish(t, self.deps.budgets, exchange,
+                                               self._gw.rest_family if self._gw is not None else "")
+
+    async def _initial_sync(self, action: Run, o: lifecycle.Observed) -> None:
+        s = self.state
+        report = await self._run(action.kind, action.trigger)
+        if report is None or not report.ok:
+            self._schedule_retry()
+            return
+        s.synced, s.failures, s.retry_at = True, 0, 0.0
+        s.next_reconcile, s.next_stale = schedule.first_runs(
+            self._now(), o.config.interval_s if o.config else 300, o.check_interval_s, self.deps.rng)
+        s.last_handled = o.reconcile_requested or s.last_handled or ""
+        s.reconnect_pending = False
+
+    async def _triggered_run(self, action: Run, o: lifecycle.Observed) -> None:
+        s = self.state
+        if action.trigger is Trigger.STREAM_RECONNECT:
+            s.reconnect_pending = False
+        report = await self._run(action.kind, action.trigger)
+        if action.kind is RunKind.STALE:
+            s.next_stale = schedule.next_stale(self._now(), o.check_interval_s, self.deps.rng)
+            return
+        if action.handles is not None:
+            if report is None and emergency.pending(self._annotations().get(lifecycle.ESTOP), s.stop):
+                return                          # interrupted by an emergency stop: not handled yet
+            s.last_handled = action.handles
+            self._mark()
+        if self._runner is not None:
+            s.next_reconcile = schedule.timer_slot(self.key, self._now(), float(self._runner.config.interval_s))
+
+    async def _run(self, kind: RunKind, trigger: Trigger) -> Any:
+        runner = self._runner
+        if kind is RunKind.INITIAL:
+            coro: Awaitable[Any] = runner.initial_sync()
+        elif kind is RunKind.RECONCILE:
+            coro = runner.reconcile(trigger=trigger)
+        else:
+            coro = runner.stale_cleanup()
+        task = asyncio.ensure_future(self._traced(coro, kind, trigger))
+        self._current_run = task
+        t0 = time.monotonic()
+        tele = self._tele
+        try:
+            report = await task
+        except asyncio.CancelledError:
+            if _cancelling():
+                task.cancel()
+                raise
+            self.log.info("%s run interrupted", trigger)
+            return None
+        except domain.AuthenticationFailed as exc:
+            # Revoked or rotated credentials (the runner raises them after recording the run): rebuild
+            # from the Secret, with backoff, instead of failing every run with keys the venue refuses.
+            self._run_failed(tele, t0, f"authentication failed: {exc}")
+            self._credentials_ok = False
+            self._set_problem(Problem(ProblemReason.AUTHENTICATION_FAILED,
+                                      f"the exchange rejected the API credentials: {exc}", True))
+            await self._teardown()
+            self._schedule_retry()
+            return None
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, never fatal
+            self.log.warning("%s run failed: %s: %s", trigger, type(exc).__name__, exc)
+            self._run_failed(tele, t0, f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            self._current_run = None
+        self._last_run_ok = bool(report.ok)
+        self._last_run_error = st.clip(report.error or "", 512)
+        if kind is not RunKind.STALE:       # lastReconciliation shows reconciliations, not stale checks
+            self._report = report
+        self._mark()
+        if tele is not None:
+            tele.run_finished(report.duration_ms / 1000.0, bool(report.ok), report.counts_by_kind())
+            tele.set_open_orders(sum(1 for _ in runner.ledger.active_orders()))
+            health = margin_inputs(runner, list(runner.ledger.position_values().values()),
+                                   list(runner.ledger.active_orders())).get("margin_health")
+            if health is not None:
+                tele.set_margin(health)
+            if report.cancelled:         # confirmed by the exchange (not "cancel sent, order filled")
+                tele.stale_cancelled(report.cancelled)
+        observe_only = runner.config.observe_only
+        for spec in ev.run_events(report.discrepancies, trigger=trigger, observe_only=observe_only)[:EVENTS_PER_RUN]:
+            self._post(spec.type, spec.reason, spec.message)
+        if not report.ok:
+            self.log.warning("%s run failed: %s", trigger, report.error)
+        return report
+
+    def _run_failed(self, tele: Any, t0: float, error: str) -> None:
+        self._last_run_ok = False
+        self._last_run_error = st.clip(error, 512)
+        self._mark()
+        if tele is not None:
+            tele.run_finished(time.monotonic() - t0, False, {})
+
+    # ---- stream (StreamConsumer calls back here) ------------------------------------------------------
+
+    def _start_stream(self) -> None:
+        if self._spec is not None and self._spec.stream.enabled and self._gw is not None:
+            self._stream.start(self._gw, list(self._spec.symbols), f"tw-stream-{self.key}")
+
+    def stream_running(self, running: bool) -> None:
+        self.state.stream_running = running
+
+    def stream_state_changed(self, state: StreamState) -> None:
+        self._mark()
+        if self._tele is not None:
+            self._tele.set_stream_connected(state is StreamState.CONNECTED)
+
+    def stream_reconnected(self, counted: bool) -> None:
+        """Events may have been lost in the gap: reconcile now."""
+        if counted and self._tele is not None:
+            self._tele.stream_reconnected()
+        self.state.reconnect_pending = True
+        self._wake.set()
+
+    async def stream_event(self, event: domain.StreamEvent) -> None:
+        runner = self._runner
+        if runner is not None:
+            await runner.apply_event(event)
+            self._stream.last_event_ms = self._now_ms()
+            self.writer.event_dirty = True     # coalesced: see StatusWriter.flush
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- emergency stop ----------------------------------------------------------------------------
+
+    async def _open_breaker(self, reason: str, who: str) -> None:
+        """Record the stop in status before any exchange call."""
+        s = self.state
+        s.stop, events = emergency.open_breaker(reason, who, st.rfc3339(self._now_ms()),
+                                                (self._body.get("spec") or {}).get("symbols") or [])
+        self._mark()
+        self.log.warning("EMERGENCY STOP requested by %s: %s", s.stop.requested_by, reason)
+        await self.flush(force=True)     # readers see the stop before anything else happens
+        if self.deps.telemetry is not None:
+            self._tele = self._tele or self.deps.telemetry.account(self.namespace, self.name, self._exchange())
+            self._tele.emergency_stop()
+        self._post_all(events)
+        await self._stream.stop()
+
+    async def _execute_stop(self, action: emergency.StopAction) -> None:
+        """The one place where the emergency-stop machine's actions are carried out."""
+        s = self.state
+        match action:
+            case emergency.Hold():
+                await self._stream.stop()
+            case emergency.Wait():
+                pass
+            case emergency.SettleRun():
+                s.stop = emergency.settled(s.stop)
+                await self._run(RunKind.RECONCILE, Trigger.EMERGENCY_STOP)
+            case emergency.Attempt(deadline_s=deadline_s):
+                await self._stream.stop()
+                t0 = time.monotonic()
+                try:
+                    report = await self._runner.emergency_stop(deadline_s=deadline_s)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - retried; the breaker stays open
+                    self.log.error("emergency stop attempt failed: %s: %s", type(exc).__name__, exc)
+                    s.stop, events = emergency.attempt_failed(s.stop, f"{type(exc).__name__}: {exc}", self._now())
+                    self._post_all(events)
+                    self._mark()
+                    return
+                s.stop, events = emergency.attempt_finished(
+                    s.stop, report, self._now(), now_text=st.rfc3339(self._now_ms()),
+                    grace_s=float(self._runner.config.missing_grace_s), elapsed_s=time.monotonic() - t0)
+                self._post_all(events)
+                self._mark()
+                await self.flush(force=True)
+
+    # ---- status ------------------------------------------------------------------------------------------
+
+    async def _patch_status(self, patch: Mapping[str, Any]) -> Any:
+        return await self.deps.kube.patch_status(self.namespace, self.name, patch)
+
+    async def flush(self, force: bool = False) -> None:
+        await self.writer.flush(self.inputs, self._now(), self._now_ms(), force=force)
+
+    def inputs(self) -> st.StatusInputs:
+        s, runner, spec = self.state, self._runner, self._spec
+        now_ms = self._now_ms()
+        ledger_dump = None
+        balances = orders = positions = monitor = None
+        alerts: Mapping[str, bool] = {}
+        last_success = self._restored_success_ms
+        interval = spec.reconciliation.intervalSeconds if spec else 300
+        if runner is not None and (s.synced or s.stop.active):
+            ledger = runner.ledger
+            balances = ledger.balance_values()
+            orders = list(ledger.active_orders())
+            positions = list(ledger.position_values().values())
+            ledger_dump, self._ledger_note = _bounded_dump(ledger)
+        if runner is not None:
+            monitor = runner.monitor
+            alerts = monitor.alerts(now_ms, interval)
+            if monitor.last_success_ms:
+                last_success = monitor.last_success_ms
+        return st.StatusInputs(
+            generation=self._generation, problem=s.problem, credentials_ok=self._credentials_ok,
+            synced=s.synced, report=self._report, last_run_ok=self._last_run_ok,
+            last_run_error=self._last_run_error, balances=balances, orders=orders, positions=positions,
+            owned_prefix=spec.staleOrders.ownedClientOrderIdPrefix if spec else "tw-",
+            monitor=monitor, alerts=alerts, interval_s=interval,
+            last_success_ms=last_success, stream_enabled=spec.stream.enabled if spec else True,
+            stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
+            stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
+            estop=s.stop, last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,
+            ledger_note=self._ledger_note, **margin_inputs(runner, positions, orders))
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return bool(task and task.cancelling())
+
+
+def _bounded_dump(ledger: Any) -> tuple[dict | None, str]:
+    limit = LEDGER_DUMP_ORDERS
+    while True:
+        dump = ledger.dump(max_orders=limit)
+        kept, note = st.bounded_ledger(dump)
+        if kept is not None or limit <= 50:
+            return kept, note
+        limit //= 2
+
+
+async def _close_quietly(gw: Any) -> None:
+    try:
+        await asyncio.wait_for(gw.close(), timeout=CLOSE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - never block a teardown on the exchange
+        log.debug("gateway close failed", exc_info=True)
+
+
+def margin_inputs(runner: Any, positions: Any, orders: Any) -> dict[str, Any]:
+    """USD-M margin health for status and metrics (issue 15): the last snapshot's figures, judged against
+    the spec's thresholds with the ledger's positions and protective orders. Nothing for spot accounts."""
+    if runner is None or not runner.config.futures:
+        return {}
+    margin = runner.last_margin
+    if margin is None or positions is None:
+        return {"futures": True}
+    cfg = runner.config
+    health = margin_health(margin, positions, orders or [], cfg.margin_ratio_threshold,
+                           cfg.liquidation_distance_threshold)
+    return {"futures": True, "margin": margin, "margin_health": health}
+
