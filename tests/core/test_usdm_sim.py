@@ -316,3 +316,27 @@ async def test_bad_venue_answers_give_a_clear_error_and_keep_the_ledger(sim, acc
     after = (runner.ledger.balance_values(), runner.ledger.position_values(),
              {k: e.order for k, e in runner.ledger.orders.items()})
     assert after == before
+
+
+# ---- the emergency stop: algo parents and their children -----------------------------------------------
+
+async def test_emergency_stop_cancels_untriggered_algo_orders_and_triggered_children(sim, account, make_runner):
+    """usdm-facts.md D5: an untriggered algo order lives in the Algo Service (cancelled there), a triggered
+    one's child is a regular order (cancelled in the matching engine): the stop cancels both and verifies."""
+    key = account[0]
+    market(sim, key, "BUY", "0.2")
+    acct = sim.account(key)
+    sim.exchange.place_algo(acct, symbol="BTCUSDT", side="SELL", order_type="STOP", quantity="0.1",
+                            trigger_price="48000", price="48500", client_algo_id="tw-es-sl", reduce_only=True)
+    sim.exchange.place_algo(acct, symbol="BTCUSDT", side="SELL", order_type="STOP_MARKET", quantity="0.1",
+                            trigger_price="40000", client_algo_id="tw-es-far", reduce_only=True)
+    runner = await make_runner()
+    await runner.initial_sync()
+    sim.set_price("BTCUSDT", "47900")            # the first triggers: its child SELL 48500 rests
+    child = acct.algo[min(acct.algo)].child
+    assert child is not None and child.is_open
+    report = await runner.emergency_stop(deadline_s=20)
+    assert report.verified and report.remaining == []
+    assert acct.open_count("usdm") == 0 and not any(a.is_open for a in acct.algo.values())
+    assert child.status == "CANCELED" and acct.algo[min(acct.algo)].status == "FINISHED"   # child done: FINISHED
+    assert list(runner.ledger.active_orders()) == []
