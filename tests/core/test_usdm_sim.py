@@ -17,18 +17,12 @@ from tradewarden.core import AccountConfig
 from tradewarden.service import AccountRunner
 from tradewarden.domain import ConnectionState, OrderState, PositionSide
 
+from .test_runner_sim import Later
+
 pytestmark = pytest.mark.sim
 
 SYMBOL = "BTC/USDT:USDT"
 D = Decimal
-
-
-class Later:
-    def __init__(self) -> None:
-        self.ahead = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.ahead
 
 
 @pytest.fixture
