@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 # tradewarden operator image.
-#   docker build -t tradewarden:0.1.0 .
+#   docker build -t localhost/tradewarden:0.1.0 .      (or podman build / buildah bud)
+# Where public registries cannot be reached, PYTHON_IMAGE names a locally made base instead of the
+# official image: `./tw image build` makes one (Debian bookworm's Python 3.11, mmdebstrap) and builds
+# with --build-arg PYTHON_IMAGE=localhost/tradewarden-python:3.11-bookworm.
 # Two stages: `build` installs the pinned dependencies and the package into a virtual environment;
 # the runtime stage copies only that environment onto the same slim base and runs as a non-root user.
 # No credentials are ever needed at build time: exchange keys live in Kubernetes Secrets, read at run time.
@@ -34,7 +37,7 @@ ENV PATH=/opt/tradewarden/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 10001:10001
-# 9464: Prometheus /metrics; 8080: kopf liveness (/healthz)
-EXPOSE 9464 8080
+# 9464: Prometheus /metrics; 8080: kopf liveness (/healthz); 8081: readiness (/readyz, when --readiness asks)
+EXPOSE 9464 8080 8081
 ENTRYPOINT ["tradewarden"]
 CMD ["run", "--all-namespaces"]

@@ -23,7 +23,7 @@ CONTROLPLANE = ROOT / "operator" / "tradewarden" / "scripts" / "controlplane.sh"
 TIERS = ("unit", "sim", "cluster", "soak")
 SIM_FIXTURES = {"sim", "tsim"}
 CLUSTER_FIXTURES = {"kubeconfig", "helm_bin"}
-OUTSIDE_TOOLS = {"helm", "kubectl", "promtool", "pip", "pip3", "apt-get", "docker", "kube-apiserver", "etcd"}
+OUTSIDE_TOOLS = {"helm", "kubectl", "promtool", "prometheus", "pip", "pip3", "apt-get", "docker", "kube-apiserver", "etcd"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -36,23 +36,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .controller.main import run
     return run(namespaces=args.namespace, all_namespaces=args.all_namespaces,
                standalone=args.standalone, metrics_port=args.metrics_port,
-               liveness=args.liveness, peering=args.peering, verbose=args.verbose)
+               liveness=args.liveness, peering=args.peering, verbose=args.verbose, log_format=args.log_format,
+               readiness=args.readiness)
+
+
+def cmd_release_finalizers(args: argparse.Namespace) -> int:
+    from .uninstall import main as release_main
+    return release_main(args.namespace, args.all_namespaces)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    argv = ["bash", _script("image.sh"), args.action]
+    if args.action == "build":
+        argv.append(args.context)
+    return subprocess.call(argv)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
-    return demo_main(keep=args.keep, fast=args.fast)
+    return demo_main(keep=args.keep, fast=args.fast, log_format=args.log_format, in_cluster=args.in_cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .output import FORMATS, default_format
+
+    # --log-format is accepted before or after the subcommand (after wins when both are given)
+    def log_format_option(parser: argparse.ArgumentParser, dest: str) -> None:
+        parser.add_argument("--log-format", dest=dest, choices=FORMATS, default=None,
+                            help="text (default) or json: one JSON object per line (env TRADEWARDEN_LOG_FORMAT). "
+                                 "Colour is off when NO_COLOR is set or the output is not a terminal")
+
+    common = argparse.ArgumentParser(add_help=False)
+    log_format_option(common, "log_format")
     p = argparse.ArgumentParser(prog="tradewarden", description=__doc__)
+    log_format_option(p, "log_format_global")
+    p.set_defaults(default_log_format=default_format())
     sub = p.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: _add_parser(*a, parents=[common], **kw)  # type: ignore[method-assign]
 
     s = sub.add_parser("crd", help="print the TradingAccount CRD (generated from the models)")
     s.set_defaults(func=cmd_crd)
 
     s = sub.add_parser("testenv", help="a real local kube-apiserver + etcd on 127.0.0.1")
-    s.add_argument("action", choices=["setup", "start", "stop", "status"])
+    s.add_argument("action", choices=["setup", "start", "node", "node-stop", "stop", "status"])
     s.set_defaults(func=cmd_testenv)
 
     s = sub.add_parser("sim", help="the Binance-compatible exchange simulator")
@@ -70,19 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kopf peering object name (one active replica)")
     s.add_argument("--metrics-port", type=int, default=int(os.environ.get("TRADEWARDEN_METRICS_PORT", "9464")),
                    help="port of the Prometheus /metrics endpoint (0 turns it off)")
-    s.add_argument("--liveness", default=os.environ.get("TRADEWARDEN_LIVENESS", "http://0.0.0.0:8080/healthz"))
+    s.add_argument("--liveness", default=os.environ.get("TRADEWARDEN_LIVENESS", "http://0.0.0.0:8080/healthz"),
+                   help="kopf's liveness endpoint (off: none)")
+    s.add_argument("--readiness", default=os.environ.get("TRADEWARDEN_READINESS", "off"),
+                   help="readiness endpoint, e.g. http://0.0.0.0:8081/readyz: 200 once the operator is serving "
+                        "(off: none)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("release-finalizers",
+                       help="remove the operator's finalizer from TradingAccounts (after an uninstall)")
+    s.add_argument("-n", "--namespace", action="append", default=[], help="in this namespace (repeatable)")
+    s.add_argument("-A", "--all-namespaces", action="store_true", help="in every namespace")
+    s.set_defaults(func=cmd_release_finalizers)
+
+    s = sub.add_parser("image", help="build the operator's image here (buildah, a locally made base), "
+                                     "load it into the local node")
+    s.add_argument("action", choices=["base", "build", "load", "inspect"])
+    s.add_argument("context", nargs="?", default=".", help="build context with the Dockerfile (default: .)")
+    s.set_defaults(func=cmd_image)
 
     s = sub.add_parser("demo", help="the whole mission in one command (control plane, simulator, operator)")
     s.add_argument("--keep", action="store_true", help="keep everything running at the end")
     s.add_argument("--fast", action="store_true", help="shorter pauses between steps")
+    s.add_argument("--in-cluster", action="store_true",
+                   help="run the operator as a Pod from its image (built here) on the local node, installed by helm")
     s.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.log_format = getattr(args, "log_format", None) or args.log_format_global or args.default_log_format
     return int(args.func(args) or 0)
 
 

@@ -21,6 +21,7 @@ import urllib.request
 from typing import Any, Callable
 
 from . import models
+from .output import Console
 
 PKG = pathlib.Path(__file__).resolve().parent
 NAMESPACE = "tradewarden-demo"
@@ -29,8 +30,13 @@ API_KEY = "demo-api-key"
 API_SECRET = "demo-api-secret"
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "BNB/USDT"]
 
-BOLD, DIM, GREEN, YELLOW, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[33m", "\033[31m", "\033[0m") \
-    if sys.stdout.isatty() else ("",) * 6
+# Styles are always written; the console drops them under NO_COLOR, off a terminal and in JSON mode.
+BOLD, DIM, GREEN, YELLOW, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[33m", "\033[31m", "\033[0m")
+CONSOLE = Console()
+
+
+def emit(text: str, **kw: Any) -> None:
+    CONSOLE.emit(text, **kw)
 
 
 class DemoError(RuntimeError):
@@ -38,15 +44,15 @@ class DemoError(RuntimeError):
 
 
 def step(n: int, title: str) -> None:
-    print(f"\n{BOLD}== {n}. {title}{RESET}", flush=True)
+    emit(f"\n{BOLD}== {n}. {title}{RESET}", step=n)
 
 
 def say(text: str) -> None:
-    print(f"   {text}", flush=True)
+    emit(f"   {text}")
 
 
 def ok(text: str) -> None:
-    print(f"   {GREEN}✓{RESET} {text}", flush=True)
+    emit(f"   {GREEN}✓{RESET} {text}", ok=True)
 
 
 def free_port() -> int:
@@ -56,8 +62,12 @@ def free_port() -> int:
 
 
 class Demo:
-    def __init__(self, keep: bool, fast: bool):
+    def __init__(self, keep: bool, fast: bool, in_cluster: bool = False):
         self.keep = keep
+        self.in_cluster = in_cluster    # the operator as a Pod from its image, on the local node
+        self.node = None
+        self.started_node = False
+        self.release = "tradewarden-demo"
         self.pause = 0.5 if fast else 2.0
         self.procs: list[subprocess.Popen] = []
         self.started_control_plane = False
@@ -92,7 +102,7 @@ class Demo:
     def wait_for(self, what: str, predicate: Callable[[dict], bool], timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
         spinner = "|/-\\"
-        tty = sys.stdout.isatty()
+        tty = CONSOLE.interactive
         t0 = time.monotonic()
         i = 0
         if not tty:
@@ -135,6 +145,9 @@ class Demo:
     # ---- the mission ----------------------------------------------------------------------------
 
     def setup_cluster(self) -> None:
+        if self.in_cluster:
+            self.setup_node()
+            return self.install_crd()
         step(1, "A real Kubernetes API server")
         existing = os.environ.get("KUBECONFIG")
         if existing and subprocess.run(["kubectl", "--kubeconfig", existing, "--request-timeout=5s", "get", "--raw",
@@ -153,6 +166,25 @@ class Demo:
             self.kubeconfig = out.stdout.strip().splitlines()[-1].removeprefix("export KUBECONFIG=")
             self.started_control_plane = not already
             ok(f"kube-apiserver ready; KUBECONFIG={self.kubeconfig}")
+        self.install_crd()
+
+    def setup_node(self) -> None:
+        from . import incluster
+        step(1, "A real Kubernetes API server and a node (containerd, kubelet, scheduler)")
+        say("the local control plane and its node; the first run on a machine builds them from Debian's")
+        say("sources (about 10 minutes), later runs start them in seconds")
+        r = subprocess.run(["bash", str(PKG / "scripts" / "controlplane.sh"), "status"], capture_output=True,
+                           text=True)
+        self.started_control_plane = r.returncode != 0
+        self.started_node = "node: " not in r.stdout
+        try:
+            self.node = incluster.start_node()
+        except incluster.InClusterError as e:
+            raise DemoError(str(e)) from None
+        self.kubeconfig = self.node.kubeconfig
+        ok(f"node Ready; Pods reach this machine at {self.node.ip}; KUBECONFIG={self.kubeconfig}")
+
+    def install_crd(self) -> None:
         crd = self.workdir / "crd.yaml"
         from .crd import crd_yaml
         crd.write_text(crd_yaml())
@@ -181,9 +213,11 @@ class Demo:
     def start_simulator(self) -> None:
         step(2, "The exchange: tradewarden's Binance-compatible simulator")
         self.sim_port = free_port()
-        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
+        host = self.node.ip if self.node else "127.0.0.1"   # a Pod reaches this machine at the node's address
+        self.sim_url = f"http://{host}:{self.sim_port}"
         log = open(self.workdir / "sim.log", "w")
-        self.procs.append(subprocess.Popen([sys.executable, "-m", "tradewarden.cli", "sim", "--port", str(self.sim_port)],
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "tradewarden.cli", "sim", "--host", host,
+                                            "--port", str(self.sim_port)],
                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + 30
         while True:
@@ -218,15 +252,19 @@ class Demo:
 
     def start_operator(self) -> None:
         step(3, "The operator and the TradingAccount")
-        log = open(self.workdir / "operator.log", "w")
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-        self.metrics_port = free_port()
-        self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tradewarden.cli", "run", "--standalone", "--namespace", NAMESPACE,
-             "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
-        ok(f"operator running (log: {self.workdir / 'operator.log'}, metrics: "
-           f"http://127.0.0.1:{self.metrics_port}/metrics)")
+        if self.in_cluster:
+            self.install_operator_pod()
+        else:
+            log = open(self.workdir / "operator.log", "w")
+            env = {**os.environ, "KUBECONFIG": self.kubeconfig}
+            self.metrics_port = free_port()
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tradewarden.cli", "run", "--standalone", "--namespace", NAMESPACE,
+                 "--metrics-port", str(self.metrics_port), "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+                 "--log-format", CONSOLE.fmt],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            ok(f"operator running (log: {self.workdir / 'operator.log'}, metrics: "
+               f"http://127.0.0.1:{self.metrics_port}/metrics)")
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tradewarden-demo-credentials"},
                   "type": "Opaque", "stringData": {"apiKey": API_KEY, "secret": API_SECRET}}
         self.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps(secret))
@@ -241,6 +279,28 @@ class Demo:
         }
         self.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps(account))
         say("kubectl apply -f tradingaccount.yaml   (exchange binance, 3 symbols, policy Correct)")
+
+    def install_operator_pod(self) -> None:
+        from . import incluster
+        try:
+            say("building the operator's image from the Dockerfile (buildah; the first build makes the base)")
+            t0 = time.monotonic()
+            image = incluster.build_image()
+            incluster.load_image()
+            ok(f"image {image} built and loaded into the node in {time.monotonic() - t0:.0f} s")
+            t0 = time.monotonic()
+            incluster.helm("install", self.release, str(incluster.CHART), "--take-ownership",
+                           *incluster.install_values(self.node, image, NAMESPACE, self.release),
+                           kubeconfig=self.kubeconfig)
+            self.installed = True
+            say(f"helm install {self.release} charts/tradewarden -n {NAMESPACE} "
+                f"--set watchNamespaces={{{NAMESPACE}}} --set image.repository=... (the image built here)")
+            pod = incluster.wait_ready_pod(self.kubeconfig, NAMESPACE, self.release)
+        except incluster.InClusterError as e:
+            raise DemoError(str(e)) from None
+        ok(f"operator Pod {pod['metadata']['name']} Running and Ready in {time.monotonic() - t0:.1f} s "
+           f"(in-cluster config, ServiceAccount {pod['spec']['serviceAccountName']}; "
+           f"log: kubectl -n {NAMESPACE} logs {pod['metadata']['name']})")
 
     def initial_sync(self) -> None:
         step(4, "Initial sync")
@@ -330,16 +390,23 @@ class Demo:
 
     def cleanup(self) -> None:
         if self.keep:
-            print(f"\n{BOLD}Everything keeps running (--keep).{RESET}")
-            print(f"   export KUBECONFIG={self.kubeconfig}; kubectl -n {NAMESPACE} get ta")
-            print(f"   simulator: {self.sim_url} (control API under /sim/v1/)")
+            emit(f"\n{BOLD}Everything keeps running (--keep).{RESET}")
+            emit(f"   export KUBECONFIG={self.kubeconfig}; kubectl -n {NAMESPACE} get ta")
+            emit(f"   simulator: {self.sim_url} (control API under /sim/v1/)")
             pids = " ".join(str(p.pid) for p in self.procs)
-            print(f"   stop it: kill {pids}" + ("; ./tw testenv stop" if self.started_control_plane else ""))
+            emit(f"   stop it: kill {pids}" + ("; ./tw testenv stop" if self.started_control_plane else ""))
             return
-        if self.kubeconfig and self.procs:
+        if self.kubeconfig and (self.procs or getattr(self, "installed", False)):
             # delete the account while the operator runs, so it removes its finalizer (an account
             # deleted after its operator is gone would hold the namespace in Terminating)
             self.kubectl("-n", NAMESPACE, "delete", "ta", "--all", "--timeout=30s", check=False)
+        if getattr(self, "installed", False):
+            from . import incluster
+            incluster.helm("uninstall", self.release, "--namespace", NAMESPACE, kubeconfig=self.kubeconfig,
+                           check=False)
+        if self.started_node and not self.started_control_plane:
+            from . import incluster
+            incluster.stop_node()
         for p in self.procs:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -355,11 +422,11 @@ class Demo:
         if self.started_control_plane:
             subprocess.run(["bash", str(PKG / "scripts" / "controlplane.sh"), "stop"], capture_output=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
-        print(f"\n{DIM}Stopped the operator and the simulator"
+        emit(f"\n{DIM}Stopped the operator and the simulator"
               + (" and the local control plane" if self.started_control_plane else "") + f"; nothing left running.{RESET}")
 
     def run(self) -> int:
-        print(f"{BOLD}tradewarden demo{RESET}: an exchange account kept honest, end to end")
+        emit(f"{BOLD}tradewarden demo{RESET}: an exchange account kept honest, end to end")
         try:
             self.setup_cluster()
             self.start_simulator()
@@ -369,15 +436,20 @@ class Demo:
             self.stale_order()
             self.stream_drop()
             self.emergency_stop()
-            print(f"\n{GREEN}{BOLD}Demo complete.{RESET}")
+            emit(f"\n{GREEN}{BOLD}Demo complete.{RESET}")
             return 0
         except (DemoError, OSError) as e:
-            print(f"\n{RED}demo failed: {e}{RESET}", file=sys.stderr)
+            emit(f"\n{RED}demo failed: {e}{RESET}", level="error", err=True)
+            if getattr(self, "installed", False):
+                logs = subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, "-n", NAMESPACE, "logs", "-l",
+                                       f"app.kubernetes.io/instance={self.release}", "--tail=15"],
+                                      capture_output=True, text=True).stdout
+                emit("--- last lines of the operator Pod's log:\n" + logs, level="error", err=True)
             for name in ("operator.log", "sim.log"):
                 path = self.workdir / name
                 if path.exists():
                     tail = path.read_text().splitlines()[-15:]
-                    print(f"--- last lines of {name}:", *tail, sep="\n", file=sys.stderr)
+                    emit("\n".join([f"--- last lines of {name}:", *tail]), level="error", err=True)
             return 1
         except KeyboardInterrupt:
             return 130
@@ -392,5 +464,7 @@ def _cond(obj: dict, type_: str) -> str:
     return ""
 
 
-def main(keep: bool = False, fast: bool = False) -> int:
-    return Demo(keep=keep, fast=fast).run()
+def main(keep: bool = False, fast: bool = False, log_format: str = "text", in_cluster: bool = False) -> int:
+    global CONSOLE
+    CONSOLE = Console(log_format)
+    return Demo(keep=keep, fast=fast, in_cluster=in_cluster).run()

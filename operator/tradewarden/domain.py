@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import AsyncIterator, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import AsyncIterator, Generic, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 ZERO = Decimal(0)
 
@@ -304,10 +304,17 @@ class CancelAllResult:
     errors: Mapping[str, str] = field(default_factory=dict)   # symbol -> error text
 
 
+@runtime_checkable
 class Gateway(Protocol):
-    """The one layer that talks to an exchange (implemented over ccxt in tradewarden.gateway)."""
+    """The one layer that talks to an exchange (implemented over ccxt in tradewarden.gateway): every
+    call the service and the controller make on it, and nothing else (no ``hasattr`` past it)."""
 
     exchange_id: str
+    futures: bool          # a derivatives (USD-M) account: what it fetches, and the core's config, depend on it
+    rest_family: str       # its REST API's rate-budget family ("api" spot, "fapi" USD-M)
+
+    async def start(self, symbols: Sequence[str] = ()) -> None:
+        """Load markets, check every symbol is listed (SymbolNotListed) and the credentials work."""
 
     async def snapshot(self, symbols: Sequence[str]) -> Snapshot: ...
 

@@ -35,14 +35,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
-__all__ = ["Telemetry", "AccountTelemetry", "TracedGateway", "setup", "current", "METRIC_NAMES", "ORDER_MISMATCH_KINDS"]
+__all__ = ["Telemetry", "AccountTelemetry", "TracedGateway", "setup", "current", "METRIC_NAMES"]
 
 log = logging.getLogger(__name__)
 
 PREFIX = "tradewarden_"
-# Discrepancy kinds (core.Discrepancy.kind) that count as order mismatches.
-ORDER_MISMATCH_KINDS = frozenset({"fill", "missing", "lost", "orphan"})
-BALANCE_KIND = "balance"
 # Buckets for a reconciliation run: a few REST calls normally, up to a minute when rate limited.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _SECRET_WORDS = ("secret", "apikey", "api_key", "signature", "password", "token", "credential")
@@ -57,26 +54,23 @@ METRIC_NAMES = (
     "tradewarden_stale_orders_cancelled_total",
     "tradewarden_consecutive_failures",
     "tradewarden_last_success_timestamp_seconds",
+    "tradewarden_monitored_since_timestamp_seconds",
+    "tradewarden_last_run_balance_mismatches",
+    "tradewarden_stale_order_checks_total",
     "tradewarden_open_orders",
     "tradewarden_stream_connected",
     "tradewarden_stream_reconnects_total",
     "tradewarden_emergency_stops_total",
     "tradewarden_emergency_stop_active",
     "tradewarden_exchange_weight_used",
+    "tradewarden_exchange_weight_limit",
     "tradewarden_rate_limit_wait_seconds_total",
 )
 
 
 @dataclass
 class _AccountState:
-    runs: int = 0
-    failures: int = 0
-    discrepancies: dict[str, int] = field(default_factory=dict)
-    balance_mismatches: int = 0
-    order_mismatches: int = 0
-    stale_cancelled: int = 0
-    consecutive_failures: int = 0
-    last_success_s: float | None = None
+    """What the supervisor tells telemetry directly (no health rule here: that is the monitor's)."""
     open_orders: int | None = None
     stream_connected: bool | None = None
     stream_reconnects: int = 0
@@ -89,50 +83,38 @@ class _AccountState:
 
 
 class AccountTelemetry:
-    """The metrics of one TradingAccount. Cheap; all methods are thread-safe and never raise."""
+    """The metrics of one TradingAccount. Cheap; all methods are thread-safe and never raise.
+
+    Run history and health (runs, failures, consecutive failures, last success, discrepancies) are read
+    at scrape time from the account's :class:`tradewarden.core.monitor.MonitoringState` given to
+    :meth:`attach`: the one place those rules live. Until a monitor is attached those series are absent."""
 
     def __init__(self, telemetry: Telemetry, namespace: str, name: str, exchange: str) -> None:
         self._t = telemetry
         self.attributes: dict[str, str] = {"namespace": str(namespace), "name": str(name), "exchange": str(exchange)}
         self._key = (self.attributes["namespace"], self.attributes["name"])
         self._state = _AccountState()
+        self._monitor: Any = None
 
     def __repr__(self) -> str:
         return f"AccountTelemetry({self.attributes['namespace']}/{self.attributes['name']}, {self.attributes['exchange']})"
 
     # -- reconciliation -------------------------------------------------------------------------
-    def run_finished(self, duration_s: float, ok: bool, discrepancies_by_kind: Mapping[str, int] | None = None) -> None:
-        """One run (initial sync, timer reconcile, stale cleanup) ended. ``discrepancies_by_kind`` is
-        ``RunReport.counts_by_kind()``. Updates consecutive failures and last success as well."""
-        counts = {str(k): int(v) for k, v in (discrepancies_by_kind or {}).items() if int(v) > 0}
+    def attach(self, monitor: Any) -> None:
+        """Publish this monitoring state (core.MonitoringState) as the account's run and health series."""
         with self._t._lock:
-            s = self._state
-            s.runs += 1
-            if ok:
-                s.consecutive_failures = 0
-                s.last_success_s = self._t._clock()
-            else:
-                s.failures += 1
-                s.consecutive_failures += 1
-            for kind, n in counts.items():
-                s.discrepancies[kind] = s.discrepancies.get(kind, 0) + n
-                if kind == BALANCE_KIND:
-                    s.balance_mismatches += n
-                elif kind in ORDER_MISMATCH_KINDS:
-                    s.order_mismatches += n
+            self._monitor = monitor
+            self._t._register(self)
+
+    @property
+    def monitor(self) -> Any:
+        return self._monitor
+
+    def observe_run(self, duration_s: float) -> None:
+        """One reconciliation run's duration, for the histogram (its outcome is the monitor's)."""
+        with self._t._lock:
             self._t._register(self)
         self._t._duration.record(max(0.0, float(duration_s)), self.attributes)
-
-    def set_consecutive_failures(self, n: int) -> None:
-        with self._t._lock:
-            self._state.consecutive_failures = max(0, int(n))
-            self._t._register(self)
-
-    def set_last_success(self, ts_s: float | None) -> None:
-        """Unix time (seconds) of the last successful run, e.g. restored from status after a restart."""
-        with self._t._lock:
-            self._state.last_success_s = None if ts_s is None else float(ts_s)
-            self._t._register(self)
 
     def set_margin(self, health: Any) -> None:
         """USD-M margin health (core.margin.MarginHealth) after a run."""
@@ -150,11 +132,6 @@ class AccountTelemetry:
             self._state.open_orders = max(0, int(n))
             self._t._register(self)
 
-    def stale_cancelled(self, n: int = 1) -> None:
-        with self._t._lock:
-            self._state.stale_cancelled += max(0, int(n))
-            self._t._register(self)
-
     # -- user-data stream ---------------------------------------------------------------------
     def set_stream_connected(self, connected: bool) -> None:
         with self._t._lock:
@@ -168,7 +145,7 @@ class AccountTelemetry:
 
     # -- emergency stop -----------------------------------------------------------------------
     def emergency_stop(self) -> None:
-        """The emergency stop was pulled: counts it and marks it active until ``emergency_stop_cleared``."""
+        """The emergency stop was pulled: counts it and marks it active until ``set_emergency_stop_active(False)``."""
         with self._t._lock:
             self._state.emergency_stops += 1
             self._state.emergency_stop_active = True
@@ -179,9 +156,6 @@ class AccountTelemetry:
         with self._t._lock:
             self._state.emergency_stop_active = bool(active)
             self._t._register(self)
-
-    def emergency_stop_cleared(self) -> None:
-        self.set_emergency_stop_active(False)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def forget(self) -> None:
@@ -199,6 +173,7 @@ class Telemetry:
         self._lock = threading.RLock()
         self._accounts: dict[tuple[str, str], AccountTelemetry] = {}
         self._weights: dict[tuple[str, str], float] = {}
+        self._limits: dict[tuple[str, str], float] = {}
         self._waits: dict[str, float] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics_port: int | None = None
@@ -303,44 +278,70 @@ class Telemetry:
                 return [Observation(float(v), attrs) for attrs, v in rows if not (only_set and v is None)]
             return callback
 
-        def counter(name: str, description: str, getter, unit: str = "1") -> None:
-            m.create_observable_counter(PREFIX + name, callbacks=[per_account(getter)], unit=unit,
-                                        description=description)
+        def from_monitor(getter):
+            """A series read from each attached monitor (absent for accounts without one)."""
+            def callback(_options: CallbackOptions):
+                with self._lock:
+                    rows = [(a.attributes, a._monitor) for a in self._accounts.values() if a._monitor is not None]
+                out = []
+                for attrs, mon in rows:
+                    v = getter(mon)
+                    if v is not None:
+                        out.append(Observation(float(v), attrs))
+                return out
+            return callback
 
-        def gauge(name: str, description: str, getter, unit: str = "1") -> None:
-            m.create_observable_gauge(PREFIX + name, callbacks=[per_account(getter, only_set=True)], unit=unit,
-                                      description=description)
+        def counter(name: str, description: str, callback, unit: str = "1") -> None:
+            m.create_observable_counter(PREFIX + name, callbacks=[callback], unit=unit, description=description)
 
-        counter("reconciliation_runs_total", "Reconciliation runs (initial sync, timer, stale cleanup)",
-                lambda s: s.runs)
-        counter("reconciliation_failures_total", "Reconciliation runs that failed", lambda s: s.failures)
+        def gauge(name: str, description: str, callback, unit: str = "1") -> None:
+            m.create_observable_gauge(PREFIX + name, callbacks=[callback], unit=unit, description=description)
+
+        counter("reconciliation_runs_total", "Reconciliation runs (initial sync, timer, annotation, stream reconnect; "
+                "not stale-order checks)", from_monitor(lambda mon: mon.runs))
+        counter("reconciliation_failures_total", "Reconciliation runs that failed",
+                from_monitor(lambda mon: mon.failures))
         counter("balance_mismatches_total", "Balance discrepancies found (local vs exchange beyond tolerance)",
-                lambda s: s.balance_mismatches)
+                from_monitor(lambda mon: mon.balance_mismatches))
         counter("order_mismatches_total", "Order discrepancies found (fill, missing, lost, orphan)",
-                lambda s: s.order_mismatches)
-        counter("stale_orders_cancelled_total", "Stale owned orders cancelled", lambda s: s.stale_cancelled)
-        counter("stream_reconnects_total", "User-data stream reconnects", lambda s: s.stream_reconnects)
-        counter("emergency_stops_total", "Emergency stops executed", lambda s: s.emergency_stops)
+                from_monitor(lambda mon: mon.order_mismatches))
+        counter("stale_orders_cancelled_total", "Stale owned orders cancelled (confirmed by the exchange)",
+                from_monitor(lambda mon: mon.stale_cancelled))
+        counter("stale_order_checks_total", "Stale-order checks (not reconciliations: they do not move health)",
+                from_monitor(lambda mon: mon.stale_checks))
+        counter("stream_reconnects_total", "User-data stream reconnects", per_account(lambda s: s.stream_reconnects))
+        counter("emergency_stops_total", "Emergency stops executed", per_account(lambda s: s.emergency_stops))
 
         def discrepancies(_options: CallbackOptions):
             with self._lock:
-                rows = [(a.attributes, dict(a._state.discrepancies)) for a in self._accounts.values()]
-            return [Observation(n, {**attrs, "kind": kind}) for attrs, d in rows for kind, n in sorted(d.items())]
+                rows = [(a.attributes, dict(a._monitor.by_kind)) for a in self._accounts.values()
+                        if a._monitor is not None]
+            return [Observation(n, {**attrs, "kind": kind}) for attrs, d in rows for kind, n in sorted(d.items())
+                    if n > 0]
 
         m.create_observable_counter(PREFIX + "discrepancies_total", callbacks=[discrepancies], unit="1",
                                     description="Discrepancies found, by kind")
 
-        gauge("consecutive_failures", "Failed runs since the last successful one", lambda s: s.consecutive_failures)
+        gauge("consecutive_failures", "Failed reconciliation runs since the last successful one",
+              from_monitor(lambda mon: mon.consecutive_failures))
         gauge("last_success_timestamp_seconds", "Unix time of the last successful reconciliation",
-              lambda s: s.last_success_s, unit="s")
-        gauge("open_orders", "Open orders on the exchange at the last run", lambda s: s.open_orders)
+              from_monitor(lambda mon: mon.last_success_ms / 1000.0 if mon.last_success_ms else None), unit="s")
+        gauge("monitored_since_timestamp_seconds", "Unix time monitoring of the account started (staleness "
+              "counts from here while no run has succeeded)",
+              from_monitor(lambda mon: mon.since_ms / 1000.0 if mon.since_ms else None), unit="s")
+        gauge("last_run_balance_mismatches", "Balance discrepancies found by the last reconciliation run",
+              from_monitor(lambda mon: mon.last_balance_mismatches))
+        gauge("open_orders", "Open orders on the exchange at the last run",
+              per_account(lambda s: s.open_orders, only_set=True))
         gauge("stream_connected", "1 if the user-data stream is connected",
-              lambda s: None if s.stream_connected is None else int(s.stream_connected))
+              per_account(lambda s: None if s.stream_connected is None else int(s.stream_connected), only_set=True))
         gauge("emergency_stop_active", "1 while the emergency stop is in force",
-              lambda s: int(s.emergency_stop_active))
-        gauge("margin_ratio", "USD-M maintenance margin / margin balance (liquidation at 1)", lambda s: s.margin_ratio)
+              per_account(lambda s: int(s.emergency_stop_active)))
+        gauge("margin_ratio", "USD-M maintenance margin / margin balance (liquidation at 1)",
+              per_account(lambda s: s.margin_ratio, only_set=True))
         gauge("margin_at_risk", "1 while the MarginAtRisk condition is True (the account's own thresholds)",
-              lambda s: None if s.margin_at_risk is None else int(s.margin_at_risk))
+              per_account(lambda s: None if s.margin_at_risk is None else int(s.margin_at_risk),
+                          only_set=True))
 
         def position_rows(index: int):
             def callback(_options: CallbackOptions):
@@ -364,6 +365,11 @@ class Telemetry:
                 rows = list(self._weights.items())
             return [Observation(w, {"exchange": ex, "host": host}) for (ex, host), w in rows]
 
+        def limits(_options: CallbackOptions):
+            with self._lock:
+                rows = list(self._limits.items())
+            return [Observation(w, {"exchange": ex, "host": host}) for (ex, host), w in rows]
+
         def waits(_options: CallbackOptions):
             with self._lock:
                 rows = list(self._waits.items())
@@ -371,6 +377,8 @@ class Telemetry:
 
         m.create_observable_gauge(PREFIX + "exchange_weight_used", callbacks=[weights], unit="1",
                                   description="Request weight used in the exchange's current window, per host")
+        m.create_observable_gauge(PREFIX + "exchange_weight_limit", callbacks=[limits], unit="1",
+                                  description="Request weight allowed per window by the exchange, per host")
         m.create_observable_counter(PREFIX + "rate_limit_wait_seconds_total", callbacks=[waits], unit="s",
                                     description="Seconds spent waiting for the exchange rate budget")
 
@@ -398,6 +406,7 @@ class Telemetry:
             if self._accounts.get(acct._key) is acct:
                 del self._accounts[acct._key]
             acct._state = _AccountState()
+            acct._monitor = None
             self._drop_histogram_series(acct.attributes)
 
     def _drop_histogram_series(self, attributes: Mapping[str, str]) -> None:
@@ -415,12 +424,16 @@ class Telemetry:
             log.debug("could not drop histogram series", exc_info=True)
 
     # -- process-wide ---------------------------------------------------------------------------------
-    def exchange_weight_used(self, exchange: str, host: str, weight: float) -> None:
+    def exchange_weight_used(self, exchange: str, host: str, weight: float, limit: float | None = None) -> None:
+        """The weight used in the current window and, when known, the window's limit (per host)."""
         with self._lock:
             self._weights[(str(exchange), str(host))] = float(weight)
+            if limit:
+                self._limits[(str(exchange), str(host))] = float(limit)
 
     def rate_limit_wait(self, exchange: str, seconds: float) -> None:
-        if seconds <= 0:
+        """Add ``seconds`` waited for the exchange's budget (0 makes the series exist: a counter at 0)."""
+        if seconds < 0:
             return
         with self._lock:
             self._waits[str(exchange)] = self._waits.get(str(exchange), 0.0) + float(seconds)

@@ -24,14 +24,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 class ThreadSim:
     """A tradewarden.sim.Simulator running on a private loop in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         from tradewarden.sim import Simulator
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sim-loop", daemon=True)
         self.thread.start()
         self.sim = Simulator(control=True)
-        self.call_async(self.sim.start(host="127.0.0.1", port=0))
+        self.call_async(self.sim.start(host=host, port=0))
         self.url = self.sim.url
 
     def call_async(self, coro: Any, timeout: float = 30) -> Any:
@@ -76,12 +76,14 @@ class Operator:
     """`tradewarden run --standalone -n <ns>` as a subprocess (killable, restartable)."""
 
     def __init__(self, kubeconfig: str, namespace: str, log_path: pathlib.Path, *,
-                 peering: str | None = None, env: dict[str, str] | None = None) -> None:
+                 peering: str | None = None, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
         self.peering = peering
         self.env = env or {}
+        self.args = list(args or [])            # extra `tradewarden run` arguments (the last of a flag wins)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -90,7 +92,7 @@ class Operator:
         mode = ["--peering", self.peering] if self.peering else ["--standalone"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tradewarden.cli", "run", *mode, "-n", self.namespace,
-             "--metrics-port", "0", "--liveness", "off"],
+             "--metrics-port", "0", "--liveness", "off", *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
 
     def kill(self) -> None:

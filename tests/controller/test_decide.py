@@ -68,7 +68,7 @@ CASES = [
     ("synced: the stream starts", O, seen(O, stream_running=False), StartStream()),
     ("nothing due: sleep until the first timer", O, seen(O), Idle(NOW + 50)),
     ("timer due", O, seen(O, next_reconcile=NOW), Run(RunKind.RECONCILE, Trigger.TIMER)),
-    ("stale check due", O, seen(O, next_stale=NOW - 1), Run(RunKind.STALE, Trigger.STALE)),
+    ("stale check due", O, seen(O, next_stale=NOW - 1), Run(RunKind.STALE, Trigger.STALE_CLEANUP)),
     ("reconnect before timer", O, seen(O, next_reconcile=NOW, reconnect_pending=True),
      Run(RunKind.RECONCILE, Trigger.STREAM_RECONNECT)),
     ("annotation before timer", replace(O, reconcile_requested="t1"), seen(O, next_reconcile=NOW, last_handled="t0"),

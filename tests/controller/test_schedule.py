@@ -37,10 +37,11 @@ def test_budget_metrics_are_labelled_with_the_exchange_that_spends_them():
 
     class Tele:
         def __init__(self):
-            self.weights, self.waits = {}, []
+            self.weights, self.limits, self.waits = {}, {}, []
 
-        def exchange_weight_used(self, exchange, host, weight):
+        def exchange_weight_used(self, exchange, host, weight, limit=None):
             self.weights[(exchange, host)] = weight
+            self.limits[(exchange, host)] = limit
 
         def rate_limit_wait(self, exchange, seconds):
             self.waits.append((exchange, seconds))
@@ -53,3 +54,4 @@ def test_budget_metrics_are_labelled_with_the_exchange_that_spends_them():
     publisher.publish(tele, budgets, "binance", "api")
     publisher.publish(tele, budgets, "binanceusdm", "fapi")
     assert tele.weights == {("binance", "127.0.0.1:9/api"): 20.0, ("binanceusdm", "127.0.0.1:9/fapi"): 5.0}
+    assert all(limit and limit > 0 for limit in tele.limits.values()), tele.limits     # the budget's window limit

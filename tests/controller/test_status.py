@@ -32,13 +32,19 @@ def report(discrepancies=(), error=None, trigger="timer") -> RunReport:
     return r
 
 
+def healthy(now_ms: int = T0 + 1000, interval_s: int = 300, **monitor) -> dict:
+    """The monitor and its health at ``now_ms`` (status reads health; it never decides it)."""
+    mon = MonitoringState(**{"runs": 1, "last_success_ms": T0, "since_ms": T0, **monitor})
+    return {"monitor": mon, "health": mon.health(now_ms, interval_s)}
+
+
 def ready_inputs(**kw) -> st.StatusInputs:
     base = dict(generation=3, credentials_ok=True, synced=True, report=report(), last_run_ok=True,
                 balances={"USDT": domain.Balance("USDT", Decimal("10000"), Decimal("0")),
                           "BTC": domain.Balance("BTC", Decimal("1.50000000"), Decimal("0.5")),
                           "ETH": domain.Balance("ETH", Decimal("0"), Decimal("0"))},
-                orders=[order(1), order(2, coid="manual-1")], positions=[], monitor=MonitoringState(runs=1),
-                stream_state=StreamState.CONNECTED, last_success_ms=T0, estop=EmergencyStop())
+                orders=[order(1), order(2, coid="manual-1")], positions=[], **healthy(),
+                stream_state=StreamState.CONNECTED, estop=EmergencyStop())
     base.update(kw)
     return st.StatusInputs(**base)
 
@@ -111,8 +117,8 @@ def test_emergency_stop_and_alerts():
     estop = EmergencyStop(active=True, reason="runaway bot", requested_by="kubectl-annotate",
                           state=StopState.COMPLETED, orders_cancelled=7, remaining=0)
     bal = Discrepancy("balance", "USDT", "10000", "10500", "ledger set to the exchange's value", Outcome.CORRECTED)
-    mon = MonitoringState(runs=9, consecutive_failures=4)
-    s = st.build_status(ready_inputs(estop=estop, report=report([bal]), monitor=mon), {}, T0)
+    health = healthy(T0, runs=9, consecutive_failures=4, last_balance_mismatches=1)
+    s = st.build_status(ready_inputs(estop=estop, report=report([bal]), **health), {}, T0)
     c = {x["type"]: x for x in s["conditions"]}
     assert s["phase"] == "EmergencyStopped"
     assert c["EmergencyStopped"]["status"] == "True" and "kubectl-annotate" in c["EmergencyStopped"]["message"]
@@ -124,10 +130,25 @@ def test_emergency_stop_and_alerts():
 
 
 def test_stale_condition_after_two_intervals():
-    s = st.build_status(ready_inputs(interval_s=600, last_success_ms=T0), {}, T0 + 1_199_000)
+    s = st.build_status(ready_inputs(**healthy(T0 + 1_199_000, 600)), {}, T0 + 1_199_000)
     assert {x["type"]: x["status"] for x in s["conditions"]}["ReconciliationStale"] == "False"
-    s = st.build_status(ready_inputs(interval_s=600, last_success_ms=T0), {}, T0 + 1_201_000)
-    assert {x["type"]: x["status"] for x in s["conditions"]}["ReconciliationStale"] == "True"
+    s = st.build_status(ready_inputs(**healthy(T0 + 1_201_000, 600)), {}, T0 + 1_201_000)
+    conds = {x["type"]: x for x in s["conditions"]}
+    assert conds["ReconciliationStale"]["status"] == "True" and "stale after 1200s" in conds["ReconciliationStale"]["message"]
+
+
+def test_status_reads_health_and_never_decides_it():
+    """One rule: a report with a balance discrepancy but a monitor saying none, or 9 failures in the
+    monitor's counters but a health that says not failing, show what health says."""
+    bal = Discrepancy("balance", "USDT", "1", "2", "ledger set to the exchange's value", Outcome.CORRECTED)
+    mon = MonitoringState(runs=9, consecutive_failures=2, last_success_ms=T0, since_ms=T0)
+    s = st.build_status(ready_inputs(report=report([bal]), monitor=mon, health=mon.health(T0, 300)), {}, T0)
+    c = {x["type"]: x["status"] for x in s["conditions"]}
+    assert c["BalanceMismatch"] == "False" and c["ReconciliationFailing"] == "False"
+    mon.consecutive_failures = 4
+    s = st.build_status(ready_inputs(monitor=mon, health=mon.health(T0, 300)), {}, T0)
+    c = {x["type"]: x for x in s["conditions"]}
+    assert c["ReconciliationFailing"]["status"] == "True" and c["Ready"]["reason"] == "ReconciliationFailing"
 
 
 def test_merge_patch_roundtrip():

@@ -463,3 +463,53 @@ async def test_no_completed_run_alert_after_ten_minutes_or_two_intervals():
     assert mon.alerts(later, 300)["stale"] is True
     assert mon.alerts(later, 600)["stale"] is False           # two intervals (20 min) is longer
     assert mon.alerts(mon.last_success_ms + 21 * 60 * 1000, 600)["stale"] is True
+
+
+async def test_stale_order_checks_are_not_reconciliations_for_health():
+    """The bug that silenced the main alert: during an outage, stale-order checks (which never compare
+    the account with the exchange) must neither reset the failure count nor move the last success."""
+    clock, ex, runner = await synced()
+    mon = runner.monitor
+    success = mon.last_success_ms
+    ex.faults["snapshot"] = Temporary("venue down")
+    for i in range(6):
+        clock.t += 30
+        report = await runner.reconcile()
+        assert not report.ok
+        clock.t += 10
+        stale = await runner.stale_cleanup()             # nothing to query: it succeeds without the venue
+        assert stale.ok
+        assert mon.consecutive_failures == i + 1 and mon.last_success_ms == success
+    health = mon.health(clock.ms(), 30)
+    assert health.failing and health.consecutive_failures == 6 and health.last_success_ms == success
+    assert mon.runs == 7 and mon.stale_checks == 6          # the initial sync and 6 failed runs
+    assert mon.health(success + 10 * 60 * 1000 + 1, 30).stale
+    del ex.faults["snapshot"]
+    clock.t += 30
+    assert (await runner.reconcile()).ok
+    assert not mon.health(clock.ms(), 30).failing and mon.last_success_ms == clock.ms()
+
+
+async def test_a_run_ending_in_an_unexpected_exception_is_a_failed_run():
+    clock, ex, runner = await synced()
+
+    async def broken(symbols):
+        raise RuntimeError("a bug")
+
+    ex.snapshot = broken
+    report = await runner.reconcile()           # the snapshot's exception is a recorded failure
+    assert not report.ok and runner.monitor.consecutive_failures == 1
+
+    def boom(*a, **k):
+        raise KeyError("bug after the snapshot")
+    del ex.snapshot
+    import tradewarden.service.runner as runner_mod
+    real = runner_mod.reconcile
+    runner_mod.reconcile = boom
+    try:
+        with pytest.raises(KeyError):
+            await runner.reconcile()
+    finally:
+        runner_mod.reconcile = real
+    assert runner.monitor.consecutive_failures == 2 and runner.monitor.failures == 2
+    assert "KeyError" in runner.last_report.error

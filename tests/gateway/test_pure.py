@@ -248,3 +248,17 @@ async def test_secrets_stay_scrubbed_while_any_gateway_uses_them():
     with pytest.raises(Unsupported):
         create_gateway("coinbase", "failed-" + key, "failed-" + secret)
     assert "failed-" + secret not in exm._FILTER.secrets
+
+
+def test_the_ccxt_gateway_is_the_whole_domain_gateway():
+    """The controller and the service call nothing past domain.Gateway: the ccxt gateway has all of it."""
+    from tradewarden.domain import Gateway
+    from tradewarden.gateway import create_gateway
+
+    gw = create_gateway("binanceusdm", "k" * 16, "s" * 16)
+    try:
+        assert isinstance(gw, Gateway)
+        assert gw.futures and gw.rest_family == "fapi" and gw.exchange_id == "binanceusdm"
+    finally:
+        import asyncio
+        asyncio.run(gw.close())

@@ -51,12 +51,15 @@ def helm(helm_bin: str, *args: str, check: bool = True, kubeconfig: str | None =
 
 @pytest.fixture(scope="session")
 def render(helm_bin):
-    """render(*set_args, release="tradewarden", namespace="tradewarden") -> list of objects."""
+    """render(*set_args, release="tradewarden", namespace="tradewarden") -> list of objects (the release's
+    own, without hooks unless hooks=True)."""
     def _render(*sets: str, release: str = "tradewarden", namespace: str = "tradewarden",
-                include_crds: bool = False) -> list[dict]:
+                include_crds: bool = False, hooks: bool = False) -> list[dict]:
         args = ["template", release, str(CHART), "--namespace", namespace]
         if include_crds:
             args.append("--include-crds")
+        if not hooks:
+            args.append("--no-hooks")
         for s in sets:
             args += ["--set", s]
         out = helm(helm_bin, *args).stdout

@@ -30,21 +30,21 @@ TESTS = [
         {"eval_time": "4m", "alertname": "TradewardenReconciliationFailing",
          "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "critical"}}]},
         {"eval_time": "6m", "alertname": "TradewardenReconciliationFailing", "exp_alerts": []}]},
+    # the last run's balance mismatches (the monitor's gauge, the BalanceMismatch condition)
     {"interval": "1m", "input_series": [
-        {"series": f"tradewarden_balance_mismatches_total{{{LB}}}", "values": "0x10 1x40"},
-        {"series": f"tradewarden_balance_mismatches_total{{{OTHER}}}", "values": "0x50"}],
+        {"series": f"tradewarden_last_run_balance_mismatches{{{LB}}}", "values": "0x10 1x5 0x10"},
+        {"series": f"tradewarden_last_run_balance_mismatches{{{OTHER}}}", "values": "0x25"}],
      "alert_rule_test": [
         {"eval_time": "5m", "alertname": "TradewardenBalanceMismatch", "exp_alerts": []},
         {"eval_time": "12m", "alertname": "TradewardenBalanceMismatch",
          "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "critical"}}]},
-        {"eval_time": "45m", "alertname": "TradewardenBalanceMismatch", "exp_alerts": []}]},
-    # a series that first appears already counting a mismatch (operator restart, fast first run)
+        {"eval_time": "17m", "alertname": "TradewardenBalanceMismatch", "exp_alerts": []}]},
+    # an emergency stop's own cancels release locked balances while the stream is closed: it pages, not this
     {"interval": "1m", "input_series": [
-        {"series": f"tradewarden_balance_mismatches_total{{{LB}}}", "values": "_x20 2x30"}],
+        {"series": f"tradewarden_last_run_balance_mismatches{{{LB}}}", "values": "0 1x5 0"},
+        {"series": f"tradewarden_emergency_stop_active{{{LB}}}", "values": "0 1x6"}],
      "alert_rule_test": [
-        {"eval_time": "22m", "alertname": "TradewardenBalanceMismatch",
-         "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "critical"}}]},
-        {"eval_time": "45m", "alertname": "TradewardenBalanceMismatch", "exp_alerts": []}]},
+        {"eval_time": "3m", "alertname": "TradewardenBalanceMismatch", "exp_alerts": []}]},
     # last success at t=0 (unix 0 in promtool time), the other account keeps succeeding each minute
     {"interval": "1m", "input_series": [
         {"series": f"tradewarden_last_success_timestamp_seconds{{{LB}}}", "values": "0x20"},
@@ -52,6 +52,17 @@ TESTS = [
      "alert_rule_test": [
         {"eval_time": "9m", "alertname": "TradewardenReconciliationStale", "exp_alerts": []},
         {"eval_time": "11m", "alertname": "TradewardenReconciliationStale",
+         "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "critical"}}]}]},
+    # no run ever succeeded: staleness counts from when monitoring started; an emergency stop silences it
+    {"interval": "1m", "input_series": [
+        {"series": f"tradewarden_monitored_since_timestamp_seconds{{{LB}}}", "values": "0x30"},
+        {"series": f"tradewarden_emergency_stop_active{{{LB}}}", "values": "0x14 1x5 0x10"}],
+     "alert_rule_test": [
+        {"eval_time": "9m", "alertname": "TradewardenReconciliationStale", "exp_alerts": []},
+        {"eval_time": "12m", "alertname": "TradewardenReconciliationStale",
+         "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "critical"}}]},
+        {"eval_time": "17m", "alertname": "TradewardenReconciliationStale", "exp_alerts": []},
+        {"eval_time": "22m", "alertname": "TradewardenReconciliationStale",
          "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "critical"}}]}]},
     {"interval": "1m", "input_series": [
         {"series": f"tradewarden_stream_connected{{{LB}}}", "values": "1 1 0 0 0 0 0 0 0 1 1"},
@@ -61,6 +72,12 @@ TESTS = [
         {"eval_time": "7m", "alertname": "TradewardenStreamDown",
          "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "warning"}}]},
         {"eval_time": "10m", "alertname": "TradewardenStreamDown", "exp_alerts": []}]},
+    # the emergency stop closes the stream on purpose: no StreamDown while it is in force
+    {"interval": "1m", "input_series": [
+        {"series": f"tradewarden_stream_connected{{{LB}}}", "values": "1 0x15"},
+        {"series": f"tradewarden_emergency_stop_active{{{LB}}}", "values": "0 1x15"}],
+     "alert_rule_test": [
+        {"eval_time": "12m", "alertname": "TradewardenStreamDown", "exp_alerts": []}]},
     {"interval": "1m", "input_series": [
         {"series": f"tradewarden_emergency_stop_active{{{LB}}}", "values": "0 0 1 1 1 0"},
         {"series": f"tradewarden_emergency_stop_active{{{OTHER}}}", "values": "0x5"}],
@@ -104,20 +121,23 @@ def test_promtool_check_rules(rules_file):
 SUMMARIES = {
     "TradewardenReconciliationFailing": "TradingAccount desk/main failed 4 reconciliations in a row",
     "TradewardenBalanceMismatch": "Balance mismatch on TradingAccount desk/main",
-    "TradewardenReconciliationStale": "No successful reconciliation of desk/main for 11m 0s",
+    "TradewardenReconciliationStale": "No successful reconciliation of desk/main for {}",
     "TradewardenStreamDown": "User-data stream of desk/main is down",
     "TradewardenEmergencyStopActive": "Emergency stop active on TradingAccount desk/main",
     "TradewardenMarginAtRisk": "Margin at risk on TradingAccount desk/main",
 }
 
 
-def expected_annotations(rules: dict, alert: str) -> dict:
+def expected_annotations(rules: dict, alert: str, eval_time: str) -> dict:
     (rule,) = [r for g in rules["groups"] for r in g["rules"] if r["alert"] == alert]
     text = rule["annotations"]["description"]
     for key in ("namespace", "name", "exchange"):
         text = text.replace("{{ $labels.%s }}" % key, ALERT_LABELS[key] if key != "exchange" else "binance")
+    text = text.replace("{{ $value }}", "1")              # the firing cases' value (one mismatched balance)
     assert "{{" not in text
-    return {"summary": SUMMARIES[alert], "description": text, "runbook_url": rule["annotations"]["runbook_url"]}
+    minutes = int(eval_time.rstrip("m"))
+    summary = SUMMARIES[alert].format(f"{minutes}m 0s")  # stale: the time since the reference (t=0)
+    return {"summary": summary, "description": text, "runbook_url": rule["annotations"]["runbook_url"]}
 
 
 def test_promtool_unit_tests_per_alert(rules_file):
@@ -126,7 +146,7 @@ def test_promtool_unit_tests_per_alert(rules_file):
     for case in tests:
         for t in case["alert_rule_test"]:
             for alert in t["exp_alerts"]:
-                alert["exp_annotations"] = expected_annotations(rules, t["alertname"])
+                alert["exp_annotations"] = expected_annotations(rules, t["alertname"], t["eval_time"])
     covered = {t["alertname"] for c in tests for t in c["alert_rule_test"] if t["exp_alerts"]}
     assert covered == {"TradewardenReconciliationFailing", "TradewardenBalanceMismatch",
                        "TradewardenReconciliationStale", "TradewardenStreamDown", "TradewardenEmergencyStopActive",

@@ -20,8 +20,53 @@ ALERTS = {"TradewardenReconciliationFailing", "TradewardenBalanceMismatch", "Tra
 
 
 def test_crd_in_chart_is_the_generated_one():
-    assert (CHART / "crds" / "tradingaccounts.yaml").read_bytes() == (ROOT / "manifests" / "crd.yaml").read_bytes(), \
-        "copy manifests/crd.yaml to charts/tradewarden/crds/tradingaccounts.yaml"
+    assert (CHART / "files" / "crds" / "tradingaccounts.yaml").read_bytes() == \
+        (ROOT / "manifests" / "crd.yaml").read_bytes(), \
+        "copy manifests/crd.yaml to charts/tradewarden/files/crds/tradingaccounts.yaml"
+
+
+def test_crd_is_a_template_kept_on_uninstall(render):
+    """The TradingAccount CRD is rendered from the generated file with its spec intact (so `helm upgrade`
+    applies new fields), labelled as the release's and kept on uninstall; switches turn both off."""
+    generated = yaml.safe_load((ROOT / "manifests" / "crd.yaml").read_text())
+    (crd,) = find(render(), "CustomResourceDefinition")
+    assert crd["spec"] == generated["spec"] and crd["metadata"]["name"] == generated["metadata"]["name"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    (crd,) = find(render("crds.keep=false"), "CustomResourceDefinition")
+    assert "annotations" not in crd["metadata"]
+    assert not find(render("crds.enabled=false"), "CustomResourceDefinition")
+
+
+def test_uninstall_hook(render):
+    """A post-delete Job releases the operator's finalizer in the operator's scope, with its own
+    ServiceAccount that may only get, list and patch TradingAccounts."""
+    hooks = [o for o in render(hooks=True) if "helm.sh/hook" in o["metadata"].get("annotations", {})]
+    assert {o["kind"] for o in hooks} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"}
+    for o in hooks:
+        assert o["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
+        assert o["metadata"]["name"] == "tradewarden-uninstall"
+    (job,) = find(hooks, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["release-finalizers", "--all-namespaces"] and pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "tradewarden-uninstall"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
+    (role,) = find(hooks, "ClusterRole")
+    assert role["rules"] == [{"apiGroups": ["tradewarden.io"], "resources": ["tradingaccounts"],
+                              "verbs": ["get", "list", "patch"]}]
+    # hooks run in weight order: the account first, the Job last
+    weights = {o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) for o in hooks}
+    assert weights["ServiceAccount"] < weights["ClusterRoleBinding"] < weights["Job"]
+    namespaced = render("watchNamespaces={a,b}", hooks=True)
+    (job,) = find(namespaced, "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "release-finalizers", "--namespace=a", "--namespace=b"]
+    assert {o["metadata"]["namespace"] for o in find(namespaced, "Role")} == {"a", "b"}
+    assert not find(render("uninstallHook.enabled=false", hooks=True), "Job")
+    from tradewarden.cli import build_parser
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "release-finalizers" and args.all_namespaces is True
 
 
 def test_chart_versions_match_package():
@@ -33,7 +78,8 @@ def test_chart_versions_match_package():
 
 def test_helm_lint_strict(helm_bin):
     for sets in ([], ["--set", "watchNamespaces={a,b}", "--set", "serviceMonitor.enabled=true",
-                      "--set", "prometheusRule.enabled=true", "--set", "otel.endpoint=http://otel:4318"]):
+                      "--set", "prometheusRule.enabled=true", "--set", "otel.endpoint=http://otel:4318",
+                      "--set", "grafanaDashboard.enabled=true"]):
         r = helm(helm_bin, "lint", "--strict", str(CHART), *sets)
         assert "0 chart(s) failed" in r.stdout
 
@@ -42,23 +88,24 @@ def test_default_render(render):
     objs = render()
     kinds = sorted(o["kind"] for o in objs)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-                            "Service", "Deployment", "ClusterKopfPeering"])
+                            "Service", "Deployment", "ClusterKopfPeering", "CustomResourceDefinition"])
     (dep,) = find(objs, "Deployment")
     spec = dep["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
     assert c["args"] == ["run", "--all-namespaces", "--peering=tradewarden", "--metrics-port=9464",
-                         "--liveness=http://0.0.0.0:8080/healthz"]
+                         "--liveness=http://0.0.0.0:8080/healthz", "--readiness=http://0.0.0.0:8081/readyz"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9464, "health": 8080}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9464, "health": 8080, "ready": 8081}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
-    assert c["image"] == "ghcr.io/tradewarden/tradewarden:0.1.0"
+    assert c["image"] == "localhost/tradewarden:0.1.0"   # what `./tw image build` and the README's build tag
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
@@ -120,7 +167,7 @@ def test_standalone_and_otel(render):
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert "--standalone" in c["args"] and not any(a.startswith("--peering") for a in c["args"])
     assert "--metrics-port=9100" in c["args"] and "--verbose" in c["args"]
-    assert c["image"] == "ghcr.io/tradewarden/tradewarden@sha256:" + "a" * 64
+    assert c["image"] == "localhost/tradewarden@sha256:" + "a" * 64
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
@@ -141,7 +188,12 @@ def test_monitoring_objects(render):
     assert {r["alert"] for r in rules} == ALERTS
     by = {r["alert"]: r for r in rules}
     assert by["TradewardenReconciliationFailing"]["expr"] == "tradewarden_consecutive_failures > 3"
-    assert by["TradewardenReconciliationStale"]["expr"] == "time() - tradewarden_last_success_timestamp_seconds > 600"
+    assert by["TradewardenReconciliationStale"]["expr"] == (
+        "(time() - (tradewarden_last_success_timestamp_seconds or tradewarden_monitored_since_timestamp_seconds) > 600)"
+        " unless on(namespace, name, exchange) (tradewarden_emergency_stop_active == 1)")
+    assert by["TradewardenBalanceMismatch"]["expr"] == (
+        "(tradewarden_last_run_balance_mismatches > 0) unless on(namespace, name, exchange)"
+        " (tradewarden_emergency_stop_active == 1)")
     for r in rules:
         assert r["labels"]["team"] == "trading" and r["labels"]["severity"]
         assert r["annotations"]["runbook_url"].endswith("#" + r["alert"].lower())
@@ -155,7 +207,29 @@ def test_monitoring_objects(render):
 
 
 def test_monitoring_off_by_default(render):
-    assert not find(render(), "ServiceMonitor") and not find(render(), "PrometheusRule")
+    objs = render()
+    assert not find(objs, "ServiceMonitor") and not find(objs, "PrometheusRule")
+    assert not [o for o in find(objs, "ConfigMap") if "grafana_dashboard" in o["metadata"].get("labels", {})]
+
+
+def test_alert_thresholds_default_to_the_core_health_rule():
+    """The chart's defaults are the core's numbers (one health rule: tradewarden.core.monitor)."""
+    from tradewarden.core import monitor
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["prometheusRule"]
+    assert values["consecutiveFailures"] == monitor.FAILING_AFTER
+    assert values["staleAfterSeconds"] * 1000 == monitor.STALE_AFTER_MS
+
+
+def test_grafana_dashboard_configmap(render):
+    objs = render("grafanaDashboard.enabled=true", "grafanaDashboard.annotations.grafana_folder=Trading",
+                  "grafanaDashboard.namespace=monitoring")
+    (cm,) = [o for o in find(objs, "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Trading"}
+    shipped = json.loads(cm["data"]["tradewarden.json"])
+    assert shipped == json.loads((CHART / "dashboards" / "tradewarden.json").read_text())
+    assert shipped["uid"] == "tradewarden" and len(shipped["panels"]) >= 12
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -187,6 +261,11 @@ def test_notes_tell_how_to_create_and_stop(helm_bin):
     notes = r.stdout.split("NOTES:", 1)[1]
     assert "kind: TradingAccount" in notes and "credentialsSecretRef" in notes
     assert 'annotate ta main tradewarden.io/emergency-stop="<reason>"' in notes
+    # the default image exists only where it was built: the notes say so, and how to load it
+    assert "is not published" in notes and "kind load docker-image localhost/tradewarden:0.1.0" in notes
+    r = helm(helm_bin, "install", "tw", str(CHART), "--dry-run=client", "--namespace", "ops",
+             "--set", "image.repository=registry.example.com/tradewarden")
+    assert "is not published" not in r.stdout
 
 
 def _manifest(name: str) -> list[dict]:
@@ -207,8 +286,10 @@ def test_plain_manifests_agree_with_chart(render):
     assert pdep["spec"]["replicas"] == 1 and pdep["spec"]["strategy"] == {"type": "Recreate"}
     assert ppod["securityContext"] == cpod["securityContext"]
     (pc,), (cc,) = ppod["containers"], cpod["containers"]
-    for key in ("args", "securityContext", "ports", "livenessProbe", "volumeMounts", "resources"):
+    for key in ("args", "securityContext", "ports", "livenessProbe", "readinessProbe", "volumeMounts", "resources",
+                "image"):
         assert pc[key] == cc[key], key
     assert ppod["serviceAccountName"] == cpod["serviceAccountName"]
     assert find(plain, "ServiceAccount", "tradewarden", "tradewarden")
-    assert find(plain, "Namespace", "tradewarden")
+    assert find(_manifest("namespace.yaml"), "Namespace", "tradewarden")
+    assert not find(plain, "Namespace")

@@ -20,6 +20,7 @@ from tests.conftest import kubectl
 from tests.controller.conftest import ThreadSim, account, apply, cond, get_ta, secret, wait_for
 
 from .conftest import CHART, ROOT, helm
+from .test_chart_cluster import NOT_RUN
 from .test_telemetry import value
 
 pytestmark = [pytest.mark.cluster, pytest.mark.sim]
@@ -100,14 +101,14 @@ def test_chart_installed_operator_reconciles_and_exports_metrics(crd_installed, 
     log_path = tmp_path / "operator.log"
     try:
         helm(helm_bin, "install", release, str(CHART), "--namespace", ns, "--set", f"watchNamespaces={{{ns}}}",
-             "--set", f"peering.name={peering}", kubeconfig=kc)
+             "--set", f"peering.name={peering}", *NOT_RUN, kubeconfig=kc)
         dep = json.loads(kubectl(kc, "-n", ns, "get", "deployment", f"{release}-tradewarden", "-o", "json").stdout)
         pod = dep["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         args = container["args"]
         assert args[:3] == ["run", f"--namespace={ns}", f"--peering={peering}"]
         # the rendered settings, with the two listen addresses moved to free ports on 127.0.0.1
-        metrics_port, health_port = free_port(), free_port()
+        metrics_port, health_port, ready_port = free_port(), free_port(), free_port()
         run_args = []
         for a in args:
             if a.startswith("--metrics-port="):
@@ -116,6 +117,9 @@ def test_chart_installed_operator_reconciles_and_exports_metrics(crd_installed, 
             elif a.startswith("--liveness="):
                 assert a == "--liveness=http://0.0.0.0:8080/healthz"
                 a = f"--liveness=http://127.0.0.1:{health_port}/healthz"
+            elif a.startswith("--readiness="):
+                assert a == "--readiness=http://0.0.0.0:8081/readyz"
+                a = f"--readiness=http://127.0.0.1:{ready_port}/readyz"
             run_args.append(a)
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         env.update(os.environ)
@@ -175,6 +179,9 @@ def test_chart_installed_operator_reconciles_and_exports_metrics(crd_installed, 
         assert any(n == "exchange.snapshot" and parent in runs for n, parent in children), (runs, children)
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as r:
             assert r.status == 200
+        # ready: serving, with the chart's RBAC (the readiness check lists accounts as the operator)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/readyz", timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["ready"] is True
 
         # the emergency brake shows up in the metrics the alert reads
         kubectl(kc, "-n", ns, "annotate", "ta", "main", "tradewarden.io/emergency-stop=proof")

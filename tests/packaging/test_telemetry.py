@@ -9,6 +9,17 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tradewarden import telemetry as tm
+from tradewarden.core import MonitoringState, RunReport
+from tradewarden.core.config import Discrepancy, Outcome
+
+
+def run(mon: MonitoringState, t_ms: int, ok: bool = True, kinds: dict | None = None, stale: bool = False) -> None:
+    """One run recorded by the monitor (what the core's runner does), ``kinds`` as discrepancy counts."""
+    r = RunReport(trigger="stale-cleanup" if stale else "timer", started_ms=t_ms - 100, finished_ms=t_ms,
+                  error=None if ok else "boom")
+    for kind, n in (kinds or {}).items():
+        r.discrepancies += [Discrepancy(kind, f"e{i}", "1", "2", "x", Outcome.CORRECTED) for i in range(n)]
+    mon.record_stale(r) if stale else mon.record_run(r)
 
 
 def scrape(t: tm.Telemetry) -> str:
@@ -44,16 +55,22 @@ def test_setup_is_idempotent(telemetry):
 
 def test_scrape_shows_account_metrics(telemetry):
     a = telemetry.account("ns-scrape", "acct-1", "binance")
-    a.run_finished(0.3, True, {"balance": 2, "fill": 1, "orphan": 1, "stale": 0})
-    a.run_finished(1.7, False, {"missing": 1})
-    a.run_finished(0.2, False, {})
+    mon = MonitoringState(since_ms=1_699_999_000_000)
+    a.attach(mon)
+    run(mon, 1_700_000_000_000, True, {"balance": 2, "fill": 1, "orphan": 1, "stale": 0})
+    run(mon, 1_700_000_060_000, False, {"missing": 1})
+    run(mon, 1_700_000_070_000, True, stale=True)      # a stale-order check: no health effect
+    run(mon, 1_700_000_120_000, False, {})
+    for d in (0.3, 1.7, 0.2):
+        a.observe_run(d)
     a.set_open_orders(5)
-    a.stale_cancelled(3)
+    mon.stale_cancelled = 3
     a.set_stream_connected(False)
     a.stream_reconnected()
     a.stream_reconnected()
     a.emergency_stop()
-    telemetry.exchange_weight_used("binance", "api.binance.com", 37)
+    telemetry.exchange_weight_used("binance", "api.binance.com", 37, limit=6000)
+    telemetry.rate_limit_wait("binanceusdm", 0)          # the counter exists from the first figures, at 0
     telemetry.rate_limit_wait("binance", 1.5)
     telemetry.rate_limit_wait("binance", 0.25)
 
@@ -78,26 +95,37 @@ def test_scrape_shows_account_metrics(telemetry):
     assert value(text, "tradewarden_emergency_stops_total", **lb) == 1
     assert value(text, "tradewarden_emergency_stop_active", **lb) == 1
     assert value(text, "tradewarden_exchange_weight_used", exchange="binance", host="api.binance.com") == 37
+    assert value(text, "tradewarden_exchange_weight_limit", exchange="binance", host="api.binance.com") == 6000
+    assert value(text, "tradewarden_rate_limit_wait_seconds_total", exchange="binanceusdm") == 0
     assert value(text, "tradewarden_rate_limit_wait_seconds_total", exchange="binance") == 1.75
-    assert value(text, "tradewarden_last_success_timestamp_seconds", **lb) > 1_600_000_000  # first run was ok
+    # the first run was the last success: the stale check in between moved nothing
+    assert value(text, "tradewarden_last_success_timestamp_seconds", **lb) == 1_700_000_000
+    assert value(text, "tradewarden_monitored_since_timestamp_seconds", **lb) == 1_699_999_000
+    assert value(text, "tradewarden_stale_order_checks_total", **lb) == 1
+    assert value(text, "tradewarden_last_run_balance_mismatches", **lb) == 0
 
-    a.run_finished(0.1, True, {})
+    run(mon, 1_700_000_180_000, True, {"balance": 1})
     a.set_stream_connected(True)
-    a.emergency_stop_cleared()
-    a.set_last_success(1_700_000_000)
+    a.set_emergency_stop_active(False)
     text = scrape(telemetry)
     assert value(text, "tradewarden_consecutive_failures", **lb) == 0
+    assert value(text, "tradewarden_last_run_balance_mismatches", **lb) == 1
     assert value(text, "tradewarden_stream_connected", **lb) == 1
     assert value(text, "tradewarden_emergency_stop_active", **lb) == 0
-    assert value(text, "tradewarden_last_success_timestamp_seconds", **lb) == 1_700_000_000
+    assert value(text, "tradewarden_last_success_timestamp_seconds", **lb) == 1_700_000_180
     assert value(text, "tradewarden_reconciliation_runs_total", **lb) == 4
+    # the monitor is the only copy: what it says is what the scrape says
+    mon.consecutive_failures = 7
+    assert value(telemetry.render(), "tradewarden_consecutive_failures", **lb) == 7
 
 
 def test_unset_gauges_are_absent(telemetry):
     a = telemetry.account("ns-fresh", "new", "binanceusdm")
-    a.set_consecutive_failures(0)
-    text = telemetry.render()
+    a.set_emergency_stop_active(False)
     lb = {"namespace": "ns-fresh", "name": "new"}
+    assert value(telemetry.render(), "tradewarden_consecutive_failures", **lb) is None   # no monitor yet
+    a.attach(MonitoringState())
+    text = telemetry.render()
     assert value(text, "tradewarden_consecutive_failures", **lb) == 0
     assert value(text, "tradewarden_reconciliation_runs_total", **lb) == 0
     assert value(text, "tradewarden_last_success_timestamp_seconds", **lb) is None
@@ -110,7 +138,9 @@ def test_forget_drops_every_series(telemetry):
     keep = telemetry.account("ns-forget", "keep", "binance")
     gone = telemetry.account("ns-forget", "gone", "binance")
     for acct in (keep, gone):
-        acct.run_finished(0.5, False, {"balance": 1})
+        acct.attach(MonitoringState())
+        run(acct.monitor, 1_700_000_000_000, False, {"balance": 1})
+        acct.observe_run(0.5)
         acct.set_open_orders(1)
     assert telemetry.account("ns-forget", "gone", "binance") is gone
     text = scrape(telemetry)
@@ -123,7 +153,9 @@ def test_forget_drops_every_series(telemetry):
     assert value(text, "tradewarden_reconciliation_duration_seconds_count", name="keep") == 1
     # a new resource with the same name starts from zero
     again = telemetry.account("ns-forget", "gone", "binance")
-    again.run_finished(0.1, True, {})
+    again.attach(MonitoringState())
+    run(again.monitor, 1_700_000_000_000)
+    again.observe_run(0.1)
     text = telemetry.render()
     assert value(text, "tradewarden_reconciliation_runs_total", name="gone") == 1
     assert value(text, "tradewarden_reconciliation_duration_seconds_count", name="gone") == 1
@@ -206,7 +238,7 @@ async def test_otlp_only_when_env_asks(monkeypatch):
         monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")
         t = tm.Telemetry()
         assert t.otlp_metrics and t.otlp_traces
-        t.account("ns", "otlp", "binance").run_finished(0.2, True, {"balance": 1})
+        t.account("ns", "otlp", "binance").observe_run(0.2)
         with t.span("reconcile", exchange="binance"):
             pass
         import asyncio

@@ -5,10 +5,9 @@ import random
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol
 
 from .. import domain
-from .vocabulary import gateway_problem  # noqa: F401 - re-exported for the supervisor
 
 
 class KubeAPI(Protocol):
@@ -19,18 +18,9 @@ class KubeAPI(Protocol):
     def close(self) -> None: ...
 
 
-class AccountGateway(domain.Gateway, Protocol):
-    """A domain.Gateway as the supervisor builds it: started, and telling its API family."""
-
-    futures: bool           # a derivatives (USD-M) account: what it fetches depends on it
-    rest_family: str        # the rate budget family of its REST API ("api", "fapi")
-
-    async def start(self, symbols: Sequence[str] = ()) -> None: ...
-
-
 class GatewayFactory(Protocol):
     def __call__(self, exchange_id: str, api_key: str, secret: str, endpoint: str | None = None, *,
-                 budgets: Any = None) -> AccountGateway: ...
+                 budgets: Any = None) -> domain.Gateway: ...
 
 
 class Budgets(Protocol):
@@ -42,11 +32,12 @@ class Budgets(Protocol):
 class AccountTelemetry(Protocol):
     attributes: Mapping[str, str]
 
-    def run_finished(self, duration_s: float, ok: bool, discrepancies_by_kind: Mapping[str, int] | None = None) -> None: ...
-    def set_last_success(self, ts_s: float | None) -> None: ...
+    monitor: Any                  # the attached core.MonitoringState (run history and health), or None
+
+    def attach(self, monitor: Any) -> None: ...
+    def observe_run(self, duration_s: float) -> None: ...
     def set_open_orders(self, n: int) -> None: ...
     def set_margin(self, health: Any) -> None: ...
-    def stale_cancelled(self, n: int = 1) -> None: ...
     def set_stream_connected(self, connected: bool) -> None: ...
     def stream_reconnected(self) -> None: ...
     def emergency_stop(self) -> None: ...
@@ -60,7 +51,7 @@ class Telemetry(Protocol):
     def account(self, namespace: str, name: str, exchange: str) -> AccountTelemetry: ...
     def span(self, span_name: str, /, **attrs: Any) -> AbstractContextManager[Any]: ...
     def traced(self, gateway: Any, **attrs: Any) -> Any: ...
-    def exchange_weight_used(self, exchange: str, host: str, weight: float) -> None: ...
+    def exchange_weight_used(self, exchange: str, host: str, weight: float, limit: float | None = None) -> None: ...
     def rate_limit_wait(self, exchange: str, seconds: float) -> None: ...
 
 
@@ -83,7 +74,8 @@ class BudgetPublisher:
                 key = str(b.get("key"))
                 if not key.endswith("/" + family):
                     continue
-                telemetry.exchange_weight_used(exchange, key, float(b.get("last_server_used") or b.get("used") or 0))
+                telemetry.exchange_weight_used(exchange, key, float(b.get("last_server_used") or b.get("used") or 0),
+                                               limit=float(b.get("limit") or 0))
                 waited = float(b.get("wait_seconds") or 0.0)
                 telemetry.rate_limit_wait(exchange, waited - self._published_waits.get(key, 0.0))
                 self._published_waits[key] = waited
@@ -91,7 +83,7 @@ class BudgetPublisher:
             pass
 
 
-def _default_gateway_factory(*args: Any, **kwargs: Any) -> AccountGateway:
+def _default_gateway_factory(*args: Any, **kwargs: Any) -> domain.Gateway:
     from ..gateway import create_gateway
 
     return create_gateway(*args, **kwargs)

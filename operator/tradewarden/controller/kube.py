@@ -14,6 +14,7 @@ import threading
 from typing import Any, Mapping
 
 from .. import models
+from .settings import FIELD_MANAGER      # managedFields name tradewarden, not the client library
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Kube:
         body = {"status": patch}
         try:
             await self._call(self._custom.patch_namespaced_custom_object_status, models.GROUP, models.VERSION,
-                             namespace, models.PLURAL, name, body,
+                             namespace, models.PLURAL, name, body, field_manager=FIELD_MANAGER,
                              _content_type="application/merge-patch+json", _request_timeout=timeout)
         except ApiException as exc:
             if exc.status == 404:

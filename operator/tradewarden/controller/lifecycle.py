@@ -255,7 +255,7 @@ def decide(o: Observed, s: State, now: float) -> Action:
     if now >= s.next_reconcile:
         return Run(RunKind.RECONCILE, Trigger.TIMER)
     if now >= s.next_stale:
-        return Run(RunKind.STALE, Trigger.STALE)
+        return Run(RunKind.STALE, Trigger.STALE_CLEANUP)
     if o.stream_enabled and not s.stream_running:
         return StartStream()
     return Idle(min(s.next_reconcile, s.next_stale))

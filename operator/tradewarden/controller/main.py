@@ -7,10 +7,12 @@ import sys
 
 import kopf
 
+from ..probes import Readiness, ReadinessServer, account_api_check
+
 
 def run(namespaces: list[str] | None = None, all_namespaces: bool = False, standalone: bool = False,
         metrics_port: int | None = 9464, liveness: str | None = None, peering: str | None = "tradewarden",
-        verbose: bool = False) -> int:
+        verbose: bool = False, log_format: str = "text", readiness: str | None = None) -> int:
     namespaces = list(namespaces or [])
     if not namespaces and not all_namespaces:
         print("tradewarden run: either --namespace (repeatable) or --all-namespaces is required", file=sys.stderr)
@@ -18,7 +20,9 @@ def run(namespaces: list[str] | None = None, all_namespaces: bool = False, stand
     if namespaces and all_namespaces:
         print("tradewarden run: --namespace and --all-namespaces are mutually exclusive", file=sys.stderr)
         return 2
-    kopf.configure(verbose=verbose, log_prefix=True)
+    from ..output import configure_operator_logging
+
+    configure_operator_logging(log_format, verbose)
     _quiet_ccxt(verbose)
     from . import handlers  # noqa: F401 - registers the handlers
 
@@ -27,6 +31,10 @@ def run(namespaces: list[str] | None = None, all_namespaces: bool = False, stand
     # In a pod the metrics endpoint must be reachable by Prometheus; on a laptop, bind loopback.
     memo.metrics_host = os.environ.get("TRADEWARDEN_METRICS_HOST", "0.0.0.0")
     liveness_endpoint = liveness if liveness and liveness.lower() not in ("off", "none", "") else None
+    ready = Readiness(account_api_check(namespaces))
+    probe = None
+    if readiness and readiness.lower() not in ("off", "none"):
+        probe = ReadinessServer(readiness, ready).start()
     try:
         kopf.run(
             standalone=standalone,
@@ -35,12 +43,17 @@ def run(namespaces: list[str] | None = None, all_namespaces: bool = False, stand
             namespaces=namespaces,
             liveness_endpoint=liveness_endpoint,
             memo=memo,
+            ready_flag=ready.started,
         )
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - a clean message and exit code, not a traceback, at the top
         logging.getLogger("tradewarden").error("operator failed: %s: %s", type(exc).__name__, exc)
         return 1
+    finally:
+        ready.stopping.set()
+        if probe is not None:
+            probe.stop()
     return 0
 
 

@@ -5,6 +5,7 @@ import math
 import random
 
 from ..gateway.budget import jittered_offset
+from ..retry import backoff_delay
 
 BACKOFF_FIRST_S = 5.0
 BACKOFF_MAX_S = 300.0
@@ -35,9 +36,9 @@ def timer_slot(account: str, now: float, interval_s: float) -> float:
 
 
 def backoff_s(failures: int, rng: random.Random | None = None) -> float:
-    """The wait before the next try after ``failures`` failures in a row (5 s doubling to 300 s, +-20%)."""
-    base = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * (2 ** max(0, failures - 1)))
-    return jittered(base, 0.2, rng)
+    """The wait before the next try after ``failures`` failures in a row: 5 s doubling up to 300 s,
+    jittered (tradewarden.retry, the one backoff)."""
+    return backoff_delay(failures - 1, base=BACKOFF_FIRST_S, cap=BACKOFF_MAX_S, rng=(rng or random).random)
 
 
 def first_runs(now: float, interval_s: float, check_interval_s: float,
@@ -49,5 +50,6 @@ def first_runs(now: float, interval_s: float, check_interval_s: float,
     return now + jittered(first, 0.2, rng), now + jittered(check_interval_s, 0.1, rng)
 
 
-def next_stale(now: float, check_interval_s: float, rng: random.Random | None = None) -> float:
-    return now + jittered(check_interval_s, 0.1, rng)
+def after(now: float, interval_s: float, rng: random.Random | None = None) -> float:
+    """About one interval from now (+-10%): the next stale check, or a run after an interval change."""
+    return now + jittered(interval_s, 0.1, rng)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 
 import kopf
 
@@ -12,6 +13,14 @@ from .. import models
 PREFIX = models.GROUP                          # "tradewarden.io"
 FINALIZER = f"{PREFIX}/finalizer"
 DIFFBASE_KEY = "last-handled-configuration"
+REPORTING_COMPONENT = "tradewarden"       # Events' "From" (reportingComponent, source.component)
+FIELD_MANAGER = "tradewarden"             # managedFields of what the operator writes
+
+
+def reporting_instance() -> str:
+    """Which operator replica posted an Event: the pod name (POD_ID, set by the chart from
+    metadata.name; kopf's peer identity too), else the host name."""
+    return os.environ.get("POD_ID") or os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 def posting_level(name: str | None = None) -> int:
@@ -37,6 +46,8 @@ def configure(settings: kopf.OperatorSettings, *, clusterwide: bool | None = Non
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = posting_level()
     settings.posting.loggers = False            # Events are posted deliberately, not from every log line
+    settings.posting.reporting_component = REPORTING_COMPONENT
+    settings.posting.reporting_instance = reporting_instance()
     settings.peering.priority = peering_priority()
     if clusterwide is not None:
         settings.peering.clusterwide = clusterwide

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from .. import domain
-from ..core.monitor import FAILING_AFTER, STALE_AFTER_MS
+from ..core.monitor import FAILING_AFTER, Health, stale_after_ms
 from ..models import MAX_STATUS_BALANCES, MAX_STATUS_OPEN_ORDERS, MAX_STATUS_POSITIONS, TradingAccountStatus
 from .emergency import EmergencyStop, StopState
 from .vocabulary import Problem, StreamState
@@ -33,10 +33,7 @@ MARGIN_AT_RISK = "MarginAtRisk"
 CONDITION_TYPES = (READY, SYNCED, CREDENTIALS_VALID, STREAM_CONNECTED, EMERGENCY_STOPPED,
                    RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE, MARGIN_AT_RISK)
 
-# The alert rules' numbers are the core's (one definition: tradewarden.core.monitor)
-FAILING_THRESHOLD = FAILING_AFTER              # ReconciliationFailing: consecutive failures above this
-STALE_FLOOR_S = STALE_AFTER_MS // 1000         # ReconciliationStale: no completed run for 10 minutes ...
-STALE_INTERVALS = 2                            # ... or two intervals, whichever is longer
+# The health rules (failing, stale, balance mismatch) are the core's: tradewarden.core.monitor.Health.
 # The ledger is the one part of status whose size the account drives; above this it is not written
 # (a restart then rebuilds from the exchange) and the supervisor says so in a condition message.
 MAX_LEDGER_BYTES = 512 * 1024
@@ -253,10 +250,9 @@ class StatusInputs:
     orders: Any = None
     positions: Any = None
     owned_prefix: str = "tw-"
-    monitor: Any = None
-    alerts: Mapping[str, bool] = field(default_factory=dict)
-    interval_s: int = 300
-    last_success_ms: int | None = None
+    monitor: Any = None                     # core MonitoringState (run counters for status.metrics)
+    health: Health | None = None            # the monitor's health now (None: no runner yet)
+    restored_success_ms: int | None = None  # the last success status showed before a restart
     stream_enabled: bool = True
     stream_state: StreamState = StreamState.DISCONNECTED
     stream_since_ms: int | None = None
@@ -269,10 +265,6 @@ class StatusInputs:
     futures: bool = False                   # USD-M: margin health is reported
     margin: Any = None                      # domain.MarginSummary of the last USD-M snapshot
     margin_health: Any = None               # core.margin.MarginHealth
-
-
-def stale_after_s(interval_s: int) -> int:
-    return max(STALE_FLOOR_S, STALE_INTERVALS * int(interval_s))
 
 
 def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
@@ -329,34 +321,32 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
     else:
         conds.append(Cond(EMERGENCY_STOPPED, "False", "NotRequested", "no emergency stop annotation"))
 
-    # Alerts
-    consecutive = int(getattr(s.monitor, "consecutive_failures", 0) or 0) if s.monitor is not None else 0
-    failing = bool(s.alerts.get("failing")) or consecutive > FAILING_THRESHOLD
+    # Health: read from the core's monitor, never decided here
+    h = s.health
+    consecutive = h.consecutive_failures if h is not None else 0
+    failing = h is not None and h.failing
     conds.append(Cond(RECONCILIATION_FAILING, "True" if failing else "False",
                       "ConsecutiveFailures" if failing else "RunsSucceeding",
-                      f"{consecutive} consecutive failed runs (threshold {FAILING_THRESHOLD})"))
+                      f"{consecutive} consecutive failed runs (threshold {FAILING_AFTER})"))
     rep = s.report
-    bal_kinds = rep.counts_by_kind().get("balance", 0) if rep is not None else 0
-    mismatch = bool(s.alerts.get("balance_mismatch")) or bal_kinds > 0
-    if mismatch and rep is not None:
-        ents = [d.entity for d in rep.discrepancies if d.kind == "balance"][:10]
+    if h is not None and h.balance_mismatch:
+        ents = [d.entity for d in rep.discrepancies if d.kind == "balance"][:10] if rep is not None else []
         conds.append(Cond(BALANCE_MISMATCH, "True", "BalanceMismatch",
-                          f"last run found {bal_kinds} balance mismatches: {', '.join(map(str, ents))}"))
+                          f"last run found {h.last_balance_mismatches} balance mismatches: {', '.join(map(str, ents))}"))
     else:
         conds.append(Cond(BALANCE_MISMATCH, "False", "BalancesMatch", "last run found no balance mismatch"))
     if s.futures:
         conds.append(margin_condition(s.margin_health))
-    limit = stale_after_s(s.interval_s)
+    limit_s = (h.stale_after_ms if h is not None else stale_after_ms(300)) // 1000
     if estop_active:
         conds.append(Cond(RECONCILIATION_STALE, "False", "EmergencyStopped", "runs paused by the emergency stop"))
     else:
-        stale = bool(s.alerts.get("stale"))
-        if s.synced and s.last_success_ms is not None and now_ms - s.last_success_ms > limit * 1000:
-            stale = True
-        when = "never" if s.last_success_ms is None else rfc3339(s.last_success_ms)
+        stale = h is not None and h.stale
+        last = (h.last_success_ms if h is not None else 0) or s.restored_success_ms
+        when = rfc3339(last) if last else "never"
         conds.append(Cond(RECONCILIATION_STALE, "True" if stale else "False",
                           "NoRecentRun" if stale else "RecentRun",
-                          f"last successful run: {when} (stale after {limit}s without one)"))
+                          f"last successful run: {when} (stale after {limit_s}s without one)"))
 
     # Ready (last: it summarizes)
     if estop_active:
@@ -367,7 +357,7 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
         ready = Cond(READY, "False", "SyncFailed" if s.last_run_error else "Syncing",
                      s.last_run_error or "initial sync in progress")
     elif failing:
-        # more than FAILING_THRESHOLD runs in a row could not confirm the account: what status
+        # more than FAILING_AFTER runs in a row could not confirm the account: what status
         # shows may no longer be what the exchange says
         ready = Cond(READY, "False", "ReconciliationFailing",
                      f"{consecutive} consecutive failed runs: local state is not confirmed by the exchange"
@@ -444,7 +434,10 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
         out["ledger"] = dict(s.ledger)
     else:
         out["ledger"] = kept(previous, "ledger", {})
-    return prune_none(TradingAccountStatus.model_validate(out).model_dump(exclude_unset=True))
+    status = TradingAccountStatus.model_validate(out)
+    if status.model_extra:          # the model allows extras for readers; the writer may not invent fields
+        raise ValueError(f"status fields the model does not have: {sorted(status.model_extra)}")
+    return prune_none(status.model_dump(exclude_unset=True))
 
 
 def kept(previous: Mapping[str, Any], key: str, default: Any) -> Any:

@@ -25,13 +25,13 @@ from . import emergency, lifecycle
 from . import events as ev
 from . import schedule
 from . import status as st
-from .deps import Deps, gateway_problem
+from .deps import Deps
 from .credentials import CredentialsError, read_credentials
 from .lifecycle import (AcceptSpec, Action, Build, Configure, Idle, OpenBreaker, Reject, ReleaseBreaker, Run,
                         StartStream, State, Stop)
 from .streaming import StreamConsumer
 from .throttle import StatusWriter
-from .vocabulary import Problem, ProblemReason, RunKind, StreamState
+from .vocabulary import Problem, ProblemReason, RunKind, StreamState, gateway_problem
 
 log = logging.getLogger(__name__)
 
@@ -254,9 +254,9 @@ class AccountSupervisor:
             return None
         if self._tele is None or self._tele.attributes.get("exchange") != exchange:
             self._tele = t.account(self.namespace, self.name, exchange)
-            if self._restored_success_ms:
-                self._tele.set_last_success(self._restored_success_ms / 1000.0)
             self._tele.set_emergency_stop_active(self.state.stop.active)
+        if self._runner is not None and self._tele.monitor is not self._runner.monitor:
+            self._tele.attach(self._runner.monitor)     # run history and health: the monitor's, read at scrape
         return self._tele
 
     def _set_problem(self, problem: Problem | None) -> None:
@@ -325,7 +325,7 @@ class AccountSupervisor:
         s.check_interval_s = o.check_interval_s
         if self._runner is not None and config == previous:
             if s.synced and previous_check is not None and o.check_interval_s != previous_check:
-                s.next_stale = min(s.next_stale, schedule.next_stale(self._now(), o.check_interval_s, self.deps.rng))
+                s.next_stale = min(s.next_stale, schedule.after(self._now(), o.check_interval_s, self.deps.rng))
             return
         if self._runner is not None:
             ledger, monitor = self._runner.ledger, self._runner.monitor
@@ -341,14 +341,18 @@ class AccountSupervisor:
             self._kept_ledger = self._kept_monitor = None
         self._runner = AccountRunner(self._traced_gateway(), config, ledger=ledger, clock=self.deps.clock,
                                      monitor=monitor)
+        if monitor is None:
+            self._runner.monitor.restore_last_success(self._restored_success_ms)
+        if self._tele is not None:
+            self._telemetry(self._tele.attributes["exchange"])
         s.config = config
         self._mark()
         if previous is not None and s.synced:
             # A shorter interval takes effect now, not after the old one has run out.
             now = self._now()
             if config.interval_s != previous.interval_s:
-                s.next_reconcile = min(s.next_reconcile, schedule.next_stale(now, config.interval_s, self.deps.rng))
-            s.next_stale = min(s.next_stale, schedule.next_stale(now, o.check_interval_s, self.deps.rng))
+                s.next_reconcile = min(s.next_reconcile, schedule.after(now, config.interval_s, self.deps.rng))
+            s.next_stale = min(s.next_stale, schedule.after(now, o.check_interval_s, self.deps.rng))
 
     async def _teardown(self) -> None:
         await self._stream.stop()
@@ -402,7 +406,7 @@ class AccountSupervisor:
             s.reconnect_pending = False
         report = await self._run(action.kind, action.trigger)
         if action.kind is RunKind.STALE:
-            s.next_stale = schedule.next_stale(self._now(), o.check_interval_s, self.deps.rng)
+            s.next_stale = schedule.after(self._now(), o.check_interval_s, self.deps.rng)
             return
         if action.handles is not None:
             if report is None and emergency.pending(self._annotations().get(lifecycle.ESTOP), s.stop):
@@ -454,14 +458,13 @@ class AccountSupervisor:
             self._report = report
         self._mark()
         if tele is not None:
-            tele.run_finished(report.duration_ms / 1000.0, bool(report.ok), report.counts_by_kind())
+            if kind is not RunKind.STALE:    # outcomes and counts are the monitor's (runner.monitor)
+                tele.observe_run(report.duration_ms / 1000.0)
             tele.set_open_orders(sum(1 for _ in runner.ledger.active_orders()))
             health = margin_inputs(runner, list(runner.ledger.position_values().values()),
                                    list(runner.ledger.active_orders())).get("margin_health")
             if health is not None:
                 tele.set_margin(health)
-            if report.cancelled:         # confirmed by the exchange (not "cancel sent, order filled")
-                tele.stale_cancelled(report.cancelled)
         observe_only = runner.config.observe_only
         for spec in ev.run_events(report.discrepancies, trigger=trigger, observe_only=observe_only)[:EVENTS_PER_RUN]:
             self._post(spec.type, spec.reason, spec.message)
@@ -473,8 +476,8 @@ class AccountSupervisor:
         self._last_run_ok = False
         self._last_run_error = st.clip(error, 512)
         self._mark()
-        if tele is not None:
-            tele.run_finished(time.monotonic() - t0, False, {})
+        if tele is not None:       # the failure itself was recorded by the runner's monitor
+            tele.observe_run(time.monotonic() - t0)
 
     # ---- stream (StreamConsumer calls back here) ------------------------------------------------------
 
@@ -567,9 +570,7 @@ class AccountSupervisor:
         s, runner, spec = self.state, self._runner, self._spec
         now_ms = self._now_ms()
         ledger_dump = None
-        balances = orders = positions = monitor = None
-        alerts: Mapping[str, bool] = {}
-        last_success = self._restored_success_ms
+        balances = orders = positions = monitor = health = None
         interval = spec.reconciliation.intervalSeconds if spec else 300
         if runner is not None and (s.synced or s.stop.active):
             ledger = runner.ledger
@@ -579,16 +580,14 @@ class AccountSupervisor:
             ledger_dump, self._ledger_note = _bounded_dump(ledger)
         if runner is not None:
             monitor = runner.monitor
-            alerts = monitor.alerts(now_ms, interval)
-            if monitor.last_success_ms:
-                last_success = monitor.last_success_ms
+            health = monitor.health(now_ms, interval)
         return st.StatusInputs(
             generation=self._generation, problem=s.problem, credentials_ok=self._credentials_ok,
             synced=s.synced, report=self._report, last_run_ok=self._last_run_ok,
             last_run_error=self._last_run_error, balances=balances, orders=orders, positions=positions,
             owned_prefix=spec.staleOrders.ownedClientOrderIdPrefix if spec else "tw-",
-            monitor=monitor, alerts=alerts, interval_s=interval,
-            last_success_ms=last_success, stream_enabled=spec.stream.enabled if spec else True,
+            monitor=monitor, health=health, restored_success_ms=self._restored_success_ms,
+            stream_enabled=spec.stream.enabled if spec else True,
             stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
             stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
             estop=s.stop, last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,

@@ -21,8 +21,7 @@ class Trigger(enum.StrEnum):
     ANNOTATION = "annotation"
     STREAM_RECONNECT = "stream-reconnect"
     EMERGENCY_STOP = "emergency-stop"
-    STALE = "stale"                        # the stale-order check, as the supervisor names it
-    STALE_CLEANUP = "stale-cleanup"        # ... and as its report names it
+    STALE_CLEANUP = "stale-cleanup"        # the stale-order check
 
 
 class Outcome(enum.StrEnum):

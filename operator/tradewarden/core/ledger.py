@@ -33,7 +33,6 @@ SOURCE_STREAM = "stream"      # a user-data stream event
 SOURCE_FETCH = "fetch"        # a targeted single-order query
 SOURCE_CANCEL = "cancel"      # the exchange's answer to a cancel
 SOURCE_LOCAL = "local"        # tradewarden's own judgement (declared lost)
-SOURCE_RESTORE = "restore"    # loaded from a dump
 
 
 class LedgerFormatError(ValueError):

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from ..domain import RateLimited
+from ..retry import backoff_delay  # noqa: F401 - re-exported (gateway.backoff_delay)
 
 # ---- documented request weights ---------------------------------------------------------------
 # (method, path) -> weight, or (with symbol, without symbol). Spot: binance-spot-api-docs/rest-api.md;
@@ -183,10 +183,6 @@ class RateBudget:
         self._roll()
         return self._used
 
-    @property
-    def blocked_until(self) -> float:
-        return self._blocked_until
-
     def blocked_for(self) -> float:
         return max(0.0, self._blocked_until - self.clock())
 
@@ -313,10 +309,3 @@ def default_budgets() -> RateBudgets:
         _DEFAULT = RateBudgets()
     return _DEFAULT
 
-
-def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0, rng: Callable[[], float] | None = None) -> float:
-    """Capped exponential backoff with full jitter: uniform in [cap_n/2, cap_n], cap_n = min(cap, base*2^n)."""
-    import random
-    ceiling = min(cap, base * math.pow(2, max(0, attempt)))
-    r = (rng or random.random)()
-    return ceiling / 2 + r * ceiling / 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 from collections import Counter
 from typing import Any, Callable
@@ -180,6 +181,7 @@ class TradewardenExchangeMixin:
 _CLASSES: dict[tuple[str, bool], type] = {}
 
 
+@functools.cache
 def exchange_ids() -> frozenset[str]:
     """Every exchange id ccxt knows (a spec naming another is rejected before any gateway is built)."""
     return frozenset(ccxt.exchanges)

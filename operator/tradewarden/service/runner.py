@@ -81,10 +81,30 @@ class AccountRunner:
         async with self.lock:
             return await self._reconcile_locked(trigger)
 
+    async def _reconcile_recorded(self, report: RunReport, body: Callable[[RunReport], Awaitable[RunReport]]
+                                  ) -> RunReport:
+        """``body(report)``; a run that ends in an unexpected exception is still a failed run for the
+        monitor (health must not look better because a bug escaped), then the exception goes on."""
+        try:
+            return await body(report)
+        except asyncio.CancelledError:
+            raise                                # interrupted (emergency stop, shutdown): not a run
+        except Exception as exc:
+            if self.last_report is not report:      # not recorded yet
+                report.error = report.error or describe(exc)
+                report.stale_sections = list(SECTIONS)
+                self._finish_run(report)
+            raise
+
     async def _reconcile_locked(self, trigger: str, max_requests: int | None = None,
                                 expected: frozenset[OrderState] = frozenset(), raise_auth: bool = True,
                                 grace_s: float | None = None) -> RunReport:
         report = RunReport(trigger=trigger, started_ms=self.now_ms())
+        return await self._reconcile_recorded(
+            report, lambda r: self._reconcile_body(r, max_requests, expected, raise_auth, grace_s))
+
+    async def _reconcile_body(self, report: RunReport, max_requests: int | None, expected: frozenset[OrderState],
+                              raise_auth: bool, grace_s: float | None) -> RunReport:
         config = self.config
         if max_requests is not None:
             config = replace(config, max_requests_per_run=max_requests)
@@ -211,7 +231,7 @@ class AccountRunner:
             report.purged = purge(self.ledger, self.config, self.now_ms())
             report.finished_ms = self.now_ms()
             report.cancelled = cancelled
-            self.monitor.record_stale(cancelled)
+            self.monitor.record_stale(report)      # counted, but not a reconciliation: health does not move
             return report
 
     # ---- emergency stop --------------------------------------------------------------------------

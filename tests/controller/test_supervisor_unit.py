@@ -1,0 +1,164 @@
+"""The supervisor (the executor of the lifecycle) driven step by step with everything it talks to faked
+in memory: the exchange (tests/core/fakes.py), the API server (a recorder of status patches), the
+clock. What it shows: each decision is carried out, status says what happened, in the right order."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from tests.core.fakes import Clock, FakeExchange, order
+from tradewarden.controller import status as st
+from tradewarden.controller.deps import Deps
+from tradewarden.controller.emergency import StopState
+from tradewarden.controller.supervisor import AccountSupervisor
+from tradewarden.domain import ConnectionEvent, ConnectionState, OrderState
+
+pytestmark = pytest.mark.unit
+
+ESTOP = "tradewarden.io/emergency-stop"
+
+
+class Gateway(FakeExchange):
+    """The in-memory exchange as the whole domain.Gateway: started, spot, a stream that connects."""
+
+    futures = False
+    rest_family = "api"
+
+    def __init__(self, clock: Clock, log: list) -> None:
+        super().__init__(clock)
+        self.log = log
+        self.started = 0
+
+    async def start(self, symbols=()) -> None:
+        self.started += 1
+
+    async def cancel_all(self, symbols):
+        self.log.append("cancel_all")
+        return await super().cancel_all(symbols)
+
+    def stream(self, symbols):
+        async def events():
+            yield ConnectionEvent(ConnectionState.CONNECTED, "", self.clock.ms())
+            await asyncio.Event().wait()
+        return events()
+
+
+class Kube:
+    def __init__(self, log: list) -> None:
+        self.log = log
+        self.status: dict = {}
+        self.patches: list[dict] = []
+
+    async def get_secret(self, namespace, name):
+        return {"stringData": {"apiKey": "KEY-123456", "secret": "SECRET-654321"}} if name == "creds" else None
+
+    async def patch_status(self, namespace, name, patch):
+        self.patches.append(patch)
+        self.status = st.apply_merge_patch(self.status, patch)
+        if (patch.get("emergencyStop") or {}).get("active"):
+            self.log.append("status: breaker open")
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def world():
+    clock = Clock()
+    log: list[str] = []
+    gw = Gateway(clock, log)
+    gw.balance("USDT", "1000")
+    gw.put(order("tw-1", created_ms=clock.ms() - 60_000), order("manual-1", created_ms=clock.ms() - 60_000))
+    kube = Kube(log)
+    events: list[tuple[str, str, str]] = []
+    body = {"metadata": {"namespace": "ns", "name": "a", "generation": 1, "annotations": {}},
+            "spec": {"exchange": "binance", "symbols": ["BTC/USDT"], "credentialsSecretRef": {"name": "creds"}}}
+    deps = Deps(kube=kube, post_event=lambda b, t, r, m: events.append((t, r, m)), gateway_factory=lambda *a, **k: gw,
+                clock=clock, min_write_interval_s=0, rng=random.Random(7), exchanges=lambda: {"binance"})
+    sup = AccountSupervisor("ns", "a", body, deps)
+    return sup, gw, kube, body, events, log
+
+
+def conditions(kube: Kube) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in kube.status.get("conditions", [])}
+
+
+async def test_from_nothing_to_ready_then_stopped_then_resumed(world):
+    sup, gw, kube, body, events, log = world
+    try:
+        await sup.settle()
+        await asyncio.sleep(0)                  # the stream task delivers CONNECTED
+        await sup.flush()
+        assert gw.started == 1 and sup.state.synced and sup.state.stream_running
+        assert conditions(kube)["Ready"] == "True" and kube.status["openOrders"]["count"] == 2
+        assert ("Normal", "OrphanOrderAdopted") in [(t, r) for t, r, _ in events]
+
+        # The stop: status shows the open breaker before the exchange is asked to cancel anything.
+        body["metadata"]["annotations"][ESTOP] = "runaway bot"
+        sup.poke()
+        await sup.settle()
+        assert log.index("status: breaker open") < log.index("cancel_all")
+        assert gw.open_orders() == [] and not sup.state.stream_running
+        es = kube.status["emergencyStop"]
+        assert (es["state"], es["ordersCancelled"], es["remaining"]) == ("Completed", 2, 0)
+        assert conditions(kube)["EmergencyStopped"] == "True" and kube.status["phase"] == "EmergencyStopped"
+        assert [r for _, r, _ in events if r.startswith("EmergencyStop")] == ["EmergencyStop", "EmergencyStopCompleted"]
+
+        # Completed: the settling run once the grace has passed, then it holds and touches nothing.
+        gw.clock.t += 10
+        await sup.settle()
+        calls = len(gw.calls)
+        gw.clock.t += 600
+        await sup.settle()
+        assert len(gw.calls) == calls and sup.state.stop.state is StopState.COMPLETED
+
+        # Release: an initial sync, the stream again, Ready.
+        del body["metadata"]["annotations"][ESTOP]
+        await sup.settle()
+        await asyncio.sleep(0)
+        await sup.flush()
+        assert ("Normal", "EmergencyStopReleased") in [(t, r) for t, r, _ in events]
+        assert sup.state.synced and sup.state.stream_running and not sup.state.stop.active
+        assert conditions(kube)["Ready"] == "True" and kube.status["emergencyStop"]["active"] is False
+    finally:
+        await sup.close()
+
+
+async def test_a_missing_secret_is_a_condition_and_retried_with_backoff(world):
+    sup, gw, kube, body, events, log = world
+    body["spec"]["credentialsSecretRef"]["name"] = "nope"
+    try:
+        await sup.settle()
+        await sup.flush()
+        assert gw.started == 0 and sup.state.retry_at > gw.clock()
+        assert conditions(kube)["CredentialsValid"] == "False" and kube.status["phase"] == "Error"
+        assert [r for t, r, _ in events if t == "Warning"] == ["SecretNotFound"]
+        await sup.settle()                      # inside the backoff: nothing tried again
+        assert sup.state.failures == 1
+        body["spec"]["credentialsSecretRef"]["name"] = "creds"
+        body["metadata"]["generation"] = 2      # a new spec is tried at once, not after the backoff
+        await sup.settle()
+        await sup.flush()
+        assert gw.started == 1 and conditions(kube)["CredentialsValid"] == "True"
+        assert "SECRET-654321" not in repr(kube.patches) + repr(events)
+    finally:
+        await sup.close()
+
+
+async def test_a_stale_owned_order_is_cancelled_on_the_timer_and_reported(world):
+    sup, gw, kube, body, events, log = world
+    body["spec"]["staleOrders"] = {"timeoutSeconds": 30, "checkIntervalSeconds": 5}
+    try:
+        await sup.settle()
+        del events[:]
+        gw.clock.t = sup.state.next_stale
+        await sup.settle()
+        assert gw.orders["tw-1"].state is OrderState.CANCELED
+        assert gw.orders["manual-1"].state is OrderState.OPEN          # never a foreign order
+        assert [r for _, r, _ in events] == ["StaleOrder", "StaleOrderCancelled"]
+        assert "(stale-cleanup run)" in events[0][2]
+    finally:
+        await sup.close()
