@@ -202,6 +202,9 @@ class Soak:
             # new wallet balance (an absolute value) and the loss would be repaired, not found
             await self.prices_lock.acquire()
             a.holds_prices = True
+            if time.monotonic() > until - 5:          # waited past the injection window: stop here
+                self.release(a)
+                return
             await asyncio.sleep(0.4)          # what was in flight arrives
             self.sim.set_deliver(a.key, False)
             kind = self.rng.choice(["transfer-in", "transfer-out", "trade"])
@@ -245,6 +248,10 @@ class Soak:
                                        f"venue {self.sim.account(a.key).wallet['USDT']})")
                     a.pending.remove(item)
             if time.monotonic() > until + 30:
+                for item in list(a.pending):          # never leave the bot or the prices locked
+                    self.missed.append(f"account {a.i} {item[1]}: {sorted(item[0])} not reported by the end")
+                    a.pending.remove(item)
+                    self.release(a)
                 break
 
     def judge(self, a: Acct, report, run: bool = True) -> None:
