@@ -6,9 +6,17 @@ Prints, each with a baseline measured in the same run:
   2. stream event -> status latency: an order placed out of band -> status.openOrders shows it
      (baseline: the same change made visible by a reconcile-annotation run);
   3. CPU, memory and API-server writes for 100 accounts on one operator over a short window,
-     extrapolated per hour (baseline: the same operator process idle with no account).
+     extrapolated per hour (baseline: the same operator process idle with no account);
+  4. memory anatomy (``--only anatomy``, no Kubernetes): in a fresh process, what importing the
+     gateway costs with ccxt loaded lazily and in full, and per account what one account's gateway,
+     runner and stream hold (RSS, tracemalloc's top sites, ccxt instances and TLS contexts per
+     account), with this version's sharing and without it (baseline: ccxt's defaults), at
+     ``--anatomy-sizes`` accounts.
 
     .venv/bin/python benchmarks/bench_controller.py [--accounts 100] [--window 90] [--skip-scale]
+    .venv/bin/python benchmarks/bench_controller.py --only anatomy [--anatomy-sizes 50,200]
+    .venv/bin/python benchmarks/bench_controller.py --only scale --accounts 50 --window 30 --scale-baseline
+    .venv/bin/python benchmarks/bench_controller.py --only shards --accounts 200 --replicas 3 [--lease 15]
 
 Figures are for this machine; compare the ratios, not the absolute numbers.
 """
@@ -17,8 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -252,11 +262,16 @@ def bench_stream_latency(kc: str, tsim: ThreadSim, tmp: pathlib.Path, samples: i
         sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
 
 
-def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, window: float) -> None:
+BASELINE_ENV = {"TRADEWARDEN_CCXT_IMPORT": "full", "TRADEWARDEN_CCXT_SHARING": "off"}
+
+
+def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, window: float,
+                env: dict | None = None, label: str = "") -> dict:
     ns = "tw-bench-" + uuid.uuid4().hex[:6]
     sh(kc, "create", "namespace", ns)
     sim = tsim.sim
-    op = Operator(kc, ns, tmp / "scale.log")
+    tag = f"[scale{label}]"
+    op = Operator(kc, ns, tmp / f"scale{label.replace(' ', '-')}.log", env=env)
     op.start()
     time.sleep(8)   # the process is up and watching, no account yet
     c0, m0 = proc_cpu_mem(op.proc.pid)
@@ -300,17 +315,219 @@ def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, wind
         writes, events = counter.modified, counter.events() - e0
         counter.stop()
         per_h = 3600 / dt
-        print(f"[scale] {accounts} accounts ready in {t_ready:.1f}s (initial syncs through one rate budget)")
-        print(f"[scale] steady window {dt:.0f}s, intervalSeconds={interval}, checkIntervalSeconds={check}: "
+        print(f"{tag} {accounts} accounts ready in {t_ready:.1f}s (initial syncs through one rate budget)")
+        print(f"{tag} steady window {dt:.0f}s, intervalSeconds={interval}, checkIntervalSeconds={check}: "
               f"CPU {(c1 - c0):.2f}s -> {(c1 - c0) * per_h / 3600 * 100:.1f}% of a core "
               f"({(c1 - c0) * per_h:.0f} CPU-s/h); RSS {rss:.0f} MiB")
-        print(f"[scale] API writes in window: {writes} TradingAccount updates + {events} Events -> "
+        print(f"{tag} API writes in window: {writes} TradingAccount updates + {events} Events -> "
               f"{(writes + events) * per_h:.0f}/h ({(writes + events) * per_h / accounts:.1f}/h per account; "
               f"runs per account per hour at this config: {3600 / interval + 3600 / check:.0f})")
-        print(f"[scale] baseline idle operator (0 accounts): CPU {idle_cpu_h:.1f} CPU-s/h, RSS {m1:.0f} MiB; "
-              f"RSS per account {(rss - m1) / accounts:.1f} MiB")
+        print(f"{tag} idle operator (0 accounts): CPU {idle_cpu_h:.1f} CPU-s/h, RSS {m1:.0f} MiB; "
+              f"RSS per account {(rss - m1) / accounts:.2f} MiB")
+        return {"idle": m1, "rss": rss, "per_account": (rss - m1) / accounts, "ready_s": t_ready}
     finally:
         op.stop()
+        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+
+
+ANATOMY_CHILD = r"""
+import asyncio, gc, json, os, sys, time, tracemalloc, uuid
+sys.path.insert(0, sys.argv[1])
+def rss():
+    with open("/proc/self/status") as fh:
+        return int(fh.read().split("VmRSS:")[1].split()[0]) / 1024
+r0 = rss(); m0 = len(sys.modules)
+import tradewarden.gateway as gwpkg
+gwpkg.create_gateway          # the gateway's modules (they load ccxt, lazily unless turned off)
+import ccxt.async_support, ccxt.pro
+ccxt.async_support.binance; ccxt.pro.binance
+r_import = rss() - r0
+ccxt_modules = sum(1 for m in sys.modules if m.split(".")[0] == "ccxt")
+n, url, keys, share = int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), sys.argv[5] == "1"
+if not share:   # ccxt's defaults: a TLS context and the definitions per instance, compressed sockets
+    from tradewarden.gateway import exchanges
+    exchanges.CCXT_SHARING = False
+from tradewarden.core.config import AccountConfig
+from tradewarden.service import AccountRunner
+from tradewarden.domain import ConnectionEvent
+async def one(k, s):
+    gw = gwpkg.create_gateway("binance", k, s, url)
+    await gw.start(["BTC/USDT"])
+    cfg = AccountConfig(symbols=["BTC/USDT"])
+    runner = AccountRunner(gw, cfg)
+    await runner.reconcile()
+    stream = gw.stream(["BTC/USDT"])
+    async for ev in stream:
+        if isinstance(ev, ConnectionEvent):
+            break
+    return gw, runner, stream
+async def main():
+    held = [await one(*keys[0])]             # warm-up: lazy imports, shared markets, first TLS context
+    gc.collect(); tracemalloc.start(25); m1 = rss(); t1 = tracemalloc.take_snapshot()
+    for k, s in keys[1:n + 1]:
+        held.append(await one(k, s))
+    await asyncio.sleep(1)
+    gc.collect(); m2 = rss(); t2 = tracemalloc.take_snapshot()
+    import ssl
+    objs = gc.get_objects()
+    n_ccxt = sum(1 for o in objs if isinstance(o, ccxt.async_support.Exchange))
+    ctxs = {id(o.ssl_context) for o in objs if isinstance(o, ccxt.async_support.Exchange) and o.ssl_context}
+    diff = t2.compare_to(t1, "filename")
+    top = [(str(d.traceback[0].filename).split("site-packages/")[-1].split("operator/")[-1], d.size_diff)
+           for d in diff[:6]]
+    print(json.dumps({"import_mib": r_import, "ccxt_modules": ccxt_modules, "modules": len(sys.modules) - m0,
+                      "rss_per_account_mib": (m2 - m1) / n,
+                      "traced_per_account_mib": sum(d.size_diff for d in diff) / n / 2**20,
+                      "ccxt_instances_per_account": n_ccxt / (n + 1), "tls_contexts": len(ctxs),
+                      "top": top}))
+    for gw, runner, stream in held:
+        await stream.aclose(); await gw.close()
+asyncio.run(main())
+"""
+
+
+def bench_anatomy(tsim: ThreadSim, sizes: list[int]) -> None:
+    """Memory per account and at import, each in a fresh process (the simulator stays in this one)."""
+    keys = []
+    for i in range(max(sizes) + 1):
+        key, sec = f"anat-{i}-" + uuid.uuid4().hex, uuid.uuid4().hex
+        tsim.call(tsim.sim.add_account, key, sec, balances={"USDT": "1000", "BTC": "1"})
+        keys.append([key, sec])
+
+    def child(n: int, share: bool, ccxt_import: str) -> dict:
+        env = dict(os.environ, TRADEWARDEN_CCXT_IMPORT=ccxt_import)
+        out = subprocess.run([sys.executable, "-c", ANATOMY_CHILD, str(ROOT / "operator"), str(n), tsim.url,
+                              json.dumps(keys), "1" if share else "0"],
+                             capture_output=True, text=True, env=env, timeout=900)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    for n in sizes:
+        base = child(n, share=False, ccxt_import="full")
+        now = child(n, share=True, ccxt_import="lazy")
+        for label, r in (("baseline (ccxt defaults, full import)", base), ("this version", now)):
+            print(f"[anatomy] {n} accounts, {label}: import gateway+ccxt {r['import_mib']:.1f} MiB "
+                  f"({r['ccxt_modules']} ccxt modules, {r['modules']} modules); per account RSS "
+                  f"{r['rss_per_account_mib']:.3f} MiB, traced {r['traced_per_account_mib']:.3f} MiB; "
+                  f"ccxt instances/account {r['ccxt_instances_per_account']:.2f}, TLS contexts {r['tls_contexts']}")
+            print("[anatomy]   top traced growth: " + ", ".join(f"{f} {b / n / 1024:.0f} KiB/acct" for f, b in r["top"]))
+        print(f"[anatomy] {n} accounts: per-account RSS ratio this/baseline "
+              f"{now['rss_per_account_mib'] / max(base['rss_per_account_mib'], 1e-9):.2f}; import "
+              f"{now['import_mib']:.1f} vs {base['import_mib']:.1f} MiB")
+
+
+_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*?(stopped )?supervising ([^/\s]+)/(\S+)")
+
+
+def serving_intervals(log: str, ns: str, end: float) -> dict[str, list[tuple[float, float]]]:
+    """account -> [(start, stop)] (epoch seconds) of one replica's supervisors, from its log."""
+    import datetime
+
+    open_: dict[str, float] = {}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for line in log.splitlines():
+        m = _LINE.search(line)
+        if not m or m.group(3) != ns:
+            continue
+        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        name = m.group(4)
+        if m.group(2):
+            if name in open_:
+                out.setdefault(name, []).append((open_.pop(name), t))
+        else:
+            open_.setdefault(name, t)
+    for name, t in open_.items():
+        out.setdefault(name, []).append((t, end))
+    return out
+
+
+def bench_shards(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, replicas: int,
+                 lease_s: int, shards: int = 32) -> None:
+    """R replicas split N accounts; one is killed; time until the others serve its accounts; no
+    account served by two replicas at once (from the replicas' logs and the Leases)."""
+    ns = "tw-bench-" + uuid.uuid4().hex[:6]
+    sh(kc, "create", "namespace", ns)
+    sim = tsim.sim
+    custom, _ = api(kc)
+    docs = []
+    for i in range(accounts):
+        key, sec = f"shard-{i}-" + uuid.uuid4().hex, uuid.uuid4().hex
+        tsim.call(sim.add_account, key, sec, balances={"USDT": "100000"})
+        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"c{i}", "namespace": ns},
+                     "stringData": {"apiKey": key, "secret": sec}})
+        docs.append({"apiVersion": "tradewarden.io/v1alpha1", "kind": "TradingAccount",
+                     "metadata": {"name": f"a{i}", "namespace": ns},
+                     "spec": {"exchange": "binance", "endpoint": tsim.url, "symbols": ["BTC/USDT"],
+                              "credentialsSecretRef": {"name": f"c{i}"},
+                              "reconciliation": {"intervalSeconds": 300}}})
+    sh(kc, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    env = {"TRADEWARDEN_SHARDS": str(shards), "TRADEWARDEN_SHARD_LEASE_SECONDS": str(lease_s),
+           "TRADEWARDEN_RATE_SHARE": f"{1 / replicas:.4f}"}
+    ops = [Operator(kc, ns, tmp / f"shard-{r}.log", env={**env, "POD_NAME": f"replica-{r}"}) for r in range(replicas)]
+    names = {f"a{i}" for i in range(accounts)}
+    t0 = time.perf_counter()
+    for op in ops:
+        op.start()
+    try:
+        from tradewarden.controller.sharding import preferred, shard_of
+
+        def current(op: Operator) -> set[str]:
+            return {n for n, iv in serving_intervals(op.log(), ns, math.inf).items() if iv[-1][1] == math.inf}
+
+        def members() -> set[str]:
+            items = json.loads(sh(kc, "-n", ns, "get", "leases", "-o", "json").stdout)["items"]
+            return {i["spec"].get("holderIdentity") for i in items if "-member-" in i["metadata"]["name"]} - {None}
+
+        def split() -> bool:
+            """Settled: every replica serves exactly the accounts whose shard prefers it."""
+            live = members()
+            if len(live) != len(ops):
+                return False
+            for r, op in enumerate(ops):
+                want = {n for n in names if preferred(shard_of(ns, n, shards), live).rsplit("-", 1)[0] == f"replica-{r}"}
+                if current(op) != want:
+                    return False
+            return True
+
+        def all_ready() -> bool:
+            items = custom.list_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts")["items"]
+            return sum(1 for o in items if cond(o, "Ready") == "True") == accounts
+        poll(split, 600, 1.0)
+        poll(all_ready, 600, 1.0)
+        t_ready = time.perf_counter() - t0
+        shares = [len(current(op)) for op in ops]
+        rss = [proc_cpu_mem(op.proc.pid)[1] for op in ops]
+        print(f"[shards] {accounts} accounts, {replicas} replicas, {shards} shards, lease {lease_s}s: split and all Ready "
+              f"in {t_ready:.1f}s; accounts per replica {shares}; RSS per replica {[round(r) for r in rss]} MiB")
+        victim = ops[0]
+        moving = current(victim)
+        victim.kill()
+        t_kill, w_kill = time.perf_counter(), time.time()
+        survivors = ops[1:]
+        poll(lambda: set().union(*[current(op) for op in survivors]) == names, 300, 0.5)
+        t_moved = time.perf_counter() - t_kill
+        print(f"[shards] replica killed: its {len(moving)} accounts served by the others {t_moved:.1f}s later "
+              f"(bound: lease {lease_s}s + renewal {lease_s / 5:.0f}s + supervisor start); shares now "
+              f"{[len(current(op)) for op in survivors]}")
+        time.sleep(3)
+        # no account served by two replicas at once: per account, the replicas' intervals never overlap
+        per_replica = [serving_intervals(victim.log(), ns, w_kill)] + \
+                      [serving_intervals(op.log(), ns, time.time()) for op in survivors]
+        overlaps = 0
+        for n in names:
+            spans = sorted((a, b, r) for r, iv in enumerate(per_replica) for a, b in iv.get(n, []))
+            for (a1, b1, r1), (a2, b2, r2) in zip(spans, spans[1:]):
+                if r1 != r2 and a2 < b1:
+                    overlaps += 1
+        items = json.loads(sh(kc, "-n", ns, "get", "leases", "-o", "json").stdout)["items"]
+        holders = {i["spec"].get("holderIdentity") for i in items if "-shard-" in i["metadata"]["name"]}
+        print(f"[shards] accounts served by two replicas at once (log intervals, 1 ms resolution): {overlaps}; "
+              f"shard Lease holders now: {sorted(h.rsplit('-', 1)[0] for h in holders if h)}")
+    finally:
+        for op in ops:
+            op.stop()
         sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
 
 
@@ -319,8 +536,21 @@ def main() -> int:
     p.add_argument("--accounts", type=int, default=100)
     p.add_argument("--window", type=float, default=90.0)
     p.add_argument("--skip-scale", action="store_true")
-    p.add_argument("--only", choices=["estop", "stream", "scale"])
+    p.add_argument("--only", choices=["estop", "stream", "scale", "anatomy", "shards"])
+    p.add_argument("--replicas", type=int, default=3)
+    p.add_argument("--lease", type=int, default=15)
+    p.add_argument("--anatomy-sizes", default="50,200")
+    p.add_argument("--scale-baseline", action="store_true",
+                   help="also run the scale part with ccxt's defaults first (TRADEWARDEN_CCXT_IMPORT=full, "
+                        "TRADEWARDEN_CCXT_SHARING=off) and print the ratios")
     args = p.parse_args()
+    if args.only == "anatomy":
+        tsim = ThreadSim()
+        try:
+            bench_anatomy(tsim, [int(x) for x in args.anatomy_sizes.split(",")])
+        finally:
+            tsim.stop()
+        return 0
     kc = kubeconfig()
     sh(kc, "apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
     sh(kc, "wait", "--for", "condition=established", "--timeout=60s", "crd/tradingaccounts.tradewarden.io")
@@ -332,8 +562,17 @@ def main() -> int:
             bench_emergency_stop(kc, tsim, tmp)
         if args.only in (None, "stream"):
             bench_stream_latency(kc, tsim, tmp)
+        if args.only == "shards":
+            bench_shards(kc, tsim, tmp, args.accounts, args.replicas, args.lease)
         if args.only == "scale" or (args.only is None and not args.skip_scale):
-            bench_scale(kc, tsim, tmp, args.accounts, args.window)
+            base = None
+            if args.scale_baseline:   # the same operator with ccxt's defaults (full import, a TLS context each)
+                base = bench_scale(kc, tsim, tmp, args.accounts, args.window, env=BASELINE_ENV, label=" baseline")
+            now = bench_scale(kc, tsim, tmp, args.accounts, args.window)
+            if base:
+                print(f"[scale] this version / baseline: idle RSS {now['idle']:.0f}/{base['idle']:.0f} MiB "
+                      f"({now['idle'] / base['idle']:.2f}x), per account {now['per_account']:.2f}/"
+                      f"{base['per_account']:.2f} MiB ({now['per_account'] / max(base['per_account'], 1e-9):.2f}x)")
     finally:
         tsim.stop()
     return 0

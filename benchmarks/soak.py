@@ -283,15 +283,16 @@ class Soak:
         led = a.ledger
         if led is None:
             return
+        by_cid = {e.order.client_order_id: e for e in led.orders.values()}   # the soak's ids are never reused
         for cid, finished in list(a.tracked.items()):
-            o = led.order(cid)
+            e = by_cid.get(cid)
+            o = e.order if e is not None else None
             if o is None:
                 if finished:
                     del a.tracked[cid]
                 else:
                     self.left_ledger(a, cid)
             elif o.state is OrderState.LOST:
-                e = led.orders.get(cid)
                 a.lost.setdefault(cid, f"marked lost (misses {getattr(e, 'misses', '?')}, updated {o.updated_ms})")
         for entry in led.orders.values():
             if led.is_owned(entry.order.client_order_id):
@@ -532,8 +533,9 @@ class Soak:
     async def unequal(self, a: Account) -> list[str]:
         led = a.ledger
         out = []
+        by_cid = {e.order.client_order_id: e.order for e in led.orders.values()}
         for o in (await self.sim.orders(a.key, a.venue)).values():
-            mine = led.order(cid_of(o))
+            mine = by_cid.get(cid_of(o))
             if mine is None:
                 if o["status"] in ("NEW", "PARTIALLY_FILLED"):
                     out.append(f"open order {cid_of(o)} not tracked")

@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(namespaces=args.namespace, all_namespaces=args.all_namespaces,
                standalone=args.standalone, metrics_port=args.metrics_port,
                liveness=args.liveness, peering=args.peering, verbose=args.verbose, log_format=args.log_format,
-               readiness=args.readiness)
+               readiness=args.readiness, shards=args.shards)
 
 
 def cmd_release_finalizers(args: argparse.Namespace) -> int:
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--readiness", default=os.environ.get("TRADEWARDEN_READINESS", "off"),
                    help="readiness endpoint, e.g. http://0.0.0.0:8081/readyz: 200 once the operator is serving "
                         "(off: none)")
+    s.add_argument("--shards", type=int, default=None,
+                   help="split accounts across replicas in this many shards held through Leases "
+                        "(TRADEWARDEN_SHARDS; 0, the default: one active replica through kopf peering)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_run)
 

@@ -112,6 +112,19 @@ class Order:
 
 
 @dataclass(frozen=True, slots=True)
+class Fill:
+    """One trade (execution) of an order, from the venue's trade history (spot myTrades, USD-M userTrades)."""
+    trade_id: str
+    exchange_order_id: str
+    symbol: str
+    price: Decimal
+    amount: Decimal
+    fee: Decimal
+    fee_asset: str
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Balance:
     asset: str
     free: Decimal
@@ -331,5 +344,15 @@ class Gateway(Protocol):
 
     def stream(self, symbols: Sequence[str]) -> AsyncIterator[StreamEvent]:
         """User-data events in order, with ConnectionEvent transitions; reconnects by itself."""
+
+    async def order_history(self, symbol: str, *, since_ms: int = 0, until_ms: int = 0, from_order_id: str = "",
+                            limit: int = 1000) -> Sequence[Order]:
+        """One page of the symbol's order history (spot/USD-M allOrders), oldest first: orders created in
+        [since_ms, until_ms], or with exchange order id >= ``from_order_id`` (the next page's cursor)."""
+
+    async def trade_history(self, symbol: str, *, since_ms: int = 0, until_ms: int = 0, from_trade_id: str = "",
+                            limit: int = 1000) -> Sequence[Fill]:
+        """One page of the symbol's trades (spot myTrades, USD-M userTrades), oldest first: in
+        [since_ms, until_ms], or with trade id >= ``from_trade_id`` (never both: the venue refuses it)."""
 
     async def close(self) -> None: ...

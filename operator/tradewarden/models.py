@@ -74,6 +74,16 @@ class ReconciliationSpec(_Model):
         description="Runs in which an active local order may be unknown to the exchange before it is "
                     "declared lost (reported, never silently dropped).",
         ge=1, le=100)] = 3
+    quietSeconds: Annotated[float, Field(
+        description="A timer run waits for a quiet moment: no user-data event for this many seconds (0: never "
+                    "waits). Runs asked for by a reconnect, the annotation or an emergency stop never wait.",
+        ge=0, le=600)] = 2
+    maxDelaySeconds: Annotated[int, Field(
+        description="... for at most this long after its slot, then runs anyway.", ge=0, le=3600)] = 30
+    lostAfterSeconds: Annotated[int, Field(
+        description="An order is declared lost only when, besides missingOrderRetries not-found runs, at least "
+                    "this many seconds passed since the first not-found answer.",
+        ge=0, le=86400)] = 60
 
 
 class StaleOrdersSpec(_Model):
@@ -195,7 +205,7 @@ class OpenOrdersStatus(_Model):
 
 
 class PositionStatus(_Model):
-    """A position (spot: base-asset holdings; USD-M: the venue's, signed; hedge mode: one per leg)."""
+    """A USD-M position (the venue's, signed; hedge mode: one per leg). Spot accounts have none: a spot holding is its balance."""
     symbol: Annotated[str, Field(description="Unified symbol.")]
     side: Annotated[str, Field(
         description="USD-M position side: BOTH (one-way mode) or the hedge-mode leg, LONG or SHORT.")] = "BOTH"
@@ -241,9 +251,25 @@ class LastReconciliation(_Model):
     discrepancyCount: Annotated[int, Field(description="Discrepancies found in the run.")] = 0
     discrepancies: Annotated[dict[str, int], Field(
         description="Discrepancies by kind: balance, fill, missing, lost, orphan, position, stale.")] = {}
+    delayedMs: Annotated[int, Field(
+        description="How long a timer run waited for a quiet moment (no user-data event) after its slot.")] = 0
+    delayReason: Annotated[str, Field(
+        description="Why it ran then: quiet (a quiet moment came) or max-delay (the stream never paused).")] = ""
+    adoptedOrders: Annotated[int, Field(
+        description="Pre-existing open orders adopted by the run (first listing of a ledger that had none): "
+                    "not discrepancies.")] = 0
     staleSections: Annotated[list[str], Field(
         description="Snapshot sections whose query failed (their local state was kept).")] = []
     error: Annotated[str, Field(description="Why the run failed, when it did.")] = ""
+
+
+class AdoptionStatus(_Model):
+    """The orders found open when the ledger first listed the account's orders (a new account, or no
+    saved ledger): adopted into the ledger, reported here and by an OrdersAdopted Event, never as
+    discrepancies (nothing believed differed)."""
+    count: Annotated[int, Field(description="Orders adopted.")] = 0
+    owned: Annotated[int, Field(description="Of which owned (client order id prefix).")] = 0
+    time: Annotated[str | None, Field(description="When (RFC 3339).")] = None
 
 
 class MetricsStatus(_Model):
@@ -294,10 +320,12 @@ class TradingAccountStatus(_Model):
         description=f"Non-zero balances (up to {MAX_STATUS_BALANCES}).")] = []
     openOrders: Annotated[OpenOrdersStatus, Field(description="Open orders.")] = OpenOrdersStatus()
     positions: Annotated[list[PositionStatus], Field(
-        description=f"Net positions (up to {MAX_STATUS_POSITIONS}).")] = []
+        description=f"USD-M net positions (up to {MAX_STATUS_POSITIONS}); spot accounts have none (see balances).")] = []
     margin: Annotated[MarginStatus | None, Field(description="USD-M margin health.")] = None
     lastReconciliation: Annotated[LastReconciliation, Field(
         description="The last reconciliation run.")] = LastReconciliation()
+    adoption: Annotated[AdoptionStatus, Field(
+        description="Pre-existing orders adopted at the first sync.")] = AdoptionStatus()
     lastHandledReconcileAt: Annotated[str, Field(
         description=f"The last value of the {ANNOTATION_RECONCILE_REQUESTED_AT} annotation handled.")] = ""
     metrics: Annotated[MetricsStatus, Field(description="Monitoring counters.")] = MetricsStatus()

@@ -94,7 +94,8 @@ async def test_from_nothing_to_ready_then_stopped_then_resumed(world):
         await sup.flush()
         assert gw.started == 1 and sup.state.synced and sup.state.stream_running
         assert conditions(kube)["Ready"] == "True" and kube.status["openOrders"]["count"] == 2
-        assert ("Normal", "OrphanOrderAdopted") in [(t, r) for t, r, _ in events]
+        assert ("Normal", "OrdersAdopted") in [(t, r) for t, r, _ in events]      # first sync: adoption (issue 19)
+        assert kube.status["adoption"]["count"] == 2 and kube.status["lastReconciliation"]["discrepancyCount"] == 0
 
         # The stop: status shows the open breaker before the exchange is asked to cancel anything.
         body["metadata"]["annotations"][ESTOP] = "runaway bot"

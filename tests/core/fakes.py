@@ -6,7 +6,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Sequence
 
-from tradewarden.domain import (Balance, CancelAllResult, Order, OrderNotFound, OrderState, Position, Section,
+from tradewarden.domain import (Balance, CancelAllResult, Fill, Order, OrderNotFound, OrderState, Position, Section,
                                 Side, Snapshot)
 
 WRITES = frozenset({"cancel_order", "cancel_all"})
@@ -47,6 +47,7 @@ class FakeExchange:
         self.balances: dict[str, Balance] = {}
         self.positions: dict[str, Position] = {}
         self.forgotten: set[str] = set()
+        self.trades: list[Fill] = []
         self.calls: list[tuple[str, Any]] = []
         self.algo_calls: list[tuple[str, str, bool]] = []   # (method, client order id, algo flag)
         self.faults: dict[str, Any] = {}
@@ -123,6 +124,24 @@ class FakeExchange:
         self.orders[o.client_order_id] = done
         # like Binance: the answer carries the cancel request's own client id (origClientOrderId is the order's)
         return replace(done, client_order_id=f"cancel-{len(self.calls)}")
+
+    async def order_history(self, symbol: str, *, since_ms: int = 0, until_ms: int = 0, from_order_id: str = "",
+                            limit: int = 1000) -> list[Order]:
+        self.calls.append(("order_history", symbol))
+        self._fault("order_history")
+        return [o for o in self.orders.values() if o.symbol == symbol and o.client_order_id not in self.forgotten
+                and (from_order_id and o.exchange_order_id >= from_order_id
+                     or not from_order_id and since_ms <= o.created_ms and (not until_ms or o.created_ms <= until_ms))
+                ][:limit]
+
+    async def trade_history(self, symbol: str, *, since_ms: int = 0, until_ms: int = 0, from_trade_id: str = "",
+                            limit: int = 1000) -> list[Fill]:
+        self.calls.append(("trade_history", symbol))
+        self._fault("trade_history")
+        return [f for f in self.trades if f.symbol == symbol
+                and (from_trade_id and int(f.trade_id) >= int(from_trade_id)
+                     or not from_trade_id and since_ms <= f.time_ms and (not until_ms or f.time_ms <= until_ms))
+                ][:limit]
 
     async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult:
         self.calls.append(("cancel_all", tuple(symbols)))

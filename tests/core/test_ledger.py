@@ -21,7 +21,7 @@ def test_dump_is_compact_json_and_roundtrips():
     led.put_balance(Balance("BTC", Decimal("1.000000001"), Decimal("0")), "BTC", "rest", 9)
     data = json.loads(json.dumps(led.dump()))
     back = Ledger.load(data)
-    assert back.orders["tw-1"] == led.orders["tw-1"] and back.balance("BTC") == led.balance("BTC")
+    assert back.entry("tw-1") == led.entry("tw-1") and back.balance("BTC") == led.balance("BTC")
     assert back.dump() == led.dump()
     assert Ledger.load(data, owned_prefix="bot-").owned_prefix == "bot-"
 
@@ -64,7 +64,7 @@ async def test_restore_from_truncated_dump_adopts_unknown_orders_silently_once()
     assert restored.truncated == 1 and len(restored.orders) == 1
     runner = AccountRunner(ex, AccountConfig(symbols=["BTC/USDT"]), ledger=restored, clock=clock)
     report = await runner.initial_sync()
-    assert report.discrepancies == [] and set(runner.ledger.orders) == {"tw-a", "tw-b"}
+    assert report.discrepancies == [] and {e.order.client_order_id for e in runner.ledger.orders.values()} == {"tw-a", "tw-b"}
     assert runner.ledger.truncated == 0
     ex.put(order("tw-c", created_ms=clock.ms() - 10_000_000))
     assert [d.kind for d in (await runner.reconcile()).discrepancies] == ["orphan"]

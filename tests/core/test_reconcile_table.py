@@ -72,11 +72,10 @@ ROWS = [
         synced=False, balances=[bal("USDT", "1000")], corrected={("balance", "USDT")}),
     Row("the stream told something newer: REST left alone",
         ledger_balances=[bal("USDT", "900", at=NOW)], balances=[bal("USDT", "1000", at=OLD)]),
-    Row("spot: a base asset's holding is the symbol's position",
-        ledger_balances=[bal("BTC", "1")], ledger_positions=[Position("BTC/USDT", Decimal("1"))],
-        balances=[bal("BTC", "2")],
-        discrepancies={("balance", "BTC", Outcome.CORRECTED), ("position", "BTC/USDT", Outcome.CORRECTED)},
-        corrected={("balance", "BTC"), ("position", "BTC/USDT")}),
+    Row("spot: a base asset's change is reported once, as its balance (no per-symbol positions)",
+        ledger_balances=[bal("BTC", "1")], balances=[bal("BTC", "2")],
+        config={"symbols": ["BTC/USDT", "BTC/EUR", "BTC/FDUSD"]},
+        discrepancies={("balance", "BTC", Outcome.CORRECTED)}, corrected={("balance", "BTC")}),
     Row("a fill the stream missed: corrected and reported",
         ledger_orders=[BTC_OPEN],
         open_orders=[order("tw-1", created_ms=OLD, filled="0.4", state=OrderState.PARTIALLY_FILLED, updated_ms=OLD + 1)],
@@ -99,8 +98,8 @@ ROWS = [
         ledger_orders=[BTC_OPEN], ledger_balances=[bal("USDT", "1000")],
         open_orders=Temporary("503"), balances=[bal("USDT", "1100")], stale={"orders"},
         discrepancies={("balance", "USDT", Outcome.CORRECTED)}, corrected={("balance", "USDT")}),
-    Row("balances failed: balances and spot positions stale, orders still reconciled",
-        ledger_orders=[BTC_OPEN], balances=Temporary("timeout"), open_orders=[], stale={"balances", "positions"},
+    Row("balances failed: balances stale, orders still reconciled (spot has no positions section)",
+        ledger_orders=[BTC_OPEN], balances=Temporary("timeout"), open_orders=[], stale={"balances"},
         fetches={"tw-1"}),
     Row("ObserveOnly reconciles the same way (the difference is on the exchange, not here)",
         ledger_balances=[bal("USDT", "1000")], balances=[bal("USDT", "1100")], config={"policy": Policy.OBSERVE_ONLY},
@@ -146,5 +145,6 @@ def test_reconcile(row: Row):
     assert {o.client_order_id for o in plan.fetches} == row.fetches
     assert {o.client_order_id for o in plan.deferred} == row.deferred
     assert set(plan.stale_sections) == row.stale
-    assert {(c.op, c.key) for c in plan.corrections} == row.corrected
+    assert {(c.op, c.value.client_order_id if c.op in ("order", "flags") and c.value is not None else
+             ledger.order(c.key).client_order_id if c.op == "flags" else c.key) for c in plan.corrections} == row.corrected
     assert ledger.dump() == before                  # reconcile only plans: the ledger is untouched

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -42,7 +43,7 @@ async def synced(**kw):
 
 # ---- initial sync --------------------------------------------------------------------------
 
-async def test_initial_sync_loads_everything_and_reports_orphans_only():
+async def test_initial_sync_adopts_pre_existing_orders_without_discrepancies():
     clock, ex, runner = make()
     t0 = clock.ms() - HOUR_MS
     ex.balance("USDT", "1000", "100")
@@ -52,17 +53,50 @@ async def test_initial_sync_loads_everything_and_reports_orphans_only():
            order("tw-old", created_ms=t0, state=OrderState.FILLED, filled="1"))
     report = await runner.initial_sync()
     assert report.ok and report.trigger == "initial"
-    # a fresh ledger has no belief about balances: they are the baseline, not mismatches
-    assert kinds(report) == [("orphan", "manual-1"), ("orphan", "tw-1")]
+    # a fresh ledger has no belief about balances nor orders: they are the baseline, not mismatches;
+    # the open orders are adopted (issue 19 item 4), reported as adoption, never as orphans
+    assert kinds(report) == []
+    assert sorted(o.client_order_id for o in report.adopted) == ["manual-1", "tw-1"]
+    assert runner.monitor.discrepancies_total == 0
     led = runner.ledger
     assert led.balance_values().keys() == {"USDT", "BTC"}
     assert led.balance("USDT").locked == Decimal("100")
-    assert led.position("BTC/USDT").amount == Decimal("2.5")      # spot: base-asset holdings
-    assert led.position("ETH/USDT") is None
+    assert led.balance("BTC").total == Decimal("2.5")      # spot: the holding is the balance, no positions
+    assert led.positions == {}
     assert {o.client_order_id for o in led.active_orders()} == {"tw-1", "manual-1"}
     assert led.is_owned("tw-1") and not led.is_owned("manual-1")
     assert led.synced_ms > 0 and runner.monitor.runs == 1 and runner.monitor.last_success_ms > 0
     assert ex.writes == []
+    # after the first listing, an order the ledger does not know is an orphan again
+    ex.put(order("manual-2", created_ms=clock.ms()))
+    clock.t += 60
+    again = await runner.reconcile()
+    assert kinds(again) == [("orphan", "manual-2")] and again.adopted == []
+
+
+async def test_adoption_survives_a_restart_only_through_the_saved_ledger():
+    clock, ex, runner = make()
+    ex.put(order("tw-1", created_ms=clock.ms() - HOUR_MS))
+    first = await runner.initial_sync()
+    assert [o.client_order_id for o in first.adopted] == ["tw-1"]
+    # a ledger restored from the dump knows the orders were listed: a new order is an orphan
+    ex.put(order("manual-9", created_ms=clock.ms()))
+    restored = Ledger.load(runner.ledger.dump())
+    assert restored.knows_orders
+    restarted = AccountRunner(ex, runner.config, ledger=restored, clock=clock)
+    clock.t += 60
+    assert kinds(await restarted.initial_sync()) == [("orphan", "manual-9")]
+    # a first listing that came back while balances failed still ends adoption (the run is not a
+    # full sync, but the ledger now has a belief about orders)
+    clock2, ex2, runner2 = make()
+    ex2.put(order("tw-1", created_ms=clock2.ms() - HOUR_MS))
+    ex2.faults["balances"] = [Temporary("balances down")]
+    partial = await runner2.initial_sync()
+    assert not partial.ok and [o.client_order_id for o in partial.adopted] == ["tw-1"]
+    assert runner2.ledger.synced_ms == 0 and runner2.ledger.knows_orders
+    ex2.put(order("manual-3", created_ms=clock2.ms()))
+    clock2.t += 60
+    assert kinds(await runner2.reconcile()) == [("orphan", "manual-3")]
 
 
 async def test_initial_sync_from_restored_ledger_asks_the_final_state_of_vanished_orders():
@@ -105,8 +139,8 @@ async def test_vanished_asset_counts_as_mismatch():
     clock, ex, runner = await synced()
     del ex.balances["BTC"]
     report = await runner.reconcile()
-    assert ("balance", "BTC") in kinds(report) and ("position", "BTC/USDT") in kinds(report)
-    assert runner.ledger.balance("BTC") is None and runner.ledger.position("BTC/USDT") is None
+    assert kinds(report) == [("balance", "BTC")]           # once, as the asset (spot has no positions)
+    assert runner.ledger.balance("BTC") is None and runner.ledger.positions == {}
     assert "gone" in next(d for d in report.discrepancies if d.kind == "balance").action
 
 
@@ -167,7 +201,7 @@ async def test_failed_query_keeps_order_pending_without_counting_a_miss():
     for _ in range(3):
         report = await runner.reconcile()
         assert kinds(report) == [("missing", "tw-1")] and "Temporary" in report.discrepancies[0].action
-    assert runner.ledger.orders["tw-1"].misses == 0
+    assert runner.ledger.entry("tw-1").misses == 0
     assert runner.ledger.order("tw-1").state is OrderState.OPEN
 
 
@@ -175,7 +209,9 @@ async def test_lost_order_that_reappears_is_adopted_back():
     clock, ex, runner = await synced(missing_retries=1)
     ex.forgotten.add("tw-1")
     ex.put(order("tw-1", state=OrderState.CANCELED))
-    await runner.reconcile(); await runner.reconcile()
+    await runner.reconcile()
+    clock.t += 60
+    await runner.reconcile()
     assert runner.ledger.order("tw-1").state is OrderState.LOST
     ex.forgotten.clear()
     ex.put(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED,
@@ -183,6 +219,93 @@ async def test_lost_order_that_reappears_is_adopted_back():
     report = await runner.reconcile()
     assert kinds(report) == [("fill", "tw-1")]
     assert runner.ledger.order("tw-1").state is OrderState.PARTIALLY_FILLED
+
+
+# ---- scope and time (issue 19 item 6) ---------------------------------------------------------------
+
+async def test_lost_needs_both_the_not_found_count_and_a_minimum_span():
+    clock, ex, runner = await synced(missing_retries=2, lost_after_s=60)
+    ex.forgotten.add("tw-1")
+    ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))
+    # four runs within seconds (reconnects, an annotation): the count is reached, the span is not
+    for _ in range(4):
+        report = await runner.reconcile(trigger="stream-reconnect")
+        assert kinds(report) == [("missing", "tw-1")], report.discrepancies
+        clock.t += 5
+    assert runner.ledger.order("tw-1").state is OrderState.OPEN
+    assert "for 15s of 60s" in report.discrepancies[0].action
+    # the streak's start survives a restart (it is in the dump)
+    restored = Ledger.load(runner.ledger.dump())
+    assert restored.entry("tw-1").misses == 4 and restored.entry("tw-1").first_miss_ms == clock.ms() - 20_000
+    runner = AccountRunner(ex, runner.config, ledger=restored, clock=clock, sleep=clock.sleep)
+    clock.t += 40                                  # 60 s since the first not-found answer
+    report = await runner.reconcile()
+    assert kinds(report) == [("lost", "tw-1")]
+    assert runner.ledger.order("tw-1").state is OrderState.LOST
+
+
+async def test_a_found_order_ends_the_not_found_streak():
+    clock, ex, runner = await synced(missing_retries=1, lost_after_s=30)
+    ex.forgotten.add("tw-1")
+    ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))
+    await runner.reconcile()
+    assert runner.ledger.entry("tw-1").first_miss_ms == clock.ms()
+    ex.faults["fetch_order"] = [Temporary("502")]          # a failed query counts nothing, keeps the streak
+    clock.t += 10
+    await runner.reconcile()
+    assert runner.ledger.entry("tw-1").misses == 1
+    ex.forgotten.clear()
+    ex.put(order("tw-1", created_ms=clock.ms() - 2 * HOUR_MS, updated_ms=clock.ms()))   # it is open after all
+    clock.t += 60
+    await runner.reconcile()
+    entry = runner.ledger.entry("tw-1")
+    assert entry.order.state is OrderState.OPEN and entry.misses == 0 and entry.first_miss_ms == 0
+
+
+async def test_a_lost_order_is_kept_for_the_retention_counted_from_its_declaration():
+    clock, ex, runner = await synced(missing_retries=1, lost_after_s=0, retention_s=3600)
+    # the venue last updated it long before the retention: judged by that clock it would go at once
+    ancient = order("tw-old", created_ms=clock.ms() - 30 * HOUR_MS, updated_ms=clock.ms() - 30 * HOUR_MS)
+    runner.ledger.put_order(ancient, "rest", clock.ms() - 30 * HOUR_MS)
+    ex.put(replace(ancient, state=OrderState.CANCELED))
+    ex.forgotten.add("tw-old")
+    await runner.reconcile()
+    clock.t += 60
+    report = await runner.reconcile()
+    assert kinds(report) == [("lost", "tw-old")] and report.purged == 0
+    assert runner.ledger.order("tw-old").state is OrderState.LOST
+    clock.t += 3000
+    assert (await runner.stale_cleanup()).purged == 0 and runner.ledger.order("tw-old") is not None
+    clock.t += 700                                  # an hour after the declaration
+    assert (await runner.stale_cleanup()).purged == 1 and runner.ledger.order("tw-old") is None
+
+
+async def test_orders_on_a_removed_symbol_are_asked_once_and_leave_tracking():
+    clock, ex, runner = await synced(stale_timeout_s=1800)
+    t0 = clock.ms() - 2 * HOUR_MS
+    sol_done = order("tw-sol-1", symbol="SOL/USDT", created_ms=t0)
+    sol_open = order("tw-sol-2", symbol="SOL/USDT", created_ms=t0)
+    sol_gone = order("tw-sol-3", symbol="SOL/USDT", created_ms=t0)
+    for o in (sol_done, sol_open, sol_gone):
+        runner.ledger.put_order(o, "rest", t0)      # tracked while SOL/USDT was configured
+    ex.put(replace(sol_done, state=OrderState.FILLED, filled=Decimal("1"), updated_ms=clock.ms()), sol_open)
+    ex.forgotten.add("tw-sol-3")
+    # stale cleanup acts only on configured symbols: the SOL orders are old and owned, yet not cancelled
+    cleanup = await runner.stale_cleanup()
+    assert ("cancel_order", "tw-sol-2") not in ex.calls and ("cancel_order", "tw-sol-1") not in ex.calls
+    assert {d.entity for d in cleanup.discrepancies} == {"tw-1"}
+    calls = len(ex.calls)
+    report = await runner.reconcile()
+    asked = [c for c in ex.calls[calls:] if c[0] == "fetch_order"]
+    assert sorted(asked) == [("fetch_order", "tw-sol-1"), ("fetch_order", "tw-sol-2"), ("fetch_order", "tw-sol-3")]
+    assert report.released == 3 and report.discrepancies == [] and report.ok
+    led = runner.ledger
+    assert led.order("tw-sol-1").state is OrderState.FILLED        # the final state it had, kept (retention)
+    assert led.order("tw-sol-2") is None and led.order("tw-sol-3") is None   # open / unknown: out of tracking
+    assert not [o for o in led.active_orders() if o.symbol == "SOL/USDT"]
+    calls = len(ex.calls)
+    again = await runner.reconcile()
+    assert again.released == 0 and not [c for c in ex.calls[calls:] if c[0] == "fetch_order"]   # asked once
 
 
 async def test_stream_newer_than_snapshot_is_not_overwritten():
@@ -233,7 +356,7 @@ async def test_partial_state_keeps_failed_section_and_reconciles_the_rest():
     ex.balance("USDT", "5", "0")
     ex.put(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED, updated_ms=clock.ms()))
     report = await runner.reconcile()
-    assert not report.ok and set(report.stale_sections) == {"balances", "positions"}
+    assert not report.ok and set(report.stale_sections) == {"balances"}
     assert "balances timed out" in report.error
     assert kinds(report) == [("fill", "tw-1")]                      # the good section still reconciled
     assert runner.ledger.balance("USDT").free == Decimal("1000")     # the failed one kept
@@ -250,7 +373,7 @@ async def test_snapshot_failure_keeps_everything():
     before = runner.ledger.dump()
     ex.faults["snapshot"] = Temporary("connection reset")
     report = await runner.reconcile()
-    assert not report.ok and report.stale_sections == ["balances", "orders", "positions"]
+    assert not report.ok and report.stale_sections == ["balances", "orders"]      # spot: no positions
     assert runner.ledger.dump() == before and runner.monitor.failures == 1
 
 
@@ -316,7 +439,7 @@ async def test_stale_cancel_unknown_outcome_rechecked_next_run():
     first = await runner.stale_cleanup()
     assert "outcome unknown" in first.discrepancies[0].action
     assert first.discrepancies[0].outcome is Outcome.CANCEL_UNKNOWN
-    assert runner.ledger.orders["tw-1"].recheck and runner.ledger.order("tw-1").state is OrderState.OPEN
+    assert runner.ledger.entry("tw-1").recheck and runner.ledger.order("tw-1").state is OrderState.OPEN
     ex.put(order("tw-1", state=OrderState.CANCELED, updated_ms=clock.ms()))   # it did go through
     second = await runner.stale_cleanup()
     assert ex.calls[-1] == ("fetch_order", "tw-1")
@@ -337,7 +460,8 @@ async def test_terminal_orders_purged_after_retention_memory_bounded():
     report = await runner.stale_cleanup()
     assert report.purged == 6
     assert runner.ledger.order("tw-ancient") is None
-    assert {k for k in runner.ledger.orders if k.startswith("tw-f")} == {f"tw-f{i}" for i in range(5)}
+    assert {e.order.client_order_id for e in runner.ledger.orders.values()
+            if e.order.client_order_id.startswith("tw-f")} == {f"tw-f{i}" for i in range(5)}
     assert runner.ledger.order("tw-1") is not None and runner.ledger.order("manual-1") is not None
 
 
@@ -418,7 +542,7 @@ async def test_reconnect_triggers_reconciliation():
     assert ex.calls.count(("snapshot", ("BTC/USDT", "ETH/USDT"))) == n + 1
 
 
-async def test_events_apply_newest_wins_and_derive_spot_positions():
+async def test_events_apply_newest_wins_and_spot_has_no_positions():
     clock, ex, runner = await synced()
     t = clock.ms()
     await runner.apply_event(OrderEvent(order("tw-1", filled="0.5", state=OrderState.PARTIALLY_FILLED,
@@ -426,7 +550,7 @@ async def test_events_apply_newest_wins_and_derive_spot_positions():
     await runner.apply_event(OrderEvent(order("tw-1", updated_ms=t - 5), t))             # late, older
     assert runner.ledger.order("tw-1").filled == Decimal("0.5")
     await runner.apply_event(BalanceEvent({"BTC": Balance("BTC", Decimal("3"), Decimal("1"))}, t))
-    assert runner.ledger.position("BTC/USDT").amount == Decimal("4")
+    assert runner.ledger.balance("BTC").total == Decimal("4") and runner.ledger.positions == {}
     await runner.apply_event(PositionEvent([Position("XRP/USDT:USDT", Decimal("7"))], t))
     assert runner.ledger.position("XRP/USDT:USDT").updated_ms == t
 
@@ -463,6 +587,39 @@ async def test_no_completed_run_alert_after_ten_minutes_or_two_intervals():
     assert mon.alerts(later, 300)["stale"] is True
     assert mon.alerts(later, 600)["stale"] is False           # two intervals (20 min) is longer
     assert mon.alerts(mon.last_success_ms + 21 * 60 * 1000, 600)["stale"] is True
+
+
+async def test_a_recent_balance_mismatch_under_a_live_stream_is_judged_next_run():
+    """Precision: the venue's value may be newer than an event still on its way (issue 19 item 1's grace);
+    recall: unexplained by the next run (no stream update of the asset since), it is reported then."""
+    clock, ex, runner = await synced()
+    runner.stream_live = True
+    ex.venue_ahead_ms = 0
+    ex.balance("USDT", "900", "100", updated_ms=clock.ms())          # just changed on the venue
+    first = await runner.reconcile()
+    assert kinds(first) == [] and runner.ledger.balance("USDT").free == Decimal("1000")
+    assert first.recent == 1                       # the supervisor brings the next run forward for it
+    # its event arrives: explained, nothing to report
+    await runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("900"), Decimal("100"),
+                                                          clock.ms())}, clock.ms()))
+    clock.t += 60
+    assert kinds(await runner.reconcile()) == [] and runner.ledger.balance_suspects == {}
+    # a change whose event never comes: deferred once, reported at the next run
+    ex.balance("USDT", "800", "100", updated_ms=clock.ms())
+    assert kinds(await runner.reconcile()) == []
+    clock.t += 60
+    ex.balance("USDT", "800", "100", updated_ms=clock.ms())         # the account keeps trading: recent again
+    assert kinds(await runner.reconcile()) == [("balance", "USDT")]  # ... yet unexplained since: reported
+    assert runner.ledger.balance("USDT").free == Decimal("800") and runner.ledger.balance_suspects == {}
+
+
+async def test_the_annotation_asks_for_the_exchanges_word_now_no_deferral():
+    clock, ex, runner = await synced()
+    runner.stream_live = True
+    ex.balance("USDT", "900", "100", updated_ms=clock.ms())
+    ex.put(order("manual-now", created_ms=clock.ms()))
+    report = await runner.reconcile(trigger="annotation")
+    assert kinds(report) == [("balance", "USDT"), ("orphan", "manual-now")] and report.recent == 0
 
 
 async def test_stale_order_checks_are_not_reconciliations_for_health():

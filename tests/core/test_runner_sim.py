@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from tradewarden.core import AccountConfig, Ledger
+from tradewarden.core.ledger import OrderKey
 from tradewarden.service import AccountRunner
 from tradewarden.domain import ConnectionState, OrderState, Policy, Position
 
@@ -76,11 +77,13 @@ async def test_initial_sync_against_the_simulator(sim, account, make_runner):
     runner = await make_runner()
     report = await runner.initial_sync()
     assert report.ok, report.error
-    assert kinds(report) == [("orphan", "manual-1"), ("orphan", "tw-sync-1")]
+    # a ledger that never listed orders adopts them: not discrepancies (issue 19 item 4)
+    assert kinds(report) == []
+    assert sorted(o.client_order_id for o in report.adopted) == ["manual-1", "tw-sync-1"]
     led = runner.ledger
     assert led.balance("USDT").free == Decimal("6000") and led.balance("USDT").locked == Decimal("4000")
     assert led.balance("ETH").locked == Decimal("1")
-    assert led.position("BTC/USDT").amount == Decimal("1") and led.position("ETH/USDT").amount == Decimal("10")
+    assert led.balance("BTC").total == Decimal("1") and led.positions == {}     # spot: balances, no positions
     assert {o.client_order_id for o in led.active_orders()} == {"tw-sync-1", "manual-1"}
     assert (await runner.reconcile()).discrepancies == []
 
@@ -93,8 +96,7 @@ async def test_balance_mismatch_and_fill_detected_against_the_simulator(sim, acc
     sim.adjust_balance(key, "USDT", "-2500")           # a withdrawal nobody told us about
     sim.fill(key, o.order_id, "0.04")                  # a partial fill we missed
     report = await runner.reconcile()
-    assert set(kinds(report)) >= {("balance", "USDT"), ("fill", "tw-fill-1"), ("balance", "BTC"),
-                                  ("position", "BTC/USDT")}
+    assert sorted(kinds(report)) == [("balance", "BTC"), ("balance", "USDT"), ("fill", "tw-fill-1")]
     usdt = next(d for d in report.discrepancies if d.entity == "USDT")
     assert usdt.local.startswith("free=6000") and "free=3500" in usdt.exchange
     assert runner.ledger.order("tw-fill-1").filled == Decimal("0.04")
@@ -107,7 +109,8 @@ async def test_missing_order_resolved_by_query_and_unknown_one_declared_lost(sim
     key = account[0]
     filled = place(sim, key, "tw-miss-1")
     cancelled = place(sim, key, "tw-miss-2", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
-    runner = await make_runner(missing_retries=1)
+    clock = Later()
+    runner = await make_runner(missing_retries=1, lost_after_s=30, clock=clock)
     await runner.initial_sync()
     sim.fill(key, filled.order_id)
     sim.cancel_order(key, cancelled.order_id)
@@ -122,8 +125,11 @@ async def test_missing_order_resolved_by_query_and_unknown_one_declared_lost(sim
     assert runner.ledger.order("tw-miss-1").state is OrderState.FILLED
     assert runner.ledger.order("tw-miss-2").state is OrderState.CANCELED
     assert runner.ledger.order("tw-ghost").state is OrderState.OPEN      # not found once: retried
-    second = await runner.reconcile()
-    assert kinds(second) == [("lost", "tw-ghost")]           # balances settled in the first run
+    second = await runner.reconcile()                        # count reached, 30 s not yet: still pending
+    assert kinds(second) == [("missing", "tw-ghost")] and runner.ledger.order("tw-ghost").state is OrderState.OPEN
+    clock.ahead = 31
+    third = await runner.reconcile()
+    assert kinds(third) == [("lost", "tw-ghost")]            # balances settled in the first run
     assert runner.ledger.order("tw-ghost").state is OrderState.LOST
 
 
@@ -238,3 +244,227 @@ async def test_reconnect_triggers_reconciliation_through_the_stream(sim, account
     assert reports[0].trigger == "stream-reconnect"
     assert ("balance", "USDT") in kinds(reports[0])               # the missed change is caught
     assert runner.ledger.balance("USDT").free == Decimal("9900")
+
+
+# ---- identity: (symbol, exchange order id), not the client order id (issue 19 item 3) ------------------
+# Binance spot, rest-api.md "New order (TRADE)", newClientOrderId: "A unique id among open orders ...
+# Orders with the same newClientOrderID can be accepted only when the previous one is filled": an id
+# names one order at a time, not one order for ever; and it is unique per symbol, not per account.
+
+async def test_client_order_id_reused_on_one_symbol_is_a_new_order(sim, account, make_runner):
+    key = account[0]
+    first = place(sim, key, "tw-grid-1")
+    clock = Later()
+    runner = await make_runner(clock=clock, stale_timeout_s=HOUR_S)
+    await runner.initial_sync()
+    sim.fill(key, first.order_id)                         # filled; its events are not consumed here
+    report = await runner.reconcile()
+    assert kinds(report) == [("balance", "BTC"), ("balance", "USDT"), ("missing", "tw-grid-1")]
+    led = runner.ledger
+    old_key = OrderKey("BTC/USDT", str(first.order_id))
+    assert led.order(old_key).state is OrderState.FILLED
+    # the grid bot places its next order under the same client order id (the venue accepts it)
+    second = place(sim, key, "tw-grid-1", price="39000")
+    assert second.order_id != first.order_id
+    await asyncio.sleep(0.2)             # older than the snapshot (minus the grace): judged now, not next run
+    report = await runner.reconcile()
+    new_key = OrderKey("BTC/USDT", str(second.order_id))
+    # seen, not hidden behind the finished order of the same id: an order the ledger did not know
+    assert kinds(report) == [("balance", "USDT"), ("orphan", "tw-grid-1")]
+    assert str(second.order_id) in report.discrepancies[-1].action
+    assert led.order(new_key).state is OrderState.OPEN and led.order(new_key).price == Decimal("39000")
+    assert led.order(old_key).state is OrderState.FILLED              # the earlier one is kept as it was
+    assert led.order("tw-grid-1") == led.order(new_key)                # by its label: the active one
+    assert [o.exchange_order_id for o in led.active_orders()] == [str(second.order_id)]
+    assert (await runner.reconcile()).discrepancies == []
+    # ... and it is the one stale cleanup cancels (it is owned: the prefix decides)
+    clock.ahead = 2 * HOUR_S
+    cleanup = await runner.stale_cleanup()
+    assert cleanup.cancelled == 1
+    assert led.order(new_key).state is OrderState.CANCELED and led.order(old_key).state is OrderState.FILLED
+    assert [(m, p) for m, p in writes(sim, key)] == [("DELETE", "/api/v3/order")]
+
+
+async def test_same_client_order_id_on_two_symbols_are_two_orders(sim, account, make_runner):
+    key = account[0]
+    btc = place(sim, key, "tw-twin")
+    eth = place(sim, key, "tw-twin", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
+    runner = await make_runner()
+    first = await runner.initial_sync()
+    assert sorted(o.symbol for o in first.adopted) == ["BTC/USDT", "ETH/USDT"]
+    led = runner.ledger
+    kb, ke = OrderKey("BTC/USDT", str(btc.order_id)), OrderKey("ETH/USDT", str(eth.order_id))
+    assert {kb, ke} <= set(led.orders)
+    sim.fill(key, eth.order_id, "0.25")                  # a partial fill on ETH only
+    report = await runner.reconcile()
+    fills = [d for d in report.discrepancies if d.kind == "fill"]
+    assert len(fills) == 1 and fills[0].entity == "tw-twin" and fills[0].exchange == "partially_filled filled=0.25/1.0"
+    assert f"{eth.order_id} on ETH/USDT" in fills[0].action
+    assert led.order(ke).filled == Decimal("0.25") and led.order(kb).filled == 0
+    sim.cancel_order(key, btc.order_id)                  # the BTC one goes behind our back
+    report = await runner.reconcile()
+    missing = [d for d in report.discrepancies if d.kind == "missing"]
+    assert len(missing) == 1 and "canceled" in missing[0].action
+    assert led.order(kb).state is OrderState.CANCELED
+    assert led.order(ke).state is OrderState.PARTIALLY_FILLED
+    assert led.order("tw-twin") == led.order(ke)                       # the active one of the label
+
+
+async def test_reused_client_order_id_through_the_stream_is_no_discrepancy(sim, account, make_runner):
+    """With every event delivered, the reuse is followed through the stream and nothing is reported."""
+    key = account[0]
+    first = place(sim, key, "tw-grid-2")
+    runner = await make_runner()
+    await runner.initial_sync()
+    stream = runner.gateway.stream(runner.config.symbols)
+    second = None
+
+    async def consume():
+        nonlocal second
+        async for event in stream:
+            await runner.apply_event(event)
+            if getattr(event, "state", None) is ConnectionState.CONNECTED:
+                sim.fill(key, first.order_id)
+                second = place(sim, key, "tw-grid-2", price="39500")
+            o = runner.ledger.order(OrderKey("BTC/USDT", str(second.order_id))) if second else None
+            if o is not None:
+                return
+
+    await asyncio.wait_for(consume(), 60)
+    await stream.aclose()
+    led = runner.ledger
+    assert led.order(OrderKey("BTC/USDT", str(first.order_id))).state is OrderState.FILLED
+    assert led.order(OrderKey("BTC/USDT", str(second.order_id))).state is OrderState.OPEN
+    await asyncio.sleep(0.3)                      # the balance events of the fill
+    report = await runner.reconcile()
+    assert [d for d in report.discrepancies if d.kind in ("orphan", "fill", "missing")] == [], report.discrepancies
+
+
+# ---- scope (issue 19 item 6) ---------------------------------------------------------------------------
+
+async def test_symbol_removed_from_the_spec_orders_asked_once_never_cancelled(sim, account, make_runner):
+    key = account[0]
+    place(sim, key, "tw-keep")
+    eth = place(sim, key, "tw-eth-1", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
+    clock = Later()
+    runner = await make_runner(clock=clock, stale_timeout_s=HOUR_S)
+    await runner.initial_sync()
+    # the user removes ETH/USDT from spec.symbols: the runner is reconfigured, the ledger kept
+    narrowed = await make_runner(clock=clock, ledger=runner.ledger, stale_timeout_s=HOUR_S, symbols=["BTC/USDT"])
+    clock.ahead = 2 * HOUR_S                        # both orders are now old enough to be stale
+    cleanup = await narrowed.stale_cleanup()
+    assert cleanup.cancelled == 1                   # tw-keep only: stale cleanup acts on configured symbols
+    assert any(o.order_id == eth.order_id for o in sim.account(key).open_orders("spot"))
+    report = await narrowed.reconcile()
+    assert report.ok and report.released == 1
+    # (the USDT the cancel released shows as a balance change: no stream in this test)
+    assert [d.kind for d in report.discrepancies] == ["balance"], report.discrepancies
+    assert narrowed.ledger.order("tw-eth-1") is None            # still open on the venue: out of tracking
+    again = await narrowed.reconcile()
+    assert again.released == 0 and again.requests == 0
+    assert any(o.order_id == eth.order_id for o in sim.account(key).open_orders("spot"))   # never cancelled
+
+
+# ---- gaps closed through history (issue 19 item 2) ------------------------------------------------------
+# Spot rest-api.md "All orders (USER_DATA)" (GET /api/v3/allOrders, weight 20: startTime/endTime at most
+# 24 hours apart; orderId returns orders >= it) and "Account trade list (USER_DATA)" (GET /api/v3/myTrades,
+# weight 20 without orderId; fromId returns trades >= it and is not combined with a time range).
+
+def _history_paths(sim, key):
+    return [r["path"] for r in sim.requests() if r["key"] == key and r["path"] in
+            ("/api/v3/allOrders", "/api/v3/myTrades", "/fapi/v1/allOrders", "/fapi/v1/userTrades")]
+
+
+async def test_order_placed_and_filled_inside_a_stream_gap_is_found_with_its_fills(sim, account, make_runner):
+    key = account[0]
+    runner = await make_runner()
+    await runner.initial_sync()
+    stream = runner.gateway.stream(runner.config.symbols)
+    reports, inside = [], {}
+
+    async def consume():
+        async for event in stream:
+            report = await runner.handle_event(event)
+            if report is not None:
+                reports.append(report)
+                return
+            if getattr(event, "state", None) is ConnectionState.CONNECTED:
+                sim.set_deliver(key, False)                          # the gap: events lost ...
+                o = place(sim, key, "tw-gap-1", price="41000")      # ... an order born ...
+                sim.fill(key, o.order_id, "0.04")
+                sim.fill(key, o.order_id)                            # ... filled in two trades ...
+                inside["order"] = o
+                sim.set_deliver(key, True)
+                await sim.drop_streams(abort=True)                   # ... and the socket dies
+
+    await asyncio.wait_for(consume(), 60)
+    await stream.aclose()
+    report = reports[0]
+    assert report.trigger == "stream-reconnect"
+    unseen = [d for d in report.discrepancies if d.kind == "unseen"]
+    assert [d.entity for d in unseen] == ["tw-gap-1"], report.discrepancies
+    led = runner.ledger
+    xid = str(inside["order"].order_id)
+    assert led.order(OrderKey("BTC/USDT", xid)).state is OrderState.FILLED
+    fills = led.fills_of(OrderKey("BTC/USDT", xid))
+    assert [f.amount for f in fills] == [Decimal("0.04"), Decimal("0.06")]
+    venue_trades = [t for t in sim.account(key).trades["spot"] if t.order_id == inside["order"].order_id]
+    assert [(f.trade_id, f.price, f.fee, f.fee_asset) for f in fills] == \
+        [(str(t.trade_id), t.price, t.commission, t.commission_asset) for t in venue_trades]
+    assert led.trade_cursors["BTC/USDT"] == str(venue_trades[-1].trade_id)
+    assert led.gap_since_ms == 0
+    # the cost: one allOrders per symbol, and myTrades only where there were executions to explain
+    assert sorted(_history_paths(sim, key)) == ["/api/v3/allOrders", "/api/v3/allOrders", "/api/v3/myTrades"]
+    assert report.history_requests == 3
+    # reported once: the next run has nothing to say about it
+    assert [d for d in (await runner.reconcile()).discrepancies if d.kind == "unseen"] == []
+
+
+async def test_order_placed_and_filled_while_the_operator_was_down_is_found_with_its_fills(
+        sim, account, make_runner):
+    key = account[0]
+    runner = await make_runner()
+    await runner.initial_sync()
+    saved = runner.ledger.dump()                                     # the last checkpoint before the stop
+    o = place(sim, key, "manual-down", symbol="ETHUSDT", side="SELL", qty="1", price="5000")
+    sim.fill(key, o.order_id)
+    c = place(sim, key, "tw-down-2", price="45000")                  # placed and cancelled: no fill
+    sim.cancel_order(key, c.order_id)
+    restarted = await make_runner(ledger=Ledger.load(saved))
+    report = await restarted.initial_sync()
+    unseen = sorted((d.entity, d.exchange) for d in report.discrepancies if d.kind == "unseen")
+    assert unseen == [("manual-down", "filled filled=1.0/1.0"), ("tw-down-2", "canceled filled=0.0/0.1")]
+    fills = restarted.ledger.fills_of(OrderKey("ETH/USDT", str(o.order_id)))
+    assert len(fills) == 1 and fills[0].amount == Decimal("1") and fills[0].fee_asset
+    assert restarted.ledger.fills_of(OrderKey("BTC/USDT", str(c.order_id))) == []
+    # myTrades was read for ETH only (the cancelled BTC order executed nothing)
+    assert sorted(_history_paths(sim, key)) == ["/api/v3/allOrders", "/api/v3/allOrders", "/api/v3/myTrades"]
+    # the fills survive a restart (they are in the dump), and the gap is closed
+    back = Ledger.load(restarted.ledger.dump())
+    assert back.fills_of(OrderKey("ETH/USDT", str(o.order_id))) == fills and back.gap_since_ms == 0
+
+
+async def test_no_gap_no_history(sim, account, make_runner):
+    """With every event delivered and nothing unexplained, history is never read (it costs weight)."""
+    key = account[0]
+    runner = await make_runner()
+    await runner.initial_sync()
+    for _ in range(3):
+        assert (await runner.reconcile()).discrepancies == []
+    assert _history_paths(sim, key) == []
+
+
+async def test_usdm_gap_closed_through_all_orders_and_user_trades(sim, account, make_runner):
+    """USD-M: GET /fapi/v1/allOrders (weight 5, usdm-facts.md C1) and /fapi/v1/userTrades (weight 5, E)."""
+    key = account[0]
+    runner = await make_runner(futures=True)
+    await runner.initial_sync()
+    saved = runner.ledger.dump()
+    o = place(sim, key, "tw-fut-gap", qty="0.01", price="45000", venue="usdm")
+    sim.fill(key, o.order_id)
+    restarted = await make_runner(futures=True, ledger=Ledger.load(saved))
+    report = await restarted.initial_sync()
+    assert [(d.kind, d.entity) for d in report.discrepancies if d.kind == "unseen"] == [("unseen", "tw-fut-gap")]
+    fills = restarted.ledger.fills_of(OrderKey("BTC/USDT:USDT", str(o.order_id)))
+    assert [f.amount for f in fills] == [Decimal("0.01")] and fills[0].fee_asset == "USDT"
+    assert sorted(_history_paths(sim, key)) == ["/fapi/v1/allOrders", "/fapi/v1/userTrades"]

@@ -126,6 +126,8 @@ async def test_price_moves_across_ten_reconciliations_give_no_discrepancy_while_
     sim.set_deliver(key, False)                          # an out-of-band transfer the stream misses
     sim.adjust_balance(key, "USDT", "-750", venue="usdm")
     report = await runner.reconcile()
+    if kinds(report) == []:          # with the stream live a just-seen mismatch is judged by the next run
+        report = await runner.reconcile()
     assert kinds(report) == [("balance", "USDT")]
     assert runner.ledger.balance("USDT").free == sim.account(key).wallet["USDT"]
     await consumer.close()
@@ -163,9 +165,11 @@ async def test_hedge_mode_both_legs_reconciled_and_streamed(sim, account, make_r
     assert margin.hedge_mode is True
     await consumer.close()
     # a leg changed out of band (no stream): found under its own key, the other leg untouched
-    market(sim, key, "BUY", "0.25", "SHORT")           # (its fee and realised PnL change the wallet too)
+    oob = market(sim, key, "BUY", "0.25", "SHORT")     # (its fee and realised PnL change the wallet too)
     report = await runner.reconcile()
-    assert sorted(kinds(report)) == [("balance", "USDT"), ("position", f"{SYMBOL} SHORT")]
+    # the order itself, born and finished while nobody listened, is found in the order history (unseen)
+    assert sorted(kinds(report)) == [("balance", "USDT"), ("position", f"{SYMBOL} SHORT"),
+                                     ("unseen", oob.client_order_id)]
     assert runner.ledger.position(SYMBOL, "LONG").amount == D("1.5")
 
 

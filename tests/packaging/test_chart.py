@@ -293,3 +293,31 @@ def test_plain_manifests_agree_with_chart(render):
     assert find(plain, "ServiceAccount", "tradewarden", "tradewarden")
     assert find(_manifest("namespace.yaml"), "Namespace", "tradewarden")
     assert not find(plain, "Namespace")
+
+
+def test_sharding_render(render):
+    """Issue 18: sharding sets --shards, the pod identity, the Lease RBAC and the rate share."""
+    objs = render("sharding.enabled=true", "replicaCount=3", "sharding.leaseSeconds=20")
+    (dep,) = find(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--shards=32" in c["args"] and not any(a.startswith("--peering") for a in c["args"])
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["TRADEWARDEN_SHARD_LEASE_SECONDS"]["value"] == "20"
+    assert float(env["TRADEWARDEN_RATE_SHARE"]["value"]) == pytest.approx(1 / 3, abs=1e-3)
+    (role,) = find(objs, "Role", "tradewarden-leases")
+    assert role["metadata"]["namespace"] == "tradewarden"
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "list", "create", "update", "delete"]}]
+    (binding,) = find(objs, "RoleBinding", "tradewarden-leases")
+    assert binding["roleRef"]["name"] == "tradewarden-leases"
+    # an explicit share wins; the default (no sharding) has none of it
+    objs = render("sharding.enabled=true", "replicaCount=2", "sharding.rateShare=0.4")
+    (c,) = find(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["TRADEWARDEN_RATE_SHARE"] == "0.4"
+    default = render()
+    (c,) = find(default, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "TRADEWARDEN_RATE_SHARE" not in {e["name"] for e in c["env"]} and "--peering=tradewarden" in c["args"]
+    assert not find(default, "Role", "tradewarden-leases")

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from tradewarden.domain import Order, is_owned
+
 from ..core.config import Discrepancy, Outcome
 
 # One reason per discrepancy kind (CamelCase, as Kubernetes wants).
@@ -18,6 +20,7 @@ KIND_REASONS = {
     "orphan": "OrphanOrderAdopted",
     "position": "PositionMismatch",
     "stale": "StaleOrder",
+    "unseen": "UnseenOrder",
 }
 KIND_WARNING = {"balance", "lost", "position", "missing"}
 MAX_ENTITIES = 5
@@ -87,3 +90,18 @@ def run_events(discrepancies: Iterable[Discrepancy], *, trigger: str = "",
                              _summary(f"{len(corrections)} local entries corrected to the exchange's state",
                                       corrections)))
     return out
+
+
+def adoption_event(orders: Sequence[Order], owned_prefix: str, *, trigger: str = "") -> EventSpec | None:
+    """One Normal Event for the orders a ledger that had never listed orders took in (a new account, no
+    saved ledger): pre-existing orders, not discrepancies."""
+    if not orders:
+        return None
+    owned = sum(1 for o in orders if is_owned(o.client_order_id, owned_prefix))
+    where = f" ({trigger} run)" if trigger else ""
+    head = "; ".join(f"{o.client_order_id or '#' + o.exchange_order_id} {o.symbol} {o.state.value} "
+                     f"filled={o.filled}/{o.amount}" for o in orders[:MAX_ENTITIES])
+    more = f" (+{len(orders) - MAX_ENTITIES} more)" if len(orders) > MAX_ENTITIES else ""
+    msg = (f"{len(orders)} pre-existing open orders adopted{where} ({owned} owned, {len(orders) - owned} foreign): "
+           f"{head}{more}")
+    return EventSpec("Normal", "OrdersAdopted", msg if len(msg) <= MAX_MESSAGE else msg[: MAX_MESSAGE - 3] + "...")

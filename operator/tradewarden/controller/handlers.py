@@ -34,6 +34,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if getattr(memo, "controller", None) is None:
         memo.controller = Controller.create(metrics_port=getattr(memo, "metrics_port", None),
                                             metrics_host=getattr(memo, "metrics_host", "0.0.0.0"))
+        shard_settings = getattr(memo, "shard_settings", None)
+        if shard_settings is not None:
+            from .sharding import LeaseApi, Sharder
+            memo.controller.sharder = Sharder(shard_settings, LeaseApi(shard_settings.namespace))
+            memo.controller.sharder.start()
 
 
 @kopf.on.cleanup()

@@ -68,6 +68,8 @@ class Observed:
     check_interval_s: int = 60
     stream_enabled: bool = True
     saved_ledger: bool = False               # status carries a ledger to resume from
+    quiet_s: float = 0.0                     # a timer run waits for this long without a user-data event ...
+    max_delay_s: float = 0.0                 # ... for at most this long after its slot
 
 
 def requested_by(meta: Mapping[str, Any], annotation: str = ESTOP) -> str:
@@ -116,7 +118,8 @@ def observe(body: Mapping[str, Any], *, known_exchanges: Collection[str], future
     config = AccountConfig.from_spec(parsed, futures=futures) if futures is not None else None
     return Observed(spec=parsed, identity=identity_of(parsed), config=config,
                     check_interval_s=parsed.staleOrders.checkIntervalSeconds, stream_enabled=parsed.stream.enabled,
-                    **base)
+                    quiet_s=float(parsed.reconciliation.quietSeconds),
+                    max_delay_s=float(parsed.reconciliation.maxDelaySeconds), **base)
 
 
 # ---- what the supervisor knows about its own work -------------------------------------------------------
@@ -137,6 +140,7 @@ class State:
     last_handled: str = ""                   # the reconcile-requested-at value last handled
     next_reconcile: float = 0.0
     next_stale: float = 0.0
+    last_event_at: float = 0.0               # when the last user-data event arrived (0: none yet)
     stop: EmergencyStop = field(default_factory=EmergencyStop)
 
 
@@ -244,6 +248,10 @@ def decide(o: Observed, s: State, now: float) -> Action:
         return Stop(emergency.decide(s.stop, now, gateway_ready=True) or emergency.Wait(None))
     if s.stop.active:
         return ReleaseBreaker()
+    if o.stream_enabled and not s.stream_running:
+        # subscribe first (issue 19 item 1): events from before the initial sync's snapshot are buffered by
+        # the supervisor and applied after it (newest wins), so no window between sync and stream is unseen
+        return StartStream()
     if not s.synced:
         if now < s.retry_at:
             return Idle(s.retry_at)
@@ -252,10 +260,29 @@ def decide(o: Observed, s: State, now: float) -> Action:
         return Run(RunKind.RECONCILE, Trigger.STREAM_RECONNECT)
     if o.reconcile_requested is not None and o.reconcile_requested != s.last_handled:
         return Run(RunKind.RECONCILE, Trigger.ANNOTATION, handles=o.reconcile_requested)
-    if now >= s.next_reconcile:
+    quiet_at = quiet_wait(o, s, now)
+    if now >= s.next_reconcile and quiet_at is None:
         return Run(RunKind.RECONCILE, Trigger.TIMER)
     if now >= s.next_stale:
         return Run(RunKind.STALE, Trigger.STALE_CLEANUP)
     if o.stream_enabled and not s.stream_running:
         return StartStream()
-    return Idle(min(s.next_reconcile, s.next_stale))
+    return Idle(min(quiet_at if quiet_at is not None else s.next_reconcile, s.next_stale))
+
+
+def quiet_wait(o: Observed, s: State, now: float) -> float | None:
+    """When a due timer run may run if it is waiting for a quiet moment (issue 19 item 8: the seed's "run
+    reconciliation during low-activity periods"): None when it runs now (not due, no waiting configured,
+    no event seen, a quiet moment, or the maximum delay reached)."""
+    if now < s.next_reconcile or o.quiet_s <= 0 or not o.stream_enabled or not s.last_event_at:
+        return None
+    deadline = s.next_reconcile + o.max_delay_s
+    quiet_at = s.last_event_at + o.quiet_s
+    if now >= deadline or now >= quiet_at:
+        return None
+    return min(quiet_at, deadline)
+
+
+def delay_reason(o: Observed, s: State, now: float) -> str:
+    """Why a timer run that waited runs now: a quiet moment came, or the maximum delay was reached."""
+    return "quiet" if s.last_event_at and now - s.last_event_at >= o.quiet_s else "max-delay"

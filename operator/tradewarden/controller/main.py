@@ -12,7 +12,8 @@ from ..probes import Readiness, ReadinessServer, account_api_check
 
 def run(namespaces: list[str] | None = None, all_namespaces: bool = False, standalone: bool = False,
         metrics_port: int | None = 9464, liveness: str | None = None, peering: str | None = "tradewarden",
-        verbose: bool = False, log_format: str = "text", readiness: str | None = None) -> int:
+        verbose: bool = False, log_format: str = "text", readiness: str | None = None,
+        shards: int | None = None) -> int:
     namespaces = list(namespaces or [])
     if not namespaces and not all_namespaces:
         print("tradewarden run: either --namespace (repeatable) or --all-namespaces is required", file=sys.stderr)
@@ -30,6 +31,12 @@ def run(namespaces: list[str] | None = None, all_namespaces: bool = False, stand
     memo.metrics_port = metrics_port if metrics_port and metrics_port > 0 else None
     # In a pod the metrics endpoint must be reachable by Prometheus; on a laptop, bind loopback.
     memo.metrics_host = os.environ.get("TRADEWARDEN_METRICS_HOST", "0.0.0.0")
+    from .sharding import ShardSettings
+    # sharded: every replica watches every account and serves its shards' (Leases arbitrate, see
+    # controller/sharding.py), so kopf's peering, which keeps one replica active, is off
+    memo.shard_settings = ShardSettings.from_env(shards, namespaces=namespaces)
+    if memo.shard_settings is not None:
+        standalone = True
     liveness_endpoint = liveness if liveness and liveness.lower() not in ("off", "none", "") else None
     ready = Readiness(account_api_check(namespaces))
     probe = None

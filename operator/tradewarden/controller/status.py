@@ -207,7 +207,7 @@ def margin_condition(health: Any) -> "Cond":
 
 # ---- runs -----------------------------------------------------------------------------------------
 
-def last_reconciliation(report: Any) -> dict[str, Any]:
+def last_reconciliation(report: Any, delay: tuple[int, str] = (0, "")) -> dict[str, Any]:
     """From a core RunReport (duck-typed: trigger, finished_ms, duration_ms, discrepancies,
     stale_sections, error, counts_by_kind())."""
     counts = {str(k): int(v) for k, v in report.counts_by_kind().items() if int(v)}
@@ -217,9 +217,18 @@ def last_reconciliation(report: Any) -> dict[str, Any]:
         "trigger": str(report.trigger),
         "discrepancyCount": sum(counts.values()),
         "discrepancies": dict(sorted(counts.items())),
+        "adoptedOrders": len(getattr(report, "adopted", None) or ()),
+        "delayedMs": int(delay[0]) if str(report.trigger) == "timer" else 0,
+        "delayReason": delay[1] if str(report.trigger) == "timer" else "",
         "staleSections": sorted(str(s) for s in (report.stale_sections or [])),
         "error": clip(report.error or ""),
     }
+
+
+def adoption_status(orders: Sequence[Any], owned_prefix: str, when_ms: int) -> dict[str, Any]:
+    """status.adoption for the orders a first listing adopted."""
+    owned = sum(1 for o in orders if domain.is_owned(o.client_order_id, owned_prefix))
+    return {"count": len(orders), "owned": owned, "time": rfc3339(when_ms)}
 
 
 def metrics_status(monitor: Any) -> dict[str, Any]:
@@ -265,6 +274,8 @@ class StatusInputs:
     futures: bool = False                   # USD-M: margin health is reported
     margin: Any = None                      # domain.MarginSummary of the last USD-M snapshot
     margin_health: Any = None               # core.margin.MarginHealth
+    adoption: Mapping[str, Any] | None = None   # status.adoption, once orders were adopted
+    delay: tuple[int, str] = (0, "")            # the last timer run's wait for a quiet moment (ms, why)
 
 
 def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
@@ -411,8 +422,9 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
         for k, default in (("balances", []), ("openOrders", {"count": 0, "owned": 0, "truncated": False,
                                                              "items": []}), ("positions", [])):
             out[k] = kept(previous, k, default)
-    out["lastReconciliation"] = (last_reconciliation(s.report) if s.report is not None
+    out["lastReconciliation"] = (last_reconciliation(s.report, s.delay) if s.report is not None
                                  else kept(previous, "lastReconciliation", {}))
+    out["adoption"] = dict(s.adoption) if s.adoption is not None else kept(previous, "adoption", {})
     out["lastHandledReconcileAt"] = s.last_handled_reconcile_at or ""
     out["metrics"] = metrics_status(s.monitor) if s.monitor is not None else kept(previous, "metrics", {})
     prev_stream = kept(previous, "stream", {})

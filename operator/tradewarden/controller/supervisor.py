@@ -39,6 +39,7 @@ GATEWAY_START_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 5.0
 LEDGER_DUMP_ORDERS = 2000       # orders kept in status.ledger (active and chased first)
 EVENTS_PER_RUN = 12             # hard cap on Events posted for one run
+EARLY_EVENTS_MAX = 50_000       # stream events held while the initial sync runs (beyond: history closes it)
 
 
 class AccountSupervisor:
@@ -78,6 +79,10 @@ class AccountSupervisor:
         self._last_run_error = ""
         self._restored_success_ms = st.parse_rfc3339((previous.get("metrics") or {}).get("lastSuccessTime"))
         self._ledger_note = ""
+        self._adoption: dict[str, Any] | None = None     # status.adoption (None: keep the previous)
+        self._early: list[domain.StreamEvent] = []      # stream events before the initial sync (subscribe first)
+        self._early_overflow = False
+        self._delay: tuple[int, str] = (0, "")       # the last timer run's wait for a quiet moment (ms, why)
         self._kept_ledger: Any = None
         self._kept_monitor: Any = None
         self._discard_saved_ledger = False
@@ -341,6 +346,7 @@ class AccountSupervisor:
             self._kept_ledger = self._kept_monitor = None
         self._runner = AccountRunner(self._traced_gateway(), config, ledger=ledger, clock=self.deps.clock,
                                      monitor=monitor)
+        self._runner.stream_live = self._stream.state is StreamState.CONNECTED
         if monitor is None:
             self._runner.monitor.restore_last_success(self._restored_success_ms)
         if self._tele is not None:
@@ -399,11 +405,15 @@ class AccountSupervisor:
             self._now(), o.config.interval_s if o.config else 300, o.check_interval_s, self.deps.rng)
         s.last_handled = o.reconcile_requested or s.last_handled or ""
         s.reconnect_pending = False
+        await self._drain_early_events()
 
     async def _triggered_run(self, action: Run, o: lifecycle.Observed) -> None:
         s = self.state
         if action.trigger is Trigger.STREAM_RECONNECT:
             s.reconnect_pending = False
+        if action.trigger is Trigger.TIMER:
+            late = self._now() - s.next_reconcile
+            self._delay = (int(late * 1000), lifecycle.delay_reason(o, s, self._now())) if late >= 0.5 else (0, "")
         report = await self._run(action.kind, action.trigger)
         if action.kind is RunKind.STALE:
             s.next_stale = schedule.after(self._now(), o.check_interval_s, self.deps.rng)
@@ -415,6 +425,10 @@ class AccountSupervisor:
             self._mark()
         if self._runner is not None:
             s.next_reconcile = schedule.timer_slot(self.key, self._now(), float(self._runner.config.interval_s))
+            if report is not None and getattr(report, "recent", 0):
+                # changes too recent to judge were left for the next run: it comes once their events had time
+                s.next_reconcile = min(s.next_reconcile,
+                                       self._now() + float(self._runner.config.missing_grace_s) + 1.0)
 
     async def _run(self, kind: RunKind, trigger: Trigger) -> Any:
         runner = self._runner
@@ -468,6 +482,13 @@ class AccountSupervisor:
         observe_only = runner.config.observe_only
         for spec in ev.run_events(report.discrepancies, trigger=trigger, observe_only=observe_only)[:EVENTS_PER_RUN]:
             self._post(spec.type, spec.reason, spec.message)
+        adopted = getattr(report, "adopted", None)
+        if adopted:
+            prefix = runner.config.owned_prefix
+            self._adoption = st.adoption_status(adopted, prefix, report.finished_ms)
+            spec = ev.adoption_event(adopted, prefix, trigger=str(trigger))
+            if spec is not None:
+                self._post(spec.type, spec.reason, spec.message)
         if not report.ok:
             self.log.warning("%s run failed: %s", trigger, report.error)
         return report
@@ -489,6 +510,8 @@ class AccountSupervisor:
         self.state.stream_running = running
 
     def stream_state_changed(self, state: StreamState) -> None:
+        if self._runner is not None:
+            self._runner.stream_live = state is StreamState.CONNECTED
         self._mark()
         if self._tele is not None:
             self._tele.set_stream_connected(state is StreamState.CONNECTED)
@@ -502,6 +525,16 @@ class AccountSupervisor:
 
     async def stream_event(self, event: domain.StreamEvent) -> None:
         runner = self._runner
+        self.state.last_event_at = self._now()
+        if runner is not None and not self.state.synced:
+            # subscribed before the initial sync: held until its snapshot is applied, then applied newest-wins
+            if len(self._early) < EARLY_EVENTS_MAX:
+                self._early.append(event)
+            else:                          # too many to hold: history from the first one closes the window
+                self._early_overflow = True
+            self._stream.last_event_ms = self._now_ms()
+            self._wake.set()
+            return
         if runner is not None:
             await runner.apply_event(event)
             self._stream.last_event_ms = self._now_ms()
@@ -510,6 +543,22 @@ class AccountSupervisor:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _drain_early_events(self) -> None:
+        """Apply the events buffered while the initial sync ran (the order-book pattern: snapshot, then the
+        buffered events newer than it; the ledger's newest-wins rules drop the older ones)."""
+        early, self._early = self._early, []
+        runner = self._runner
+        if runner is None:
+            return
+        if self._early_overflow:
+            self._early_overflow = False
+            runner.ledger.note_gap(runner.ledger.orders_ms)
+            self.state.reconnect_pending = True      # a run soon reads history over the window
+        for event in early:
+            await runner.apply_event(event)
+        if early:
+            self.writer.event_dirty = True
 
     # ---- emergency stop ----------------------------------------------------------------------------
 
@@ -591,7 +640,8 @@ class AccountSupervisor:
             stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
             stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
             estop=s.stop, last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,
-            ledger_note=self._ledger_note, **margin_inputs(runner, positions, orders))
+            ledger_note=self._ledger_note, adoption=self._adoption, delay=self._delay,
+            **margin_inputs(runner, positions, orders))
 
 
 def _cancelling() -> bool:

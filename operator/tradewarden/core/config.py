@@ -9,8 +9,12 @@ from typing import Any, Sequence
 
 from tradewarden.domain import Order, Policy, dec
 
-KINDS = ("balance", "fill", "missing", "lost", "orphan", "position", "stale")
+# unseen: an order born and finished inside a gap in the events, found in the venue's order history
+KINDS = ("balance", "fill", "missing", "lost", "orphan", "position", "stale", "unseen")
 SECTIONS = ("balances", "orders", "positions")
+# Spot has no positions of its own: what a spot "position" would be (the base asset's holding) IS the
+# balance, reconciled and reported once per asset (issue 19 item 5; docs/architecture.md "Spot positions").
+SPOT_SECTIONS = ("balances", "orders")
 
 
 class Trigger(enum.StrEnum):
@@ -55,6 +59,9 @@ class AccountConfig:
     owned_prefix: str = "tw-"
     retention_s: int = 86400
     missing_retries: int = 3
+    # ... and not before this long after the first not-found answer (answers can come seconds apart:
+    # reconnect runs, annotation runs, stale re-checks).
+    lost_after_s: float = 60.0
     interval_s: int = 300
     futures: bool = False
     # An active order with activity (creation, update, local change) this close to the
@@ -85,12 +92,19 @@ class AccountConfig:
             raise ValueError("AccountConfig: at least one symbol is required")
         if self.balance_tolerance < 0 or self.dust < 0:
             raise ValueError("AccountConfig: balance_tolerance and dust must be >= 0")
+        if self.lost_after_s < 0:
+            raise ValueError("AccountConfig: lost_after_s must be >= 0")
         if self.missing_retries < 1:
             raise ValueError("AccountConfig: missing_retries must be >= 1")
         if self.stale_timeout_s < 1 or self.retention_s < 0 or self.interval_s < 1:
             raise ValueError("AccountConfig: stale_timeout_s >= 1, retention_s >= 0, interval_s >= 1")
         if self.max_requests_per_run < 1 or self.max_finished_orders < 0:
             raise ValueError("AccountConfig: max_requests_per_run >= 1, max_finished_orders >= 0")
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The snapshot sections this account reconciles (spot: no positions section)."""
+        return SECTIONS if self.futures else SPOT_SECTIONS
 
     @property
     def observe_only(self) -> bool:
@@ -110,6 +124,7 @@ class AccountConfig:
             owned_prefix=spec.staleOrders.ownedClientOrderIdPrefix,
             retention_s=spec.retention.finishedOrdersSeconds,
             missing_retries=spec.reconciliation.missingOrderRetries,
+            lost_after_s=spec.reconciliation.lostAfterSeconds,
             interval_s=spec.reconciliation.intervalSeconds,
             futures=futures,
             include_protective=getattr(spec.staleOrders, "includeProtective", False),
@@ -152,6 +167,11 @@ class RunReport:
     deferred: int = 0      # queries/cancels left for the next run (per-run request bound)
     purged: int = 0        # finished orders purged
     cancelled: int = 0     # stale owned orders the exchange confirmed cancelled
+    released: int = 0      # orders on symbols no longer configured: asked once, out of tracking
+    history_requests: int = 0   # order/trade history pages read to close a gap
+    recent: int = 0        # changes too recent to judge (a live stream may still deliver them): judged next run
+    # pre-existing orders taken into a ledger that had never listed orders (not discrepancies)
+    adopted: list[Order] = field(default_factory=list)
 
     @property
     def duration_ms(self) -> int:

@@ -1,7 +1,11 @@
 """The ledger: tradewarden's record of one account as the exchange last told it.
 
-Orders by client order id, balances by asset, positions by (symbol, side) (``domain.position_key``:
-the bare symbol in one-way mode, "<symbol> LONG" / "<symbol> SHORT" for hedge-mode legs). Every entry remembers
+Orders by their real identity, ``OrderKey(symbol, exchange order id)``: a client order id is not an
+identity (Binance accepts a client order id again once the earlier order has finished, rest-api.md
+"New order (TRADE)" ``newClientOrderId``: "A unique id among open orders", and the same id can live
+on two symbols); it stays the order's label and decides ownership (prefix). Balances by asset,
+positions by (symbol, side) (``domain.position_key``: the bare symbol in one-way mode, "<symbol> LONG" /
+"<symbol> SHORT" for hedge-mode legs). Every entry remembers
 which source last changed it (``rest``, ``stream``, ``fetch``, ``cancel``, ``restore``) and
 when (``changed_ms``, local time), besides the exchange's own update time carried by the
 domain value (``updated_ms``). The ledger is a mirror of the exchange, not a desired state:
@@ -18,9 +22,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
-from tradewarden.domain import (ZERO, Balance, Order, OrderState, Position, PositionSide, Side, is_owned,
+from tradewarden.domain import (ZERO, Balance, Fill, Order, OrderState, Position, PositionSide, Side, is_owned,
                                 position_key)
 
 FORMAT_VERSION = 1
@@ -33,13 +37,39 @@ SOURCE_STREAM = "stream"      # a user-data stream event
 SOURCE_FETCH = "fetch"        # a targeted single-order query
 SOURCE_CANCEL = "cancel"      # the exchange's answer to a cancel
 SOURCE_LOCAL = "local"        # tradewarden's own judgement (declared lost)
+SOURCE_HISTORY = "history"    # the venue's order history, read to close a gap
+
+
+class OrderKey(NamedTuple):
+    """An order's identity on its venue: (unified symbol, exchange order id). Algo (conditional)
+    orders live in their own id space (the Algo Service's algoId): their id is prefixed ``algo:``;
+    an order known without an exchange id (never seen from the venue) by ``client:<id>``."""
+    symbol: str
+    order_id: str
+
+    def __str__(self) -> str:
+        return f"{self.symbol}#{self.order_id}"
+
+
+def order_key(order: Order) -> OrderKey:
+    """The ledger key of an order (see ``OrderKey``)."""
+    if order.exchange_order_id:
+        oid = f"algo:{order.exchange_order_id}" if order.algo else order.exchange_order_id
+    else:
+        oid = f"client:{order.client_order_id}"
+    return OrderKey(order.symbol, oid)
+
+
+def order_label(order: Order) -> str:
+    """How reports name an order: its client order id (what users and bots know), else its exchange id."""
+    return order.client_order_id or f"#{order.exchange_order_id}"
 
 
 class LedgerFormatError(ValueError):
     """A dumped ledger that cannot be restored (the caller should start from a fresh sync)."""
 
 
-def order_key(order: Order) -> tuple[bool, Decimal, int]:
+def observation_rank(order: Order) -> tuple[bool, Decimal, int]:
     """Total order on observations of one order. What is monotonic on every venue decides before
     any clock does: a finished state beats an active one, more executed quantity beats less; only
     then the later exchange update time. (Update times come from several venue clocks: an event
@@ -54,7 +84,7 @@ def supersedes(new: Order, old: Order) -> bool:
     observation replaces it."""
     if old.state is OrderState.LOST and new.state is not OrderState.LOST:
         return True
-    return order_key(new) >= order_key(old)
+    return observation_rank(new) >= observation_rank(old)
 
 
 @dataclass(slots=True)
@@ -64,6 +94,7 @@ class OrderEntry:
     changed_ms: int
     misses: int = 0            # consecutive runs in which neither list nor query found it
     recheck: bool = False      # a cancel of it had an unknown outcome: query before acting again
+    first_miss_ms: int = 0     # local time of the first not-found of the current streak (0: none)
 
 
 @dataclass(slots=True)
@@ -83,37 +114,83 @@ class PositionEntry:
 class Ledger:
     """Local state of one account. Plain dicts: every lookup is O(1), every pass O(n)."""
 
-    __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "children")
+    __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms",
+                 "fills", "trade_cursors", "gap_since_ms", "balance_suspects", "children")
 
     def __init__(self, owned_prefix: str = "tw-") -> None:
-        self.orders: dict[str, OrderEntry] = {}
+        self.orders: dict[OrderKey, OrderEntry] = {}
         self.balances: dict[str, BalanceEntry] = {}
         self.positions: dict[str, PositionEntry] = {}
         self.owned_prefix = owned_prefix
         self.synced_ms = 0          # end of the last run that reconciled every section (0: never)
         self.truncated = 0          # orders left out of the dump this ledger was restored from
-        self.children: dict[tuple[str, str], str] = {}   # (symbol, child order id) -> algo parent's key
+        # end of the last run whose open-orders section came back (0: never). Until then the
+        # ledger has no belief about orders: the first listing is adopted, not reported as orphans.
+        self.orders_ms = 0
+        # fills per order (trade id -> Fill), recorded from trade history; they go with their order
+        self.fills: dict[OrderKey, dict[str, Fill]] = {}
+        # per symbol: the last trade id read from trade history (the next read starts after it: fromId)
+        self.trade_cursors: dict[str, str] = {}
+        # the start of a window in which events may have been missed and history not yet read (0: none)
+        self.gap_since_ms = 0
+        # asset -> venue time of a balance mismatch seen too recently to judge (reported next run unless the
+        # stream updated the asset since); transient, not dumped
+        self.balance_suspects: dict[str, int] = {}
+        # USD-M: (symbol, child order id) -> the key of the algo order it is the triggered child of
+        self.children: dict[tuple[str, str], OrderKey] = {}
 
     # ---- reading -------------------------------------------------------------------------
 
     def is_owned(self, client_order_id: str) -> bool:
         return is_owned(client_order_id, self.owned_prefix)
 
-    def owns(self, order: Order) -> bool:
-        """Owned by its client order id, or (a triggered algo order's child) by its parent's."""
-        if self.is_owned(order.client_order_id):
-            return True
-        parent = self.algo_parent_of(order) if not order.algo else None
-        return parent is not None and self.is_owned(parent.client_order_id)
+    @property
+    def knows_orders(self) -> bool:
+        """The ledger has a belief about the account's open orders: a run listed them before (or a
+        full sync did). Until then, listed orders are adopted, not orphans."""
+        return self.orders_ms > 0 or self.synced_ms > 0
 
-    def order(self, key: str) -> Order | None:
-        entry = self.orders.get(key)
+    def entry(self, ref: OrderKey | str) -> OrderEntry | None:
+        """The entry under ``ref``: an ``OrderKey``, or a client order id (a label, not an identity:
+        the active order with that id if there is one, else the latest one; O(n))."""
+        if isinstance(ref, OrderKey):
+            return self.orders.get(ref)
+        best: OrderEntry | None = None
+        for entry in self.orders.values():
+            o = entry.order
+            if o.client_order_id != ref:
+                continue
+            if best is None or (o.state.active, o.created_ms, o.updated_ms) > (
+                    best.order.state.active, best.order.created_ms, best.order.updated_ms):
+                best = entry
+        return best
+
+    def order(self, ref: OrderKey | str) -> Order | None:
+        entry = self.entry(ref)
         return entry.order if entry else None
 
     def active_orders(self) -> Iterator[Order]:
         for entry in self.orders.values():
             if entry.order.state.active:
                 yield entry.order
+
+    def fills_of(self, ref: "OrderKey | str") -> list[Fill]:
+        """The recorded fills of an order, oldest first."""
+        key = ref if isinstance(ref, OrderKey) else (order_key(o) if (o := self.order(ref)) else None)
+        return sorted((self.fills.get(key) or {}).values(), key=lambda f: (f.time_ms, f.trade_id)) if key else []
+
+    def add_fill(self, fill: Fill) -> bool:
+        """Record one fill of a known order (idempotent by trade id). False when its order is unknown."""
+        key = OrderKey(fill.symbol, fill.exchange_order_id)
+        if key not in self.orders:
+            return False
+        self.fills.setdefault(key, {})[fill.trade_id] = fill
+        return True
+
+    def note_gap(self, since_ms: int) -> None:
+        """Events from ``since_ms`` on may have been missed: the next run reads history from there."""
+        if since_ms > 0:
+            self.gap_since_ms = min(self.gap_since_ms, since_ms) if self.gap_since_ms else since_ms
 
     def balance(self, asset: str) -> Balance | None:
         entry = self.balances.get(asset)
@@ -122,6 +199,13 @@ class Ledger:
     def position(self, symbol: str, side: PositionSide | str = PositionSide.BOTH) -> Position | None:
         entry = self.positions.get(position_key(symbol, side))
         return entry.position if entry else None
+
+    def owns(self, order: Order) -> bool:
+        """Owned by its client order id, or (a triggered algo order's child) by its parent's."""
+        if self.is_owned(order.client_order_id):
+            return True
+        parent = self.algo_parent_of(order)
+        return parent is not None and self.is_owned(parent.client_order_id)
 
     def algo_parent_of(self, child: Order) -> Order | None:
         """The algo order whose triggered child ``child`` is (by the parent's ``child_id``), if known."""
@@ -136,9 +220,11 @@ class Ledger:
         if order.parent_id or order.algo:
             return order
         parent = self.algo_parent_of(order)
-        if parent is None:
-            return order
-        return dataclasses.replace(order, parent_id=parent.exchange_order_id)
+        return order if parent is None else replace_order(order, parent_id=parent.exchange_order_id)
+
+    def _index(self, key: OrderKey, order: Order) -> None:
+        if order.algo and order.child_id:
+            self.children[(order.symbol, order.child_id)] = key
 
     def balance_values(self) -> dict[str, Balance]:
         return {a: e.balance for a, e in self.balances.items()}
@@ -153,21 +239,17 @@ class Ledger:
 
     # ---- writing -------------------------------------------------------------------------
 
-    @staticmethod
-    def order_id(order: Order) -> str:
-        """The ledger key of an order: its client order id (or its exchange id when it has none)."""
-        return order.client_order_id or f"#{order.exchange_order_id}"
+    order_id = staticmethod(order_key)
 
     def put_order(self, order: Order, source: str, now_ms: int, *, misses: int = 0,
-                  recheck: bool = False, key: str | None = None) -> None:
-        """Set an order unconditionally (reconciliation decided)."""
+                  recheck: bool = False, key: OrderKey | None = None) -> None:
+        """Set an order unconditionally (reconciliation decided). A not-found streak (``misses``) keeps
+        the time it started."""
         key = key or self.order_id(order)
-        self.orders[key] = OrderEntry(order, source, now_ms, misses, recheck)
+        prev = self.orders.get(key)
+        first = (prev.first_miss_ms if prev is not None else 0) or now_ms if misses else 0
+        self.orders[key] = OrderEntry(order, source, now_ms, misses, recheck, first)
         self._index(key, order)
-
-    def _index(self, key: str, order: Order) -> None:
-        if order.algo and order.child_id:
-            self.children[(order.symbol, order.child_id)] = key
 
     def upsert_order(self, order: Order, source: str, now_ms: int) -> bool:
         """Apply an observation unless the ledger already holds a newer one. Returns applied."""
@@ -176,17 +258,19 @@ class Ledger:
         if entry is not None and not supersedes(order, entry.order):
             return False
         if entry is not None and entry.order.child_id and not order.child_id:
-            order = dataclasses.replace(order, child_id=entry.order.child_id)   # the link is never forgotten
+            order = replace_order(order, child_id=entry.order.child_id)   # the link is never forgotten
         self.orders[key] = OrderEntry(order, source, now_ms)
         self._index(key, order)
         return True
 
-    def set_order_flags(self, key: str, *, misses: int | None = None, recheck: bool | None = None) -> None:
+    def set_order_flags(self, key: OrderKey, *, misses: int | None = None, recheck: bool | None = None,
+                        now_ms: int = 0) -> None:
         entry = self.orders.get(key)
         if entry is None:
             return
         if misses is not None:
             entry.misses = misses
+            entry.first_miss_ms = 0 if misses == 0 else (entry.first_miss_ms or now_ms)
         if recheck is not None:
             entry.recheck = recheck
 
@@ -221,15 +305,20 @@ class Ledger:
     def purge(self, now_ms: int, retention_ms: int, max_finished: int) -> int:
         """Drop finished orders whose last exchange update (else local change) is older than the
         retention, then the oldest finished ones beyond
-        ``max_finished``, so memory stays bounded under any load. Returns how many went."""
+        ``max_finished``, so memory stays bounded under any load. Returns how many went.
+        A ``lost`` order is tradewarden's judgement, not a venue update: its retention counts from its
+        declaration (the local change that declared it), so it is never purged in the run that declares it."""
         cutoff = now_ms - retention_ms
-        finished: list[tuple[int, str]] = []
-        doomed: list[str] = []
+        finished: list[tuple[int, OrderKey]] = []
+        doomed: list[OrderKey] = []
         for key, entry in self.orders.items():
             order = entry.order
             if order.state.active:
                 continue
-            last = order.updated_ms or entry.changed_ms     # age by the exchange's clock when known
+            if order.state is OrderState.LOST:
+                last = entry.changed_ms                     # from its declaration
+            else:
+                last = order.updated_ms or entry.changed_ms     # age by the exchange's clock when known
             if last < cutoff:
                 doomed.append(key)
             else:
@@ -239,6 +328,7 @@ class Ledger:
             doomed.extend(key for _, key in finished[: len(finished) - max_finished])
         for key in doomed:
             del self.orders[key]
+            self.fills.pop(key, None)
         if doomed and self.children:
             self.children = {k: v for k, v in self.children.items() if v in self.orders}
         return len(doomed)
@@ -253,7 +343,7 @@ class Ledger:
         entries = list(self.orders.items())
         truncated = 0
         if len(entries) > max_orders:
-            def rank(item: tuple[str, OrderEntry]) -> tuple[int, int]:
+            def rank(item: tuple[OrderKey, OrderEntry]) -> tuple[int, int]:
                 _, e = item
                 o = e.order
                 if o.state.active and (e.misses or e.recheck):
@@ -272,9 +362,17 @@ class Ledger:
             "v": FORMAT_VERSION,
             "prefix": self.owned_prefix,
             "synced": self.synced_ms,
+            "os": self.orders_ms,
             "truncated": truncated + max(0, len(balances) - DEFAULT_DUMP_MAX_BALANCES)
                          + max(0, len(positions) - DEFAULT_DUMP_MAX_POSITIONS),
             "o": [_order_row(e) for _, e in entries],
+            # not-found streaks' start times (the "lost" rule needs a minimum span): [symbol, order id, ms]
+            "m": [[k.symbol, k.order_id, e.first_miss_ms] for k, e in entries if e.first_miss_ms],
+            # fills of the dumped orders: [symbol, order id, trade id, price, qty, fee, fee asset, time]
+            "f": [[f.symbol, f.exchange_order_id, f.trade_id, str(f.price), str(f.amount), str(f.fee), f.fee_asset,
+                   f.time_ms] for k, _ in entries for f in (self.fills.get(k) or {}).values()],
+            "tc": dict(self.trade_cursors),
+            "gap": self.gap_since_ms,
             "b": {a: [str(e.balance.free), str(e.balance.locked), e.balance.updated_ms, e.source, e.changed_ms]
                   for a, e in balances[:DEFAULT_DUMP_MAX_BALANCES]},
             "p": {s: [str(e.position.amount), str(e.position.entry_price), e.position.updated_ms, e.source,
@@ -296,11 +394,26 @@ class Ledger:
         try:
             ledger.synced_ms = int(data.get("synced", 0))
             ledger.truncated = int(data.get("truncated", 0))
+            ledger.orders_ms = int(data.get("os", ledger.synced_ms))
             for i, row in enumerate(data.get("o", [])):
                 where = f"order #{i}"
                 entry = _order_entry(row)
                 ledger.orders[cls.order_id(entry.order)] = entry
                 ledger._index(cls.order_id(entry.order), entry.order)
+            for i, row in enumerate(data.get("m", [])):
+                where = f"miss #{i}"
+                symbol, oid, first = row
+                entry = ledger.orders.get(OrderKey(str(symbol), str(oid)))
+                if entry is not None:
+                    entry.first_miss_ms = int(first)
+            for i, row in enumerate(data.get("f", [])):
+                where = f"fill #{i}"
+                symbol, oid, tid, price, qty, fee, fee_asset, at = row
+                ledger.add_fill(Fill(str(tid), str(oid), str(symbol), _dec(price), _dec(qty), _dec(fee),
+                                     str(fee_asset), int(at)))
+            where = "cursors"
+            ledger.trade_cursors = {str(k): str(v) for k, v in dict(data.get("tc", {})).items()}
+            ledger.gap_since_ms = int(data.get("gap", 0))
             for asset, row in data.get("b", {}).items():
                 where = f"balance {asset!r}"
                 free, locked, updated, source, changed = row
@@ -310,9 +423,7 @@ class Ledger:
                 where = f"position {key!r}"
                 amount, entry_price, updated, source, changed, *rest = row
                 side = PositionSide(rest[0]) if rest else PositionSide.BOTH
-                symbol = str(key)
-                if side is not PositionSide.BOTH:
-                    symbol, _, _ = symbol.rpartition(" ")
+                symbol = str(key) if side is PositionSide.BOTH else str(key).rpartition(" ")[0]
                 pos = Position(symbol, _dec(amount), _dec(entry_price), int(updated), side)
                 if pos.key != key:
                     raise ValueError(f"key does not match its side {side.value}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import RunReport
 
-ORDER_KINDS = frozenset({"fill", "missing", "lost", "orphan"})
+ORDER_KINDS = frozenset({"fill", "missing", "lost", "orphan", "unseen"})
 BALANCE_KIND = "balance"
 FAILING_AFTER = 3                 # consecutive failed runs above this -> "failing"
 STALE_AFTER_MS = 10 * 60 * 1000   # no successful run for 10 minutes (or two intervals if longer)

@@ -22,22 +22,25 @@ alone, and an order with activity after the snapshot (minus a grace) is not "mis
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
 from tradewarden.domain import (ZERO, Balance, GatewayError, Order, OrderNotFound, OrderState, Position,
                                 Snapshot)
 
-from .config import AccountConfig, Discrepancy, Outcome, base_asset
-from .ledger import SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Ledger, replace_order, supersedes
+from .config import AccountConfig, Discrepancy, Outcome
+from .ledger import (SOURCE_FETCH, SOURCE_LOCAL, SOURCE_REST, SOURCE_STREAM, Ledger, OrderKey, order_label,
+                     replace_order, supersedes)
 
 
 @dataclass(frozen=True, slots=True)
 class Correction:
-    """One change to the ledger. ``op``: order (set, with flags) | flags | balance | position."""
+    """One change to the ledger. ``op``: order (set, with flags) | flags | drop (leave tracking) | fill (record
+    one, under its order's key) | cursor (a symbol's trade-history cursor) | balance | position.
+    ``key``: an ``OrderKey`` for order and flags, the asset or symbol otherwise."""
     op: str
-    key: str
+    key: Any
     value: Any = None
     source: str = SOURCE_REST
     misses: int = 0
@@ -48,10 +51,13 @@ class Correction:
 class Plan:
     discrepancies: list[Discrepancy] = field(default_factory=list)
     corrections: list[Correction] = field(default_factory=list)
+    adopted: list[Order] = field(default_factory=list)     # first listing: known from now on, not discrepancies
     fetches: list[Order] = field(default_factory=list)     # targeted queries to send now
+    unscoped: list[Order] = field(default_factory=list)    # active, on a symbol no longer configured: ask once
     deferred: list[Order] = field(default_factory=list)    # over the per-run bound: next run
     stale_sections: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)   # section -> error text
+    recent: int = 0      # changes too recent to judge under a live stream: the next run decides
 
     @property
     def complete(self) -> bool:
@@ -86,7 +92,19 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
         if c.op == "order":
             ledger.put_order(c.value, c.source, now_ms, misses=c.misses, recheck=c.recheck, key=c.key)
         elif c.op == "flags":
-            ledger.set_order_flags(c.key, misses=c.misses, recheck=c.recheck)
+            ledger.set_order_flags(c.key, misses=c.misses, recheck=c.recheck, now_ms=now_ms)
+        elif c.op == "drop":
+            ledger.orders.pop(c.key, None)
+            ledger.fills.pop(c.key, None)
+        elif c.op == "fill":
+            ledger.add_fill(c.value)
+        elif c.op == "cursor":
+            ledger.trade_cursors[c.key] = c.value
+        elif c.op == "suspect":
+            if c.value:
+                ledger.balance_suspects[c.key] = c.value
+            else:
+                ledger.balance_suspects.pop(c.key, None)
         elif c.op == "balance":
             ledger.put_balance(c.value, c.key, c.source, now_ms)
         elif c.op == "position":
@@ -97,20 +115,16 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
 
 # ---- the run ---------------------------------------------------------------------------------
 
-def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int,
-              stream_since_ms: int | None = None) -> Plan:
-    """Compare every section that came back; keep (and name) the ones that did not.
-
-    ``stream_since_ms``: the user-data stream has been connected since then (None: it is not). A venue
-    change newer than that and within ``missing_grace_s`` of the snapshot is news still on its way
-    (its event is queued behind this run), not a discrepancy: it is left for the stream or the next
-    run. Without a live stream nothing is in flight and everything is compared."""
+def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int, *,
+              stream_live: bool = False) -> Plan:
+    """Compare every section that came back; keep (and name) the ones that did not. ``stream_live``: a
+    user-data stream is delivering events, so an order change newer than the snapshot minus the grace may
+    have its event on the way: it is judged by the next run, not reported now."""
     plan = Plan()
-    config = _with_stream(config, stream_since_ms)
     baseline = ledger.synced_ms == 0   # a never-synced ledger has no belief about balances/positions
     balances_ok = snapshot.balances.ok and snapshot.balances.value is not None
     if balances_ok:
-        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan)
+        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan, stream_live)
     else:
         _stale(plan, "balances", snapshot.balances.error)
     if config.futures:
@@ -120,13 +134,10 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
                        config, baseline, plan)
         else:
             _stale(plan, "positions", snapshot.positions.error)
-    elif balances_ok:
-        exchange = spot_positions(snapshot.balances.value, config.symbols)
-        _positions(ledger, exchange, config.symbols, snapshot.taken_ms, config, baseline, plan)
-    else:
-        _stale(plan, "positions", snapshot.balances.error)
+    # Spot: no positions. A spot "position" is the base asset's holding, i.e. its balance, compared and
+    # reported above once per asset; deriving one per symbol reported one BTC change once per BTC symbol.
     if snapshot.open_orders.ok and snapshot.open_orders.value is not None:
-        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, now_ms, config, plan, baseline)
+        _orders(ledger, snapshot.open_orders.value, snapshot.taken_ms, now_ms, config, plan, stream_live)
     else:
         _stale(plan, "orders", snapshot.open_orders.error)
     return plan
@@ -137,19 +148,15 @@ def _stale(plan: Plan, section: str, error: GatewayError | None) -> None:
     plan.errors[section] = f"{type(error).__name__}: {error}" if error else "no data"
 
 
-def spot_positions(balances: Mapping[str, Balance], symbols: Iterable[str]) -> dict[str, Position]:
-    """Spot net position per symbol = free + locked of its base asset."""
-    out: dict[str, Position] = {}
-    for symbol in symbols:
-        b = balances.get(base_asset(symbol))
-        if b is not None and b.total != ZERO:
-            out[symbol] = Position(symbol, b.total, ZERO, b.updated_ms)
-    return out
-
-
 def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, config: AccountConfig,
-              baseline: bool, plan: Plan) -> None:
+              baseline: bool, plan: Plan, stream_live: bool = False) -> None:
+    """With a live stream, a mismatch whose venue value is newer than the snapshot minus the grace may be an
+    event still on its way: the first time it is remembered (a ``suspect`` correction: no change, no report);
+    it is reported at the next run unless the stream updated the asset since (then it is judged afresh)."""
     tol, dust = config.balance_tolerance, config.dust
+    horizon = taken_ms - int(config.missing_grace_s * 1000)
+    suspects = ledger.balance_suspects
+    kept: set[str] = set()
     local_entries = ledger.balances
     for asset in local_entries.keys() | exchange.keys():
         entry = local_entries.get(asset)
@@ -161,8 +168,6 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
         if local is not None and local.updated_ms > rest_ms:
             continue                                    # the stream told us something newer
         if local == ex:
-            continue
-        if _in_flight(ex, local, taken_ms, config, baseline):
             continue
         lf, ll = (local.free, local.locked) if local else (ZERO, ZERO)
         ef, el = (ex.free, ex.locked) if ex else (ZERO, ZERO)
@@ -176,42 +181,27 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
             mismatch = differs(lf + ll, ef + el, tol, dust)
         else:
             mismatch = differs(lf, ef, tol, dust) or differs(ll, el, tol, dust)
+        if not baseline and mismatch and stream_live and rest_ms > horizon:
+            first = suspects.get(asset)
+            if first is None or (local is not None and local.updated_ms >= first):
+                plan.corrections.pop()                  # not corrected either: the event may bring it
+                plan.corrections.append(Correction("suspect", asset, rest_ms))
+                kept.add(asset)
+                plan.recent += 1
+                continue
         if not baseline and mismatch:
             plan.discrepancies.append(Discrepancy(
                 "balance", asset, fmt_balance(local), fmt_balance(ex),
                 "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else ""),
                 Outcome.CORRECTED))
-
-
-def _with_stream(config: AccountConfig, stream_since_ms: int | None) -> AccountConfig:
-    return replace(config, stream_since_ms=stream_since_ms) if hasattr(config, "stream_since_ms") else config
-
-
-def in_flight(changed_ms: int, taken_ms: int, config: AccountConfig) -> bool:
-    """A venue change at ``changed_ms`` whose user-data event may not have been applied yet: the stream
-    was up before it and it is within the grace of the snapshot."""
-    since = config.stream_since_ms
-    return (since is not None and config.missing_grace_s > 0 and changed_ms >= since
-            and changed_ms > taken_ms - int(config.missing_grace_s * 1000))
-
-
-def _in_flight(ex: "Balance | Position | None", local: "Balance | Position | None", taken_ms: int,
-               config: AccountConfig, baseline: bool) -> bool:
-    """USD-M (update times per asset and per position row): the venue changed this value within the
-    grace before the snapshot, after the ledger's last news of it: the ACCOUNT_UPDATE saying so may
-    still be on its way. Neither compared nor corrected
-    this run (the next run does, if the stream never tells); a false alarm on every trade otherwise."""
-    if not config.futures or baseline or ex is None or not ex.updated_ms:
-        return False         # spot: one update time for the whole account, which an active account renews
-    if local is not None and local.updated_ms >= ex.updated_ms:
-        return False
-    return in_flight(ex.updated_ms, taken_ms, config)
+    for asset in suspects.keys() - kept:
+        plan.corrections.append(Correction("suspect", asset, 0))    # judged (or explained) this run
 
 
 def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[str], taken_ms: int,
                config: AccountConfig, baseline: bool, plan: Plan) -> None:
-    """Positions by key: the symbol (one-way, spot) or (symbol, side) for a hedge-mode leg
-    (``domain.position_key``): a LONG and a SHORT leg of one symbol are two positions, never netted."""
+    """Positions by key: the symbol (one-way) or (symbol, side) for a hedge-mode leg (``domain.position_key``):
+    a LONG and a SHORT leg of one symbol are two positions, never netted (usdm-facts.md B2)."""
     tol, dust = config.balance_tolerance, config.dust
     for key in keys:
         entry = ledger.positions.get(key)
@@ -221,8 +211,6 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[
             ex = None
         rest_ms = ex.updated_ms if ex is not None and ex.updated_ms else taken_ms
         if local is not None and local.updated_ms > rest_ms:
-            continue
-        if _in_flight(ex, local, taken_ms, config, baseline):
             continue
         value = None if ex is None else Position(ex.symbol, ex.amount, ex.entry_price, rest_ms, ex.side)
         if value == local:
@@ -237,26 +225,34 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[
 
 
 def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms: int, config: AccountConfig,
-            plan: Plan, baseline: bool = False) -> None:
-    listed: dict[str, Order] = {}
+            plan: Plan, stream_live: bool = False) -> None:
+    listed: dict[OrderKey, Order] = {}
     for o in open_orders:
         listed[Ledger.order_id(o)] = o
-    # Restored from a truncated dump: unknown listed orders are most likely ones the dump left
-    # out, so they are adopted without crying "orphan" (the runner clears ``truncated`` after).
-    silent_adopt = ledger.truncated > 0
+    # Adoption, not discrepancy: on the first listing the ledger has ever seen (a new account, or no
+    # saved ledger) every order is pre-existing, so nothing about it can differ from a belief. The
+    # same holds after a restore from a truncated dump: unknown listed orders are most likely ones
+    # the dump left out. (The runner sets ``orders_ms`` and clears ``truncated`` after the run.)
+    adopting = not ledger.knows_orders or ledger.truncated > 0
     local_orders = ledger.orders
+    grace_ms = int(config.missing_grace_s * 1000)
+    horizon = taken_ms - grace_ms        # the venue's clock, as the order's own times
+    local_horizon = now_ms - grace_ms    # ours, as the ledger's changed_ms
     for key, ex in listed.items():
         entry = local_orders.get(key)
         if entry is None:
-            if not baseline and not silent_adopt and in_flight(max(ex.created_ms, ex.updated_ms), taken_ms, config):
-                continue     # placed just now: its user-data event is on its way (else the next run adopts it)
-            linked = ledger.link_child(ex)
-            plan.corrections.append(Correction("order", key, linked))
-            if linked.parent_id:
+            if not adopting and stream_live and ex.updated_ms > horizon:
+                plan.recent += 1
+                continue                 # too recent to judge: its event may be on its way; next run decides
+            ex = ledger.link_child(ex)
+            plan.corrections.append(Correction("order", key, ex))
+            if ex.parent_id:
                 continue                 # a known algo order's triggered child: not an orphan (usdm-facts D5)
-            if not silent_adopt:
+            if adopting:
+                plan.adopted.append(ex)
+            else:
                 plan.discrepancies.append(Discrepancy(
-                    "orphan", key, "absent", fmt_order(ex),
+                    "orphan", order_label(ex), "absent", fmt_order(ex),
                     "adopted: " + ("owned" if ledger.is_owned(ex.client_order_id) else "foreign")
                     + f" order {ex.exchange_order_id} on {ex.symbol}", Outcome.ADOPTED))
             continue
@@ -271,18 +267,26 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
             if entry.misses or entry.recheck:
                 plan.corrections.append(Correction("flags", key))
             continue
+        if stream_live and entry.source == SOURCE_STREAM and ex.updated_ms > horizon:
+            plan.recent += 1
+            continue                     # the stream follows it and the change is too recent to judge
         plan.corrections.append(Correction("order", key, ex))
         if local.filled != ex.filled or local.state is not ex.state:
             plan.discrepancies.append(Discrepancy(
-                "fill", key, fmt_order(local), fmt_order(ex), "ledger set to the exchange's order", Outcome.CORRECTED))
+                "fill", order_label(local), fmt_order(local), fmt_order(ex),
+                f"ledger set to the exchange's order {ex.exchange_order_id} on {ex.symbol}", Outcome.CORRECTED))
     scope = set(config.symbols)
-    grace_ms = int(config.missing_grace_s * 1000)
-    horizon = taken_ms - grace_ms        # the venue's clock, as the order's own times
-    local_horizon = now_ms - grace_ms    # ours, as the ledger's changed_ms
     budget = config.max_requests_per_run
     for key, entry in local_orders.items():
         local = entry.order
-        if not local.state.active or key in listed or local.symbol not in scope:
+        if not local.state.active or key in listed:
+            continue
+        if local.symbol not in scope:
+            # its symbol left spec.symbols: its final state is asked once, then it leaves tracking
+            # (resolve_unscoped); never a discrepancy, never a stale cancel
+            if budget > 0:
+                plan.unscoped.append(local)
+                budget -= 1
             continue
         if local.created_ms > horizon or local.updated_ms > horizon or (
                 entry.source == SOURCE_STREAM and entry.changed_ms > local_horizon):
@@ -293,7 +297,7 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
         else:
             plan.deferred.append(local)
             plan.discrepancies.append(Discrepancy(
-                "missing", key, fmt_order(local), "not in open orders",
+                "missing", order_label(local), fmt_order(local), "not in open orders",
                 "query deferred to the next run (per-run request bound)", Outcome.PENDING))
 
 
@@ -308,28 +312,46 @@ def same_order(answer: Order, local: Order) -> Order | None:
     return answer
 
 
-def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException"], config: AccountConfig,
-                    context: str = "missing", expected: frozenset[OrderState] = frozenset(),
-                    taken_ms: int | None = None, stream_since_ms: int | None = None) -> Plan:
+def resolve_unscoped(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseException"]) -> Plan:
+    """The one answer about each order whose symbol left the configuration: a final state is applied (the
+    order then ages out with the retention); anything else (still open, not found, a failed query) drops
+    it from the ledger. Either way it leaves active tracking, and nothing is reported."""
+    plan = Plan()
+    for key, result in results.items():
+        entry = ledger.orders.get(key)
+        if entry is None:
+            continue
+        answer = same_order(result, entry.order) if isinstance(result, Order) else None
+        if answer is not None and answer.state.finished and supersedes(answer, entry.order):
+            plan.corrections.append(Correction("order", key, answer, SOURCE_FETCH))
+        else:
+            plan.corrections.append(Correction("drop", key))
+    return plan
+
+
+def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseException"], config: AccountConfig,
+                    context: str = "missing", expected: frozenset[OrderState] = frozenset(), *,
+                    now_ms: int) -> Plan:
     """Apply the exchange's answers to targeted queries of orders the list did not show.
 
     Order -> its state is applied (finished or, rarely, still open). OrderNotFound -> one more
-    miss; declared lost after ``missing_retries`` further misses. Any other error -> nothing is
+    miss; declared lost after ``missing_retries`` further misses AND at least ``lost_after_s`` after the
+    first not-found answer of the streak (several answers can come within seconds). Any other error -> nothing is
     counted, the order stays pending and is queried again next run. Answers in an ``expected``
     state (e.g. cancelled, right after an emergency stop) are applied without a discrepancy."""
     plan = Plan()
-    config = _with_stream(config, stream_since_ms)
     retries = config.missing_retries
     for key, result in results.items():
         entry = ledger.orders.get(key)
         if entry is None:
             continue
         local = entry.order
+        label = order_label(local)
         if isinstance(result, Order):
             result = same_order(result, local)
             if result is None:
                 plan.discrepancies.append(Discrepancy(
-                    context, key, fmt_order(local), "answer for another order",
+                    context, label, fmt_order(local), "answer for another order",
                     "kept pending (the exchange answered with another order id); queried again next run",
                     Outcome.PENDING))
                 continue
@@ -338,30 +360,31 @@ def resolve_fetches(ledger: Ledger, results: Mapping[str, "Order | BaseException
             plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
             if result.state in expected:
                 continue
-            if taken_ms is not None and in_flight(result.updated_ms, taken_ms, config):
-                continue     # it changed on the venue just now: news on its way, not a discrepancy
             if result.state.active:
                 action = "queried: still open on the exchange (absent from its open-orders list); ledger updated"
             else:
                 action = f"queried: final state {result.state.value}; ledger updated"
-            plan.discrepancies.append(Discrepancy(context, key, fmt_order(local), fmt_order(result), action,
+            plan.discrepancies.append(Discrepancy(context, label, fmt_order(local), fmt_order(result), action,
                                                   Outcome.CORRECTED))
         elif isinstance(result, OrderNotFound):
             misses = entry.misses + 1
-            if misses > retries:
+            first = entry.first_miss_ms or now_ms
+            span_ms = now_ms - first
+            if misses > retries and span_ms >= config.lost_after_s * 1000:
                 lost = replace_order(local, state=OrderState.LOST)
                 plan.corrections.append(Correction("order", key, lost, SOURCE_LOCAL, misses=misses))
                 plan.discrepancies.append(Discrepancy(
-                    "lost", key, fmt_order(local), "unknown to the exchange",
+                    "lost", label, fmt_order(local), "unknown to the exchange",
                     f"declared lost after {misses} not-found queries (kept in the ledger, reported)",
                     Outcome.DECLARED_LOST))
             else:
                 plan.corrections.append(Correction("flags", key, misses=misses, recheck=entry.recheck))
                 plan.discrepancies.append(Discrepancy(
-                    context, key, fmt_order(local), "unknown to the exchange",
-                    f"not found ({misses}/{retries + 1}); queried again next run", Outcome.PENDING))
+                    context, label, fmt_order(local), "unknown to the exchange",
+                    f"not found ({misses}/{retries + 1}, for {span_ms // 1000}s of {config.lost_after_s:g}s); "
+                    "queried again next run", Outcome.PENDING))
         else:
             plan.discrepancies.append(Discrepancy(
-                context, key, fmt_order(local), "query failed",
+                context, label, fmt_order(local), "query failed",
                 f"kept pending ({type(result).__name__}: {result}); queried again next run", Outcome.PENDING))
     return plan

@@ -20,7 +20,7 @@ from typing import Iterable
 from tradewarden.domain import Order, OrderNotFound, OrderState, UnknownOutcome, is_owned
 
 from .config import AccountConfig, Discrepancy, Outcome
-from .ledger import SOURCE_CANCEL, Ledger, supersedes
+from .ledger import SOURCE_CANCEL, Ledger, order_label, supersedes
 from .reconcile import Correction, Plan, fmt_order, same_order
 
 
@@ -41,10 +41,13 @@ def plan_stale(ledger: Ledger, config: AccountConfig, now_ms: int) -> StalePlan:
     timeout_ms = config.stale_timeout_s * 1000
     budget = config.max_requests_per_run
     prefix = config.owned_prefix
+    scope = set(config.symbols)
     for entry in ledger.orders.values():
         order = entry.order
         if not order.state.active or not (is_owned(order.client_order_id, prefix) or ledger.owns(order)):
             continue
+        if order.symbol not in scope:
+            continue                 # a symbol removed from spec.symbols: reconciliation asks once, never cancels
         if entry.recheck:
             plan.rechecks.append(order)
             continue
@@ -63,7 +66,7 @@ def plan_stale(ledger: Ledger, config: AccountConfig, now_ms: int) -> StalePlan:
 
 def report_only(orders: Iterable[Order], now_ms: int) -> list[Discrepancy]:
     """ObserveOnly: what Correct would have cancelled."""
-    return [Discrepancy("stale", Ledger.order_id(o), fmt_order(o), f"open for {order_age_ms(o, now_ms) // 1000}s",
+    return [Discrepancy("stale", order_label(o), fmt_order(o), f"open for {order_age_ms(o, now_ms) // 1000}s",
                         "reported only (policy ObserveOnly: no cancel sent)", Outcome.REPORTED) for o in orders]
 
 
@@ -74,23 +77,24 @@ def resolve_cancel(ledger: Ledger, order: Order, outcome: "Order | BaseException
     key = Ledger.order_id(order)
     entry = ledger.orders.get(key)
     local = entry.order if entry else order
+    label = order_label(local)
     if isinstance(outcome, Order) and same_order(outcome, local) is None:
         outcome = None                       # not an answer about this order: query it
     if isinstance(outcome, Order):
         outcome = same_order(outcome, local)
         if supersedes(outcome, local):
             plan.corrections.append(Correction("order", key, outcome, SOURCE_CANCEL))
-        plan.discrepancies.append(Discrepancy("stale", key, fmt_order(local), fmt_order(outcome),
+        plan.discrepancies.append(Discrepancy("stale", label, fmt_order(local), fmt_order(outcome),
                                               f"cancelled (stale); exchange says {outcome.state.value}",
                                               Outcome.CANCELLED if outcome.state is OrderState.CANCELED
                                               else Outcome.CANCEL_ANSWERED))
     elif isinstance(outcome, UnknownOutcome):
         plan.corrections.append(Correction("flags", key, misses=entry.misses if entry else 0, recheck=True))
-        plan.discrepancies.append(Discrepancy("stale", key, fmt_order(local), "cancel outcome unknown",
+        plan.discrepancies.append(Discrepancy("stale", label, fmt_order(local), "cancel outcome unknown",
                                               f"cancel sent, outcome unknown ({outcome}); re-checked next run",
                                               Outcome.CANCEL_UNKNOWN))
     elif isinstance(outcome, BaseException) and not isinstance(outcome, OrderNotFound):
-        plan.discrepancies.append(Discrepancy("stale", key, fmt_order(local), "cancel failed",
+        plan.discrepancies.append(Discrepancy("stale", label, fmt_order(local), "cancel failed",
                                               f"cancel failed ({type(outcome).__name__}: {outcome}); "
                                               "tried again next run", Outcome.CANCEL_FAILED))
     return plan

@@ -12,6 +12,14 @@ exchange host (and API family: ``/api`` and ``/fapi`` are limited separately), n
 - after a 429 or 418 nothing is sent to that egress before ``Retry-After`` has passed: a caller that
   would have to wait longer than ``max_wait_s`` gets :class:`~tradewarden.domain.RateLimited`
   without anything being sent.
+
+Replicas behind one egress (sharding, docs/sharding.md): each process spends at most ``share`` of the
+usable limit itself (``TRADEWARDEN_RATE_SHARE``, the chart's ``sharding.rateShare``; default 1.0, one
+replica), AND never lets the venue's own counter for the IP (which includes the other replicas)
+exceed the usable limit. With shares summing to at most 1 the replicas together stay below the
+limit, so none of them reaches a 429 and its Retry-After window in normal operation; should one
+happen anyway (another client on the IP), the replica that got it stops until Retry-After, and the
+others stop at their own first 429 (Binance answers every client of the IP with it).
 """
 from __future__ import annotations
 
@@ -64,6 +72,7 @@ WEIGHTS: dict[tuple[str, str], Weight] = {
     ("DELETE", "/fapi/v1/algoOrder"): 1,
     ("DELETE", "/fapi/v1/allOpenOrders"): 1,
     ("DELETE", "/fapi/v1/algoOpenOrders"): 1,
+    ("GET", "/fapi/v1/allOrders"): 5,        # usdm-facts.md C1
     ("GET", "/fapi/v1/userTrades"): 5,
     ("POST", "/fapi/v1/listenKey"): 1,
     ("PUT", "/fapi/v1/listenKey"): 1,
@@ -161,8 +170,10 @@ class RateBudget:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], "asyncio.Future"] = asyncio.sleep
     counters: BudgetCounters = field(default_factory=BudgetCounters)
+    share: float = 1.0               # of the usable limit this process may spend itself (replicas)
     _window: int = -1
-    _used: int = 0
+    _used: int = 0                   # the IP's weight this window: ours, raised by the venue's counter
+    _own: int = 0                    # what this process spent this window
     _blocked_until: float = 0.0
 
     # -- state --
@@ -172,11 +183,16 @@ class RateBudget:
     def _roll(self) -> None:
         w = self.window()
         if w != self._window:
-            self._window, self._used = w, 0
+            self._window, self._used, self._own = w, 0, 0
 
     @property
     def usable(self) -> int:
         return max(1, int(self.limit * self.safety))
+
+    @property
+    def own_usable(self) -> int:
+        """This process's part of the usable limit."""
+        return max(1, int(self.usable * min(1.0, max(0.0, self.share))))
 
     @property
     def used(self) -> int:
@@ -193,9 +209,11 @@ class RateBudget:
         if now < self._blocked_until:
             return self._blocked_until - now
         self._roll()
-        if self._used + weight > self.usable and self._used > 0:
+        if (self._used + weight > self.usable and self._used > 0) or \
+                (self._own + weight > self.own_usable and self._own > 0):
             return (self._window + 1) * WINDOW_S - now + 0.05
         self._used += weight
+        self._own += weight
         self.counters.requests += 1
         self.counters.weight_spent += weight
         return 0.0
@@ -256,6 +274,7 @@ class RateBudget:
     def snapshot(self) -> dict:
         """Figures for telemetry."""
         return {"key": self.key, "limit": self.limit, "used": self.used, "blocked_for_s": self.blocked_for(),
+                "share": self.share,
                 **self.counters.__dict__}
 
 
@@ -272,8 +291,10 @@ class RateBudgets:
     """Registry of budgets, one per egress; pass one instance to every gateway of the process."""
 
     def __init__(self, *, safety: float = 0.9, max_wait_s: float = 65.0,
-                 clock: Callable[[], float] = time.time):
-        self.safety, self.max_wait_s, self.clock = safety, max_wait_s, clock
+                 clock: Callable[[], float] = time.time, share: float = 1.0):
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"rate share must be in (0, 1], got {share}")
+        self.safety, self.max_wait_s, self.clock, self.share = safety, max_wait_s, clock, share
         self._budgets: dict[str, RateBudget] = {}
 
     @staticmethod
@@ -288,7 +309,7 @@ class RateBudgets:
         if budget is None:
             family = key.rsplit("/", 1)[-1]
             budget = RateBudget(key=key, limit=DEFAULT_LIMITS.get(family, 1200), safety=self.safety,
-                                max_wait_s=self.max_wait_s, clock=self.clock)
+                                max_wait_s=self.max_wait_s, clock=self.clock, share=self.share)
             self._budgets[key] = budget
         return budget
 
@@ -306,6 +327,19 @@ def default_budgets() -> RateBudgets:
     """The process-wide registry (one budget per egress for every account of this process)."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = RateBudgets()
+        _DEFAULT = RateBudgets(share=rate_share())
     return _DEFAULT
+
+
+def rate_share(env: Mapping[str, str] | None = None) -> float:
+    """TRADEWARDEN_RATE_SHARE: this replica's share of each egress's usable weight (default 1.0)."""
+    import os
+
+    value = (env if env is not None else os.environ).get("TRADEWARDEN_RATE_SHARE", "").strip()
+    if not value:
+        return 1.0
+    share = float(value)
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"TRADEWARDEN_RATE_SHARE must be in (0, 1], got {value}")
+    return share
 

@@ -8,16 +8,20 @@ import time
 from dataclasses import replace
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
+from .ccxt_import import install as _lazy_ccxt
+
+_lazy_ccxt()       # before the first import of ccxt: only the exchanges in use are loaded
+
 import ccxt
 
-from ..domain import (CancelAllResult, GatewayError, Invalid, MarginSummary, Order, OrderNotFound, Section,
+from ..domain import (CancelAllResult, Fill, GatewayError, Invalid, MarginSummary, Order, OrderNotFound, Section,
                       Snapshot, SymbolNotListed, Temporary, Unsupported)
 from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheaper
 from .errors import map_error, scrub
 from .exchanges import forget_secrets, new_exchange, scrubbing_logger
 from .markets import MarketsCache, default_markets
-from .translate import (Malformed, balances_from_ccxt, futures_balances, order_from_ccxt, position_risks_from_ccxt,
-                        positions_from_ccxt)
+from .translate import (Malformed, balances_from_ccxt, fill_from_ccxt, futures_balances, order_from_ccxt,
+                        position_risks_from_ccxt, positions_from_ccxt)
 
 log = logging.getLogger("tradewarden.gateway")
 T = TypeVar("T")
@@ -321,6 +325,42 @@ class CcxtGateway:
 
     # ---- cancel everything -------------------------------------------------------------------------
 
+    async def order_history(self, symbol: str, *, since_ms: int = 0, until_ms: int = 0, from_order_id: str = "",
+                            limit: int = 1000) -> list[Order]:
+        """One page of allOrders (spot rest-api.md "All orders (USER_DATA)", weight 20; USD-M usdm-facts.md C1,
+        weight 5): ``orderId`` returns orders >= it, else orders created in [startTime, endTime]."""
+        await self._ensure_markets()
+        self._check_symbols([symbol])
+        params: dict[str, Any] = {}
+        if from_order_id:
+            params["orderId"] = from_order_id
+        elif until_ms:
+            params["endTime"] = until_ms
+        raw = await self._call("order history", lambda: self._rest.fetch_orders(
+            symbol, None if from_order_id else (since_ms or None), limit, params))
+        with _malformed("order history"):
+            if not isinstance(raw, list):
+                raise Malformed("the order history is not a list")
+            return sorted((order_from_ccxt(o) for o in raw), key=lambda o: _num(o.exchange_order_id))
+
+    async def trade_history(self, symbol: str, *, since_ms: int = 0, until_ms: int = 0, from_trade_id: str = "",
+                            limit: int = 1000) -> list[Fill]:
+        """One page of myTrades (spot rest-api.md "Account trade list (USER_DATA)", weight 20 without orderId)
+        or userTrades (USD-M usdm-facts.md E, weight 5). ``fromId`` cannot be combined with a time range."""
+        await self._ensure_markets()
+        self._check_symbols([symbol])
+        params: dict[str, Any] = {}
+        if from_trade_id:
+            params["fromId"] = from_trade_id
+        elif until_ms:
+            params["endTime"] = until_ms
+        raw = await self._call("trade history", lambda: self._rest.fetch_my_trades(
+            symbol, None if from_trade_id else (since_ms or None), limit, params))
+        with _malformed("trade history"):
+            if not isinstance(raw, list):
+                raise Malformed("the trade history is not a list")
+            return sorted((fill_from_ccxt(t) for t in raw), key=lambda f: _num(f.trade_id))
+
     async def cancel_all(self, symbols: Sequence[str]) -> CancelAllResult:
         """Cancel every open order on every symbol, concurrently within the budget, then verify with a
         fresh open-orders query. ``remaining`` lists what is still open; ``errors`` (symbol -> text)
@@ -407,3 +447,8 @@ def create_gateway(exchange: str, api_key: str, secret: str, endpoint: str | Non
 
 
 __all__ = ["CcxtGateway", "create_gateway", "scrub", "family_of"]
+
+
+def _num(text: str) -> int:
+    """Binance ids are integers; a non-numeric one sorts first (never raises)."""
+    return int(text) if text.isdigit() else -1

@@ -11,6 +11,10 @@ import logging
 import re
 from typing import Iterable
 
+from .ccxt_import import install as _lazy_ccxt
+
+_lazy_ccxt()       # before the first import of ccxt: only the exchanges in use are loaded
+
 import ccxt
 
 from ..redact import REDACTED, scrub  # noqa: F401 - re-exported: the gateway's texts are scrubbed here

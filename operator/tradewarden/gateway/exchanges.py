@@ -20,9 +20,15 @@ import asyncio
 import contextvars
 import functools
 import logging
+import os
+import ssl
 from collections import Counter
 from typing import Any, Callable
 from urllib.parse import urlsplit
+
+from .ccxt_import import install as _lazy_ccxt
+
+_lazy_ccxt()       # before the first import of ccxt: only the exchanges in use are loaded
 
 import ccxt
 import ccxt.async_support as ccxt_async
@@ -46,6 +52,12 @@ _ERROR_TABLE_BY_FAMILY = {"api": "spot", "sapi": "spot", "fapi": "linear", "dapi
 # caches, which by default keep the last 1,000 parsed orders and trades (with their raw payloads) per
 # connection: about 5 MiB per account on a connection that lives for hours (bench_stream_memory.py).
 PRO_CACHE_LIMITS = {"ordersLimit": 20, "tradesLimit": 20}
+
+# No permessage-deflate on Binance's user-data socket: ccxt offers it by default, and a negotiated
+# extension keeps a zlib compressor and decompressor per connection, about 0.4 MiB per account
+# (bench_controller.py --only anatomy) for a socket that carries a few small JSON events a minute.
+# Binance serves uncompressed frames to clients that do not offer it (RFC 7692: an offer is optional).
+PRO_WS_OPTIONS = {"ws": {"compress": 0}}
 
 # options that keep ccxt off endpoints a spot / USD-M account does not need (see binance-and-ccxt notes)
 BINANCE_OPTIONS: dict[str, dict[str, Any]] = {
@@ -202,6 +214,42 @@ def exchange_class(exchange_id: str, pro: bool) -> type:
     return cls
 
 
+_SSL_CONTEXTS: dict[str, ssl.SSLContext] = {}
+# TRADEWARDEN_CCXT_SHARING=off: ccxt's defaults (a TLS context and a copy of the definitions per
+# instance, compressed sockets): the benchmarks' baseline
+CCXT_SHARING = os.environ.get("TRADEWARDEN_CCXT_SHARING", "on") != "off"
+
+
+def shared_ssl_context(cafile: str) -> ssl.SSLContext:
+    """One TLS client context per CA bundle for the whole process.
+
+    ccxt's async base builds ``ssl.create_default_context(cafile=certifi)`` in every instance's
+    session: about 0.7 MiB of OpenSSL memory each (the parsed CA store, invisible to tracemalloc),
+    two instances per account (REST and stream), which was most of an account's footprint. The
+    context carries no per-connection or per-account state (no client certificate): verification
+    and hostname checking are the same as ccxt's own."""
+    ctx = _SSL_CONTEXTS.get(cafile)
+    if ctx is None:
+        ctx = _SSL_CONTEXTS[cafile] = ssl.create_default_context(cafile=cafile)
+    return ctx
+
+
+# ccxt deep-copies its exchange's description into every instance. The endpoint map ("api": read
+# only while ccxt builds the class, its implicit methods are generated statically in ccxt.abstract),
+# the error tables and the feature list are definitions nothing changes afterwards: one copy per
+# class instead of one per instance (two instances per account).
+SHARED_DEFINITIONS = ("api", "exceptions", "features")
+_DEFINITIONS: dict[tuple[type, str], Any] = {}
+
+
+def share_definitions(exchange: Any) -> None:
+    cls = type(exchange)
+    for attr in SHARED_DEFINITIONS:
+        value = exchange.__dict__.get(attr)
+        if isinstance(value, dict):
+            exchange.__dict__[attr] = _DEFINITIONS.setdefault((cls, attr), value)
+
+
 def rewrite_urls(exchange: Any, endpoint: str) -> None:
     """Point every REST and WebSocket URL of ``exchange`` at ``endpoint`` keeping each path."""
     point_at(exchange, endpoint)
@@ -213,6 +261,8 @@ def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | No
     options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BINANCE_OPTIONS.get(exchange_id, {}).items()}
     if pro and exchange_id in BINANCE_OPTIONS:
         options.update(PRO_CACHE_LIMITS)
+        if CCXT_SHARING:
+            options.update({k: dict(v) for k, v in PRO_WS_OPTIONS.items()})
     config = {
         "apiKey": api_key,
         "secret": secret,
@@ -224,6 +274,11 @@ def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | No
         "timeout": 10000,
     }
     ex = cls(config)
+    if CCXT_SHARING and getattr(ex, "verify", False) is True and getattr(ex, "ssl_context", None) is None and \
+            not ex.safe_bool(ex.options, "include_OS_certificates", False):
+        ex.ssl_context = shared_ssl_context(ex.cafile)     # before ccxt opens its session
+    if CCXT_SHARING:
+        share_definitions(ex)
     ex.tw_budgets = budgets
     ex.tw_secrets = tuple(s for s in (api_key, secret) if s)
     if endpoint:
@@ -257,4 +312,4 @@ def forget_secrets(secrets: tuple[str, ...]) -> None:
 
 
 __all__ = ["BINANCE_OPTIONS", "TradewardenExchangeMixin", "exchange_class", "exchange_ids", "new_exchange", "rewrite_urls",
-           "scrubbing_logger", "forget_secrets"]
+           "scrubbing_logger", "shared_ssl_context", "share_definitions", "forget_secrets"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
-from ..domain import (ZERO, AssetMargin, Balance, MarginSummary, Order, OrderState, Position, PositionRisk,
+from ..domain import (ZERO, AssetMargin, Balance, Fill, MarginSummary, Order, OrderState, Position, PositionRisk,
                       PositionSide, Side, dec)
 
 # Binance's order status (REST "status", stream "X") -> domain state
@@ -197,6 +197,27 @@ def order_from_ccxt(order: Mapping[str, Any], *, algo: bool = False) -> Order:
         child_id=child_id,
         protective=protective,
         position_side=pside,
+    )
+
+
+def fill_from_ccxt(trade: Mapping[str, Any]) -> Fill:
+    """A ccxt unified trade (spot myTrades, USD-M userTrades) -> domain Fill."""
+    info = trade.get("info") if isinstance(trade.get("info"), Mapping) else {}
+    trade_id = trade.get("id") if trade.get("id") is not None else info.get("id")
+    order_id = trade.get("order") if trade.get("order") is not None else info.get("orderId")
+    if trade_id is None or order_id is None:
+        raise Malformed("trade without a trade id or an order id")
+    if not trade.get("symbol"):
+        raise Malformed(f"trade {str(trade_id)[:40]} without a known symbol")
+    fee = trade.get("fee") if isinstance(trade.get("fee"), Mapping) else {}
+    fee_cost = fee.get("cost") if fee.get("cost") is not None else info.get("commission")
+    return Fill(
+        trade_id=str(trade_id), exchange_order_id=str(order_id), symbol=str(trade["symbol"]),
+        price=_strict(trade.get("price"), "trade price", required=True),
+        amount=_strict(trade.get("amount"), "trade quantity", required=True),
+        fee=_strict(fee_cost, "trade fee"),
+        fee_asset=str(fee.get("currency") or info.get("commissionAsset") or ""),
+        time_ms=_int(trade.get("timestamp")) or _int(info.get("time")),
     )
 
 

@@ -26,13 +26,14 @@ import time
 from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
-from tradewarden.domain import (ZERO, AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
-                                OrderEvent, OrderState, Position, PositionEvent, RateLimited, StreamEvent, is_owned)
+from tradewarden.domain import (AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, GatewayError, Order,
+                                OrderEvent, OrderState, PositionEvent, RateLimited, StreamEvent, is_owned)
 
-from ..core.config import SECTIONS, AccountConfig, EmergencyStopReport, RunReport, Trigger, base_asset
+from ..core.config import AccountConfig, EmergencyStopReport, RunReport, Trigger
+from ..core import history
 from ..core.ledger import SOURCE_REST, SOURCE_STREAM, Ledger
 from ..core.monitor import MonitoringState
-from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, same_order
+from ..core.reconcile import Plan, apply_corrections, reconcile, resolve_fetches, resolve_unscoped, same_order
 from ..core.stale import needs_query, plan_stale, purge, report_only, resolve_cancel
 
 log = logging.getLogger("tradewarden.service")
@@ -60,11 +61,13 @@ class AccountRunner:
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
         self.last_margin = None            # USD-M: the last snapshot's MarginSummary (reported, never compared)
-        self.stream_since_ms: int | None = None   # the user-data stream connected since (None: not connected)
-        self._symbols_by_base: dict[str, list[str]] = {}
         if not config.futures:
-            for symbol in config.symbols:
-                self._symbols_by_base.setdefault(base_asset(symbol), []).append(symbol)
+            self.ledger.positions.clear()   # spot has none (a ledger saved by an older version may hold some)
+        if self.ledger.knows_orders:
+            # a ledger from before (a restart): events since it was saved may have been missed
+            self.ledger.note_gap(max(self.ledger.synced_ms, self.ledger.orders_ms))
+        self.last_event_ms = 0          # local time of the last stream event applied (a gap's start)
+        self.stream_live = False        # a user-data stream is connected (its events may be in flight)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -92,7 +95,7 @@ class AccountRunner:
         except Exception as exc:
             if self.last_report is not report:      # not recorded yet
                 report.error = report.error or describe(exc)
-                report.stale_sections = list(SECTIONS)
+                report.stale_sections = list(self.config.sections)
                 self._finish_run(report)
             raise
 
@@ -114,7 +117,7 @@ class AccountRunner:
             snapshot = await self.gateway.snapshot(config.symbols)
         except Exception as exc:     # the whole snapshot failed: every section keeps its local state
             report.error = describe(exc)
-            report.stale_sections = list(SECTIONS)
+            report.stale_sections = list(config.sections)
             self._finish_run(report)
             if raise_auth and isinstance(exc, AuthenticationFailed):
                 raise
@@ -125,13 +128,17 @@ class AccountRunner:
                      if isinstance(s.error, AuthenticationFailed)), None)
         if auth is not None and raise_auth:
             report.error = describe(auth)
-            report.stale_sections = list(SECTIONS)
+            report.stale_sections = list(config.sections)
             self._finish_run(report)
             raise auth
         now = self.now_ms()
+        previous_sync = self.ledger.synced_ms
+        # a human's annotation and the emergency stop ask for the exchange's word now: no deferral
+        judge_later = self.stream_live and report.trigger not in (Trigger.ANNOTATION, Trigger.EMERGENCY_STOP)
         if snapshot.margin is not None:
             self.last_margin = snapshot.margin
-        plan = reconcile(self.ledger, snapshot, config, now, stream_since_ms=self.stream_since_ms)
+        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later)
+        report.recent += plan.recent
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
         report.stale_sections = list(plan.stale_sections)
@@ -140,15 +147,90 @@ class AccountRunner:
         if plan.fetches:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected,
-                                        taken_ms=snapshot.taken_ms, stream_since_ms=self.stream_since_ms), report)
+            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms()),
+                        report)
+        if plan.unscoped:
+            results = await self._query(plan.unscoped)
+            report.requests += len(plan.unscoped)
+            report.released = len(plan.unscoped)
+            self._apply(resolve_unscoped(self.ledger, results), report)
+            log.info("%s orders on symbols no longer configured asked once and released from tracking",
+                     len(plan.unscoped))
+        if report.trigger == Trigger.STREAM_RECONNECT:
+            self.ledger.note_gap(self.last_event_ms or previous_sync)
+        if any(d.kind == "balance" for d in plan.discrepancies) and previous_sync and self.ledger.knows_orders:
+            self.ledger.note_gap(previous_sync)      # a balance moved with no event to explain it
+        if self.ledger.gap_since_ms and "orders" not in plan.stale_sections and self.ledger.knows_orders:
+            await self._close_gap(config, report)
         report.deferred = len(plan.deferred)
+        report.adopted.extend(plan.adopted)
         if "orders" not in plan.stale_sections:
             self.ledger.truncated = 0
+            self.ledger.orders_ms = now
         if plan.complete:
             self.ledger.synced_ms = now
         report.purged = purge(self.ledger, config, self.now_ms())
         return self._finish_run(report)
+
+    async def _close_gap(self, config: AccountConfig, report: RunReport) -> None:
+        """Read order (and, when executions are unexplained, trade) history from the gap's start on every
+        configured symbol (core/history.py has the venue's rules); the gap is closed only when every symbol
+        was read."""
+        grace_ms = int(config.missing_grace_s * 1000)
+        since = max(0, self.ledger.gap_since_ms - grace_ms)
+        until = self.now_ms()
+        closed = True
+        reopen_at = 0                       # deferred (too recent) orders: the gap stays open from them
+        for symbol in config.symbols:
+            try:
+                orders: list[Order] = []
+                for window in history.windows(since, until, config.futures):
+                    page = list(await self.gateway.order_history(symbol, since_ms=window.since_ms,
+                                                                 until_ms=window.until_ms, limit=history.PAGE))
+                    report.history_requests += 1
+                    orders += page
+                    cursor = history.next_order_page(page)
+                    if not cursor:
+                        continue
+                    while cursor:                       # a full page: on by order id, to the newest order
+                        page = list(await self.gateway.order_history(symbol, from_order_id=cursor,
+                                                                     limit=history.PAGE))
+                        report.history_requests += 1
+                        orders += page
+                        cursor = history.next_order_page(page)
+                    break                               # ... which covers the later windows too
+                fills: list = []
+                if history.needs_trades(self.ledger, orders):
+                    start = self.ledger.trade_cursors.get(symbol, "")
+                    cursor = str(int(start) + 1) if start.isdigit() else ""
+                    if not cursor:
+                        for window in history.windows(since, until, config.futures):
+                            page = list(await self.gateway.trade_history(symbol, since_ms=window.since_ms,
+                                                                         until_ms=window.until_ms,
+                                                                         limit=history.PAGE))
+                            report.history_requests += 1
+                            fills += page
+                            cursor = history.next_trade_page(page)
+                            if cursor:
+                                break
+                    while cursor:
+                        page = list(await self.gateway.trade_history(symbol, from_trade_id=cursor,
+                                                                     limit=history.PAGE))
+                        report.history_requests += 1
+                        fills += page
+                        cursor = history.next_trade_page(page)
+            except Exception as exc:  # noqa: BLE001 - the gap stays open: read again next run
+                closed = False
+                log.info("history of %s not read (%s): the gap stays open", symbol, describe(exc))
+                continue
+            plan = history.resolve_history(self.ledger, symbol, orders, fills, config, horizon_ms=until - grace_ms)
+            self._apply(plan, report)
+            report.recent += len(plan.deferred)
+            for o in plan.deferred:
+                start = o.created_ms or o.updated_ms
+                reopen_at = min(reopen_at, start) if reopen_at else start
+        if closed:
+            self.ledger.gap_since_ms = reopen_at
 
     def _finish_run(self, report: RunReport) -> RunReport:
         report.finished_ms = self.now_ms()
@@ -204,7 +286,8 @@ class AccountRunner:
             if plan.rechecks:
                 results = await self._query(plan.rechecks)
                 report.requests += len(plan.rechecks)
-                self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
+                self._apply(resolve_fetches(self.ledger, results, self.config, context="stale",
+                                                    now_ms=self.now_ms()), report)
             cancelled = 0
             if self.config.observe_only:
                 report.discrepancies.extend(report_only(plan.stale, self.now_ms()))
@@ -227,7 +310,8 @@ class AccountRunner:
                     # D2): the query that follows is what shows it cancelled
                     cancelled += sum(1 for o in to_query if o.algo and isinstance(results.get(Ledger.order_id(o)), Order)
                                      and results[Ledger.order_id(o)].state is OrderState.CANCELED)
-                    self._apply(resolve_fetches(self.ledger, results, self.config, context="stale"), report)
+                    self._apply(resolve_fetches(self.ledger, results, self.config, context="stale",
+                                                    now_ms=self.now_ms()), report)
             report.purged = purge(self.ledger, self.config, self.now_ms())
             report.finished_ms = self.now_ms()
             report.cancelled = cancelled
@@ -284,11 +368,13 @@ class AccountRunner:
         Returns True when the caller should reconcile now (the stream reconnected after a gap,
         so events may have been lost); ConnectionEvents never touch the ledger."""
         if isinstance(event, ConnectionEvent):
-            up = event.state is not ConnectionState.DISCONNECTED
-            self.stream_since_ms = (event.event_ms or self.now_ms()) if up else None
+            self.stream_live = event.state is not ConnectionState.DISCONNECTED
+            if event.state is not ConnectionState.CONNECTED:
+                self.ledger.note_gap(self.last_event_ms or self.ledger.synced_ms)
             return event.state is ConnectionState.RECONNECTED
         async with self.lock:
             now = self.now_ms()
+            self.last_event_ms = now
             if isinstance(event, OrderEvent):
                 order = event.order
                 if order.algo and order.child_id:
@@ -300,8 +386,7 @@ class AccountRunner:
                         balance = replace(balance, updated_ms=event.event_ms)
                     if balance.asset != asset:
                         balance = replace(balance, asset=asset)
-                    if self.ledger.upsert_balance(balance, SOURCE_STREAM, now):
-                        self._derive_spot_positions(asset, balance.updated_ms, now)
+                    self.ledger.upsert_balance(balance, SOURCE_STREAM, now)
             elif isinstance(event, PositionEvent):
                 for position in event.positions:
                     if not position.updated_ms:
@@ -325,12 +410,3 @@ class AccountRunner:
                 self.ledger.put_order(replace(o, parent_id=parent.exchange_order_id), entry.source, now,
                                       misses=entry.misses, recheck=entry.recheck, key=key)
                 return
-
-    def _derive_spot_positions(self, asset: str, updated_ms: int, now: int) -> None:
-        symbols = self._symbols_by_base.get(asset)
-        if not symbols:
-            return
-        balance = self.ledger.balance(asset)
-        total = balance.total if balance is not None else ZERO
-        for symbol in symbols:
-            self.ledger.put_position(Position(symbol, total, ZERO, updated_ms), symbol, SOURCE_STREAM, now)

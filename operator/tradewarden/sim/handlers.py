@@ -319,6 +319,39 @@ def _trades(req: "Request", venue: str, m: Market) -> list[Trade]:
     return out[-limit:] if limit else out
 
 
+def _all_orders(req: "Request", venue: str, m: Market) -> list[Order]:
+    """allOrders: spot rest-api.md "All orders (USER_DATA)" ("If orderId is set, it will get orders >= that
+    orderId. Otherwise most recent orders are returned"; "The time between startTime and endTime can't be
+    longer than 24 hours"); USD-M usdm-facts.md C1 (the same cursor, a window under 7 days)."""
+    assert req.account is not None
+    limit = _int_param(req.params, "limit", 500, 1, 1000)
+    oid = _int_param(req.params, "orderId")
+    start = _int_param(req.params, "startTime")
+    end = _int_param(req.params, "endTime")
+    span = 24 * 3600 * 1000 if venue == SPOT else 7 * 24 * 3600 * 1000
+    if start is not None and end is not None and end - start > span:
+        raise SimError(-1127, "More than 24 hours between startTime and endTime." if venue == SPOT
+                       else "More than 7 days between startTime and endTime.")
+    out = sorted((o for o in req.account.orders[venue].values() if o.symbol == m.symbol
+                  and (oid is None or o.order_id >= oid) and (start is None or o.time >= start)
+                  and (end is None or o.time <= end)), key=lambda o: o.order_id)
+    if oid is not None or start is not None:
+        return out[:limit]
+    return out[-limit:]
+
+
+async def spot_all_orders(req: "Request") -> Any:
+    m = _symbol(req)
+    assert m is not None
+    return [spot_order(o) for o in _all_orders(req, SPOT, m)]
+
+
+async def usdm_all_orders(req: "Request") -> Any:
+    m = _symbol(req)
+    assert m is not None
+    return [usdm_order(o, m) for o in _all_orders(req, USDM, m)]
+
+
 async def spot_my_trades(req: "Request") -> Any:
     m = _symbol(req)
     assert m is not None
@@ -761,6 +794,7 @@ def register(sim: "Simulator") -> None:
     add(SPOT, "GET", "/api/v3/openOrders", spot_open_orders, by_symbol(6, 80), "SIGNED")
     add(SPOT, "DELETE", "/api/v3/openOrders", spot_cancel_all, 1, "SIGNED")
     add(SPOT, "GET", "/api/v3/myTrades", spot_my_trades, lambda p: 5 if p.get("orderId") else 20, "SIGNED")
+    add(SPOT, "GET", "/api/v3/allOrders", spot_all_orders, 20, "SIGNED")
     # USD-M
     add(USDM, "GET", "/fapi/v1/ping", ping, 1)
     add(USDM, "GET", "/fapi/v1/time", server_time, 1)
@@ -786,6 +820,7 @@ def register(sim: "Simulator") -> None:
     add(USDM, "GET", "/fapi/v1/openOrder", usdm_open_order, 1, "SIGNED")
     add(USDM, "DELETE", "/fapi/v1/allOpenOrders", usdm_cancel_all, 1, "SIGNED")
     add(USDM, "GET", "/fapi/v1/userTrades", usdm_user_trades, 5, "SIGNED")
+    add(USDM, "GET", "/fapi/v1/allOrders", usdm_all_orders, 5, "SIGNED")
     add(USDM, "GET", "/fapi/v1/openAlgoOrders", usdm_open_algo_orders, by_symbol(1, 40), "SIGNED")
     add(USDM, "DELETE", "/fapi/v1/algoOpenOrders", usdm_cancel_algo_all, 1, "SIGNED")
     add(USDM, "POST", "/fapi/v1/algoOrder", usdm_new_algo_order, 0, "SIGNED", order=True)
