@@ -131,7 +131,7 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
         if snapshot.positions.ok and snapshot.positions.value is not None:
             exchange = {p.key: p for p in snapshot.positions.value}
             _positions(ledger, exchange, ledger.positions.keys() | exchange.keys(), snapshot.taken_ms,
-                       config, baseline, plan)
+                       config, baseline, plan, stream_live)
         else:
             _stale(plan, "positions", snapshot.positions.error)
     # Spot: no positions. A spot "position" is the base asset's holding, i.e. its balance, compared and
@@ -199,7 +199,7 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
 
 
 def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[str], taken_ms: int,
-               config: AccountConfig, baseline: bool, plan: Plan) -> None:
+               config: AccountConfig, baseline: bool, plan: Plan, stream_live: bool = False) -> None:
     """Positions by key: the symbol (one-way) or (symbol, side) for a hedge-mode leg (``domain.position_key``):
     a LONG and a SHORT leg of one symbol are two positions, never netted (usdm-facts.md B2)."""
     tol, dust = config.balance_tolerance, config.dust
@@ -212,6 +212,11 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[
         rest_ms = ex.updated_ms if ex is not None and ex.updated_ms else taken_ms
         if local is not None and local.updated_ms > rest_ms:
             continue
+        if (stream_live and not baseline and ex is not None and ex.updated_ms
+                and ex.updated_ms > taken_ms - int(config.missing_grace_s * 1000)
+                and (local is None or local.updated_ms < ex.updated_ms)):
+            plan.recent += 1
+            continue      # the venue moved this leg just now: its ACCOUNT_UPDATE may be on its way; next run
         value = None if ex is None else Position(ex.symbol, ex.amount, ex.entry_price, rest_ms, ex.side)
         if value == local:
             continue
@@ -331,7 +336,7 @@ def resolve_unscoped(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExc
 
 def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseException"], config: AccountConfig,
                     context: str = "missing", expected: frozenset[OrderState] = frozenset(), *,
-                    now_ms: int) -> Plan:
+                    now_ms: int, recent_after_ms: int | None = None) -> Plan:
     """Apply the exchange's answers to targeted queries of orders the list did not show.
 
     Order -> its state is applied (finished or, rarely, still open). OrderNotFound -> one more
@@ -358,6 +363,8 @@ def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExce
             if not supersedes(result, local):
                 continue                 # a stream event newer than the answer already arrived
             plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
+            if recent_after_ms is not None and result.updated_ms > recent_after_ms:
+                continue     # finished on the venue just now with the stream live: news on its way, applied
             if result.state in expected:
                 continue
             if result.state.active:

@@ -147,7 +147,9 @@ class AccountRunner:
         if plan.fetches:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms()),
+            recent = snapshot.taken_ms - int(config.missing_grace_s * 1000) if judge_later else None
+            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms(),
+                                        recent_after_ms=recent),
                         report)
         if plan.unscoped:
             results = await self._query(plan.unscoped)
