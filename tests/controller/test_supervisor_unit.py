@@ -163,3 +163,30 @@ async def test_a_stale_owned_order_is_cancelled_on_the_timer_and_reported(world)
         assert "(stale-cleanup run)" in events[0][2]
     finally:
         await sup.close()
+
+
+async def test_a_status_write_the_api_server_refused_is_not_counted_as_written(world):
+    """After an API server restart the status subresource may answer 404 for a moment: that write did
+    not happen, and what it carried must reach status with the next one (writes carry only changes)."""
+    sup, gw, kube, body, events, log = world
+    refused = []
+    real = kube.patch_status
+
+    async def patch_status(namespace, name, patch):
+        if not refused:
+            refused.append(patch)
+            return False                        # Kube.patch_status: 404
+        return await real(namespace, name, patch)
+
+    kube.patch_status = patch_status
+    try:
+        await sup.settle()
+        await sup.flush()
+        assert refused and kube.patches == []
+        assert sup.writer.throttle.due is not None      # the loop comes back for it
+        gw.clock.t += 5
+        await sup.flush()
+        assert kube.status["openOrders"]["count"] == 2 and conditions(kube)["Ready"] == "True"
+        assert set(refused[0]) <= set(kube.patches[0])  # everything the refused write carried
+    finally:
+        await sup.close()

@@ -229,8 +229,8 @@ def test_operator_under_its_service_account_rbac(crd_installed, namespace, tsim,
 
 # ports below Linux's ephemeral range (32768-60999): a port inside it can be taken at any moment by some
 # connection's local end (etcd once failed with "address already in use" on 33790)
-CP_ENV = {"TRADEWARDEN_CACHE": "/tmp/tw-faults-cp-24790", "TRADEWARDEN_API_PORT": "26443",
-          "TRADEWARDEN_ETCD_PORT": "24790"}
+CP_ENV = {"TRADEWARDEN_CACHE": "/tmp/tw-faults-cp-24790", "TRADEWARDEN_RUN": "/tmp/tw-faults-cp-24790/run",
+          "TRADEWARDEN_API_PORT": "26443", "TRADEWARDEN_ETCD_PORT": "24790"}
 
 
 def controlplane(action: str) -> str:

@@ -87,13 +87,21 @@ class StatusWriter:
             self.event_dirty = True
             return
         try:
-            await self._patch(patch)
+            written = await self._patch(patch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - retried shortly; nothing is lost (state is in memory)
             detail = getattr(exc, "body", None) or str(exc)
             self.log.warning("status write failed: %s %s: %s", type(exc).__name__, getattr(exc, "status", ""),
                              str(detail)[:600])
+            thr.due = now + STATUS_RETRY_S
+            self.dirty = True
+            return
+        if written is False:
+            # 404: the object (or, right after an API server restart, its CRD) is not there. The write did
+            # not happen: counting it as written would leave status without it for good (later writes
+            # carry only what changed since), so it is tried again.
+            self.log.info("status write not applied (not found); retrying in %.0fs", STATUS_RETRY_S)
             thr.due = now + STATUS_RETRY_S
             self.dirty = True
             return
