@@ -39,6 +39,10 @@ class OrderState(str, enum.Enum):
     EXPIRED = "expired"
     REJECTED = "rejected"
     LOST = "lost"                      # neither we nor the exchange can find it after bounded retries
+    # A USD-M algo (conditional) order the Algo Service has placed in the matching engine: its child, a
+    # regular order (``Order.child_id``), now carries the quantity; the parent itself is no longer open
+    # (usdm-facts.md D4: TRIGGERED = "successfully placed in the matching engine").
+    TRIGGERED = "triggered"
 
     @property
     def active(self) -> bool:
@@ -58,6 +62,19 @@ def is_owned(client_order_id: str, prefix: str) -> bool:
     """Ownership, the one rule: an order is tradewarden's (a candidate for a stale cancel) when its
     client order id starts with the account's owned prefix; every other order is foreign."""
     return bool(prefix) and client_order_id.startswith(prefix)
+
+
+class PositionSide(str, enum.Enum):
+    """Binance's position side: BOTH in one-way mode, LONG / SHORT legs in hedge mode (usdm-facts.md B2)."""
+    BOTH = "BOTH"
+    LONG = "LONG"
+    SHORT = "SHORT"
+
+
+def position_key(symbol: str, side: "PositionSide | str" = "BOTH") -> str:
+    """The one key of a position: (symbol, side). One-way positions keep the bare symbol."""
+    side = PositionSide(side)
+    return symbol if side is PositionSide.BOTH else f"{symbol} {side.value}"
 
 
 class Policy(str, enum.Enum):
@@ -80,6 +97,14 @@ class Order:
     created_ms: int
     updated_ms: int              # the exchange's last update time of this order
     algo: bool = False           # USD-M conditional order living in the Algo Service
+    # USD-M: an algo parent, once triggered, names its child regular order (ALGO_UPDATE ``ai`` / REST
+    # ``actualOrderId``); a child names its parent's algo id once the link is known (usdm-facts.md D5)
+    child_id: str = ""
+    parent_id: str = ""
+    # a stop-loss / take-profit that guards a position: a conditional order, reduce-only, close-position,
+    # or a hedge-mode order that closes its leg (LONG+SELL, SHORT+BUY) (usdm-facts.md C3, D2)
+    protective: bool = False
+    position_side: PositionSide = PositionSide.BOTH
 
     @property
     def remaining(self) -> Decimal:
@@ -113,12 +138,69 @@ class Balance:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A net position. Spot positions are derived from base-asset holdings by the core;
-    USD-M positions come from the venue (one-way mode: signed amount)."""
+    """A position. Spot positions are derived from base-asset holdings by the core; USD-M positions
+    come from the venue: one-way mode one signed BOTH row per symbol, hedge mode a LONG and a SHORT leg
+    (usdm-facts.md B2), so a position is keyed by (symbol, side)."""
     symbol: str
     amount: Decimal              # signed: > 0 long, < 0 short
     entry_price: Decimal = ZERO
     updated_ms: int = 0
+    side: PositionSide = PositionSide.BOTH
+
+    @property
+    def key(self) -> str:
+        return position_key(self.symbol, self.side)
+
+
+@dataclass(frozen=True, slots=True)
+class AssetMargin:
+    """One USD-M margin asset's figures (usdm-facts.md A4/A6). Only ``wallet`` is compared with the
+    stream (it is ACCOUNT_UPDATE's ``wb``); the others include unrealised PnL and are reported."""
+    asset: str
+    wallet: Decimal
+    margin_balance: Decimal       # wallet + unrealised PnL
+    unrealized_pnl: Decimal
+    available: Decimal
+    maint_margin: Decimal = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRisk:
+    """One USD-M position's risk figures from positionRisk (usdm-facts.md B2)."""
+    symbol: str
+    side: PositionSide
+    amount: Decimal
+    mark_price: Decimal
+    liquidation_price: Decimal    # 0 when the venue computes none
+    unrealized_pnl: Decimal
+
+    @property
+    def key(self) -> str:
+        return position_key(self.symbol, self.side)
+
+    @property
+    def liquidation_distance(self) -> Decimal | None:
+        """|mark - liquidation| / mark; None when there is no liquidation price (or no mark)."""
+        if self.liquidation_price <= 0 or self.mark_price <= 0:
+            return None
+        return abs(self.mark_price - self.liquidation_price) / self.mark_price
+
+
+@dataclass(frozen=True, slots=True)
+class MarginSummary:
+    """USD-M account margin, from the snapshot's own queries (account + positionRisk)."""
+    assets: Mapping[str, AssetMargin]
+    total_maint_margin: Decimal
+    total_margin_balance: Decimal
+    positions: Sequence[PositionRisk] = ()
+    hedge_mode: bool | None = None   # None: not known (the position-mode query failed)
+
+    @property
+    def margin_ratio(self) -> Decimal | None:
+        """Binance's account margin ratio: maintenance margin / margin balance (liquidation at 100%)."""
+        if self.total_margin_balance <= 0:
+            return None if self.total_maint_margin <= 0 else Decimal("Infinity")
+        return self.total_maint_margin / self.total_margin_balance
 
 
 T = TypeVar("T")
@@ -143,6 +225,7 @@ class Snapshot:
     balances: Section[Mapping[str, Balance]]
     open_orders: Section[Sequence[Order]]
     positions: Section[Sequence[Position]]   # USD-M: the venue's; spot: empty list (derived by the core)
+    margin: "MarginSummary | None" = None    # USD-M: reported figures (never compared)
 
 
 # ---- stream events -------------------------------------------------------------------------

@@ -99,6 +99,20 @@ class StaleOrdersSpec(_Model):
         description="Only orders whose client order id starts with this prefix are owned and ever "
                     "cancelled as stale; all others are foreign and never cancelled.",
         min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._:-]+$")] = "tw-"
+    includeProtective: Annotated[bool, Field(
+        description="Also cancel owned protective orders (USD-M stop-loss / take-profit: conditional, "
+                    "reduce-only or close-position orders). Off by default: cancelling one leaves a live "
+                    "position unprotected.")] = False
+
+
+class MarginHealthSpec(_Model):
+    """USD-M margin health: when the MarginAtRisk condition (and alert) fires."""
+    marginRatioThreshold: Annotated[float, Field(
+        description="MarginAtRisk when the account's margin ratio (maintenance margin / margin balance; "
+                    "Binance liquidates at 1.0) is at or above this.", ge=0.01, le=1)] = 0.8
+    liquidationDistanceThreshold: Annotated[float, Field(
+        description="MarginAtRisk when a position's mark price is within this fraction of its liquidation "
+                    "price (0.05 = 5%).", ge=0, le=1)] = 0.05
 
 
 class RetentionSpec(_Model):
@@ -192,6 +206,8 @@ class TradingAccountSpec(_Model):
     emergencyStop: Annotated[EmergencyStopSpec, Field(
         description=f"What the '{ANNOTATION_EMERGENCY_STOP}' annotation does: the breaker's sweep interval, "
                     "the bots to scale to zero, the positions to close.")] = EmergencyStopSpec()
+    marginHealth: Annotated[MarginHealthSpec, Field(
+        description="USD-M margin health thresholds (MarginAtRisk).")] = MarginHealthSpec()
 
 
 # ---- status ---------------------------------------------------------------------------------
@@ -238,10 +254,41 @@ class OpenOrdersStatus(_Model):
 
 
 class PositionStatus(_Model):
-    """A USD-M net position (the venue's, signed). Spot accounts have none: a spot holding is its balance."""
+    """A USD-M position (the venue's, signed; hedge mode: one per leg). Spot accounts have none: a spot holding is its balance."""
     symbol: Annotated[str, Field(description="Unified symbol.")]
+    side: Annotated[str, Field(
+        description="USD-M position side: BOTH (one-way mode) or the hedge-mode leg, LONG or SHORT.")] = "BOTH"
     amount: Annotated[str, Field(description="Signed amount (decimal string).")]
     entryPrice: Annotated[str, Field(description="Entry price (decimal string).")] = "0"
+    protected: Annotated[bool | None, Field(
+        description="USD-M: whether an open protective order (stop-loss / take-profit, reduce-only, "
+                    "close-position) would close this position.")] = None
+    markPrice: Annotated[str, Field(description="USD-M: mark price at the last reconciliation.")] = ""
+    liquidationPrice: Annotated[str, Field(
+        description="USD-M: liquidation price at the last reconciliation (absent when there is none).")] = ""
+    liquidationDistance: Annotated[str, Field(
+        description="USD-M: |mark - liquidation| / mark (0.05 = 5% from liquidation).")] = ""
+
+
+class MarginAssetStatus(_Model):
+    """One USD-M margin asset (reported, not compared: only the wallet balance is reconciled)."""
+    asset: Annotated[str, Field(description="Margin asset, e.g. USDT.")]
+    walletBalance: Annotated[str, Field(description="Wallet balance: transfers + realised PnL - fees.")]
+    marginBalance: Annotated[str, Field(description="Wallet balance + unrealised PnL.")]
+    unrealizedProfit: Annotated[str, Field(description="Unrealised PnL.")]
+    availableBalance: Annotated[str, Field(description="Available for new orders.")]
+
+
+class MarginStatus(_Model):
+    """USD-M margin health at the last reconciliation."""
+    marginRatio: Annotated[str, Field(
+        description="Maintenance margin / margin balance (Binance liquidates at 1.0); absent when unknown.")] = ""
+    marginRatioThreshold: Annotated[str, Field(description="MarginAtRisk threshold of the ratio.")] = ""
+    liquidationDistanceThreshold: Annotated[str, Field(
+        description="MarginAtRisk threshold of a position's distance to liquidation.")] = ""
+    hedgeMode: Annotated[bool | None, Field(description="Position mode: true = hedge, false = one-way.")] = None
+    atRisk: Annotated[bool, Field(description="True while MarginAtRisk is True.")] = False
+    assets: Annotated[list[MarginAssetStatus], Field(description="Margin assets.")] = []
 
 
 class LastReconciliation(_Model):
@@ -360,6 +407,7 @@ class TradingAccountStatus(_Model):
     openOrders: Annotated[OpenOrdersStatus, Field(description="Open orders.")] = OpenOrdersStatus()
     positions: Annotated[list[PositionStatus], Field(
         description=f"USD-M net positions (up to {MAX_STATUS_POSITIONS}); spot accounts have none (see balances).")] = []
+    margin: Annotated[MarginStatus | None, Field(description="USD-M margin health.")] = None
     lastReconciliation: Annotated[LastReconciliation, Field(
         description="The last reconciliation run.")] = LastReconciliation()
     adoption: Annotated[AdoptionStatus, Field(

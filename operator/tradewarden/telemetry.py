@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
@@ -78,6 +78,10 @@ class _AccountState:
     emergency_stops: int = 0
     emergency_stop_active: bool = False
     breaker_cancels: int = 0
+    # USD-M margin health (issue 15): account ratio and at-risk flag; per (symbol, side) position rows
+    margin_ratio: float | None = None
+    margin_at_risk: bool | None = None
+    positions: dict[tuple[str, str], tuple[float, float | None]] = field(default_factory=dict)
 
 
 class AccountTelemetry:
@@ -113,6 +117,17 @@ class AccountTelemetry:
         with self._t._lock:
             self._t._register(self)
         self._t._duration.record(max(0.0, float(duration_s)), self.attributes)
+
+    def set_margin(self, health: Any) -> None:
+        """USD-M margin health (core.margin.MarginHealth) after a run."""
+        with self._t._lock:
+            s = self._state
+            ratio = health.margin_ratio
+            s.margin_ratio = float(ratio) if ratio is not None and ratio.is_finite() else None
+            s.margin_at_risk = bool(health.at_risk)
+            s.positions = {(p.symbol, p.side.value): (float(p.amount), None if p.distance is None else float(p.distance))
+                           for p in health.positions}
+            self._t._register(self)
 
     def set_open_orders(self, n: int) -> None:
         with self._t._lock:
@@ -335,6 +350,24 @@ class Telemetry:
               per_account(lambda s: None if s.stream_connected is None else int(s.stream_connected), only_set=True))
         gauge("emergency_stop_active", "1 while the emergency stop is in force",
               per_account(lambda s: int(s.emergency_stop_active)))
+        gauge("margin_ratio", "USD-M maintenance margin / margin balance (liquidation at 1)",
+              per_account(lambda s: s.margin_ratio, only_set=True))
+        gauge("margin_at_risk", "1 while the MarginAtRisk condition is True (the account's own thresholds)",
+              per_account(lambda s: None if s.margin_at_risk is None else int(s.margin_at_risk),
+                          only_set=True))
+
+        def position_rows(index: int):
+            def callback(_options: CallbackOptions):
+                with self._lock:
+                    rows = [(a.attributes, dict(a._state.positions)) for a in self._accounts.values()]
+                return [Observation(v[index], {**attrs, "symbol": sym, "side": side})
+                        for attrs, ps in rows for (sym, side), v in sorted(ps.items()) if v[index] is not None]
+            return callback
+
+        m.create_observable_gauge(PREFIX + "position_amount", callbacks=[position_rows(0)], unit="1",
+                                  description="USD-M position amount by symbol and side (BOTH, LONG, SHORT)")
+        m.create_observable_gauge(PREFIX + "position_liquidation_distance", callbacks=[position_rows(1)], unit="1",
+                                  description="USD-M |mark - liquidation| / mark by symbol and side")
 
         self._duration = m.create_histogram(
             PREFIX + "reconciliation_duration_seconds", unit="s", description="Duration of reconciliation runs",

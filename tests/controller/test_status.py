@@ -55,7 +55,7 @@ def test_ready_status_lists_and_conditions():
     assert s["phase"] == "Ready"
     assert s["observedGeneration"] == 3
     conds = {c["type"]: c for c in s["conditions"]}
-    assert set(conds) == set(st.CONDITION_TYPES) - {st.WORKLOADS_SCALED_DOWN}
+    assert set(conds) == set(st.CONDITION_TYPES) - {st.WORKLOADS_SCALED_DOWN, st.MARGIN_AT_RISK}   # spot: no margin
     assert conds["Ready"]["status"] == "True" and conds["Synced"]["status"] == "True"
     assert conds["StreamConnected"]["status"] == "True"
     assert conds["EmergencyStopped"]["status"] == "False"
@@ -268,3 +268,42 @@ def test_status_is_built_through_the_model_and_survives_a_foreign_previous():
     models.TradingAccountStatus.model_validate(s)
     with pytest.raises(Exception):
         models.TradingAccountStatus.model_validate({"metrics": {"noSuchField": 1}})
+
+
+# ---- USD-M margin health (issue 15) ----------------------------------------------------------------
+
+def _futures_inputs(mark: str, liq: str, maint: str, protective: bool):
+    from tradewarden.core.margin import margin_health
+    sym = "BTC/USDT:USDT"
+    positions = [domain.Position(sym, Decimal("2"), Decimal("50000"), T0, domain.PositionSide.LONG),
+                 domain.Position(sym, Decimal("-0.5"), Decimal("51000"), T0, domain.PositionSide.SHORT)]
+    stop = domain.Order("tw-sl", "9", sym, domain.Side.SELL, "stop_market", Decimal(0), Decimal(2), Decimal(0),
+                        domain.OrderState.OPEN, T0, T0, algo=True, protective=protective,
+                        position_side=domain.PositionSide.LONG)
+    risks = tuple(domain.PositionRisk(sym, p.side, p.amount, Decimal(mark), Decimal(liq), Decimal(0)) for p in positions)
+    margin = domain.MarginSummary({"USDT": domain.AssetMargin("USDT", Decimal("10000"), Decimal("9800"),
+                                                              Decimal("-200"), Decimal("4000"), Decimal(maint))},
+                                  Decimal(maint), Decimal("9800"), risks, hedge_mode=True)
+    health = margin_health(margin, positions, [stop], Decimal("0.8"), Decimal("0.05"))
+    return ready_inputs(positions=positions, orders=[stop], futures=True, margin=margin, margin_health=health)
+
+
+def test_futures_status_shows_legs_protection_margin_and_margin_at_risk():
+    s = st.build_status(_futures_inputs("50000", "30000", "100", True), {}, T0 + 1000)
+    conds = {c["type"]: c for c in s["conditions"]}
+    assert conds["MarginAtRisk"]["status"] == "False"
+    rows = {(p["symbol"], p.get("side")): p for p in s["positions"]}
+    long_, short = rows[("BTC/USDT:USDT", "LONG")], rows[("BTC/USDT:USDT", "SHORT")]
+    assert long_["protected"] is True and short["protected"] is False     # the stop closes the long leg only
+    assert long_["liquidationPrice"] == "30000" and long_["liquidationDistance"] == "0.4"
+    assert s["margin"]["hedgeMode"] is True and s["margin"]["marginRatio"] == "0.0102"
+    assert s["margin"]["assets"] == [{"asset": "USDT", "walletBalance": "10000", "marginBalance": "9800",
+                                      "unrealizedProfit": "-200", "availableBalance": "4000"}]
+    models.TradingAccountStatus.model_validate(s)        # the writer cannot drift from the CRD's model
+
+    near = st.build_status(_futures_inputs("50000", "48000", "100", False), {}, T0 + 1000)
+    cond = {c["type"]: c for c in near["conditions"]}["MarginAtRisk"]
+    assert cond["status"] == "True" and "BTC/USDT:USDT LONG" in cond["message"] and near["margin"]["atRisk"]
+    ratio = st.build_status(_futures_inputs("50000", "30000", "9000", True), {}, T0 + 1000)
+    cond = {c["type"]: c for c in ratio["conditions"]}["MarginAtRisk"]
+    assert cond["status"] == "True" and "margin ratio" in cond["message"]

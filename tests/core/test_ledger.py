@@ -89,3 +89,24 @@ def test_config_from_spec_and_validation():
         AccountConfig(symbols=["BTC/USDT"], missing_retries=0)
     with pytest.raises(ValueError):
         AccountConfig(symbols=["BTC/USDT"], policy="Sometimes")
+
+
+def test_hedge_legs_and_algo_links_survive_a_dump():
+    """Positions by (symbol, side); an algo parent's child id, a child's parent id and the protective flag."""
+    from tradewarden.domain import Order, Position, PositionSide, Side
+    led = Ledger()
+    sym = "BTC/USDT:USDT"
+    led.put_position(Position(sym, Decimal("2"), Decimal("50000"), 5, PositionSide.LONG), f"{sym} LONG", "rest", 6)
+    led.put_position(Position(sym, Decimal("-1"), Decimal("51000"), 5, PositionSide.SHORT), f"{sym} SHORT", "rest", 6)
+    led.put_position(Position("ETH/USDT:USDT", Decimal("3")), "ETH/USDT:USDT", "rest", 6)
+    parent = Order("tw-sl", "9", sym, Side.SELL, "stop", Decimal(0), Decimal(1), Decimal(0), OrderState.TRIGGERED,
+                   1, 2, algo=True, child_id="55", protective=True, position_side=PositionSide.LONG)
+    child = Order("x-1", "55", sym, Side.SELL, "limit", Decimal(48500), Decimal(1), Decimal(0), OrderState.OPEN,
+                  2, 2, parent_id="9", protective=True, position_side=PositionSide.LONG)
+    led.upsert_order(parent, "stream", 3)
+    led.upsert_order(child, "stream", 3)
+    back = Ledger.load(json.loads(json.dumps(led.dump())))
+    assert back.position(sym, "LONG").amount == 2 and back.position(sym, PositionSide.SHORT).amount == -1
+    assert back.position(sym) is None and back.position("ETH/USDT:USDT").amount == 3
+    assert back.order("tw-sl") == parent and back.order("x-1") == child
+    assert back.owns(child) and back.algo_parent_of(child) == parent

@@ -57,6 +57,7 @@ class Harness:
     futures: bool = False
     policy: Policy = Policy.CORRECT
     budgets: RateBudgets = field(default_factory=RateBudgets)
+    sim_clock_stepped_back: bool = False     # a fault moved the venue clock back (see the wallet check)
     gw: object = None
     runner: AccountRunner | None = None
     pump: asyncio.Task | None = None
@@ -226,10 +227,13 @@ class Harness:
                 assert mine is not None, asset
                 assert (mine.free, mine.locked) == (free, locked), (asset, mine, free, locked)
         else:
-            for symbol, pos in self.acct.positions.items():
-                if pos.amount:
-                    unified = symbol.replace("USDT", "/USDT:USDT")
-                    assert led.position(unified).amount == pos.amount
+            for pos in self.acct.open_positions():          # by (symbol, side) (usdm-facts.md B2)
+                unified = pos.symbol.replace("USDT", "/USDT:USDT")
+                assert led.position(unified, pos.side).amount == pos.amount
+            # the wallet balance, the quantity the stream's wb carries (usdm-facts.md A6); not after the venue's
+            # clock stepped back (newest-wins by venue update time keeps the older-stamped value: not covered)
+            if not self.sim_clock_stepped_back:
+                assert led.balance("USDT").free == self.acct.wallet["USDT"], (led.balance("USDT"), self.acct.wallet)
         # the writes: no foreign cancel, nothing outside policy, ObserveOnly writes nothing
         sent = writes(self.sim, self.key)
         if self.policy is Policy.OBSERVE_ONLY and not self.emergency:

@@ -78,6 +78,7 @@ def slow(path: str, method: str = "GET", ms: int = 1500, **kw):
 def skew(ms: int):
     def on(h):
         h.sim.set_clock_offset(ms)
+        h.sim_clock_stepped_back = ms < 0
     return on
 
 

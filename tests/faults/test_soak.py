@@ -17,6 +17,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import soak  # noqa: E402
+import soak_usdm  # noqa: E402
 
 
 def check(result: dict, accounts: int) -> None:
@@ -35,6 +36,20 @@ def test_soak_gateway_and_core():
     run = soak.Soak(args)
     asyncio.run(run.run())
     check(run.result, 3)
+
+
+@pytest.mark.soak
+@pytest.mark.sim
+@pytest.mark.timeout(300)
+def test_soak_usdm_positions_while_prices_move():
+    """Issue 15: USD-M accounts (one-way and hedge) with positions, stops triggering as prices move, the
+    stream on: no false discrepancy, every injected loss (a margin transfer, a trade) reported."""
+    args = soak_usdm.build_parser().parse_args(["--minutes", "1", "--accounts", "4", "--seed", "5"])
+    run = soak_usdm.Soak(args)
+    asyncio.run(run.run())
+    r = run.result
+    assert r["runs"] > 100 and r["injected"] >= 5 and r["max_move"] > 0.01, r
+    assert (r["false"], r["missed"]) == (0, 0) and r["found"] == r["injected"], r
 
 
 @pytest.mark.soak

@@ -86,6 +86,16 @@ TESTS = [
         {"eval_time": "2m", "alertname": "TradewardenEmergencyStopActive",
          "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "critical"}}]},
         {"eval_time": "5m", "alertname": "TradewardenEmergencyStopActive", "exp_alerts": []}]},
+    # MarginAtRisk: the operator judges each account against its own spec.marginHealth thresholds and
+    # exports the verdict; the rule fires after it held for marginAtRiskFor (1m)
+    {"interval": "1m", "input_series": [
+        {"series": f"tradewarden_margin_at_risk{{{LB}}}", "values": "0 0 1 1 1 0 0"},
+        {"series": f"tradewarden_margin_at_risk{{{OTHER}}}", "values": "0 1 0 1 0 1 0"}],
+     "alert_rule_test": [
+        {"eval_time": "2m", "alertname": "TradewardenMarginAtRisk", "exp_alerts": []},
+        {"eval_time": "3m", "alertname": "TradewardenMarginAtRisk",
+         "exp_alerts": [{"exp_labels": {**ALERT_LABELS, "severity": "critical"}}]},
+        {"eval_time": "6m", "alertname": "TradewardenMarginAtRisk", "exp_alerts": []}]},
 ]
 
 
@@ -104,7 +114,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_promtool_check_rules(rules_file):
     r = promtool("check", "rules", str(rules_file))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 5 rules found" in r.stdout + r.stderr
+    assert "SUCCESS: 6 rules found" in r.stdout + r.stderr
 
 
 # The summaries as Prometheus renders them for the firing case ($value included).
@@ -114,6 +124,7 @@ SUMMARIES = {
     "TradewardenReconciliationStale": "No successful reconciliation of desk/main for {}",
     "TradewardenStreamDown": "User-data stream of desk/main is down",
     "TradewardenEmergencyStopActive": "Emergency stop active on TradingAccount desk/main",
+    "TradewardenMarginAtRisk": "Margin at risk on TradingAccount desk/main",
 }
 
 
@@ -138,7 +149,8 @@ def test_promtool_unit_tests_per_alert(rules_file):
                 alert["exp_annotations"] = expected_annotations(rules, t["alertname"], t["eval_time"])
     covered = {t["alertname"] for c in tests for t in c["alert_rule_test"] if t["exp_alerts"]}
     assert covered == {"TradewardenReconciliationFailing", "TradewardenBalanceMismatch",
-                       "TradewardenReconciliationStale", "TradewardenStreamDown", "TradewardenEmergencyStopActive"}
+                       "TradewardenReconciliationStale", "TradewardenStreamDown", "TradewardenEmergencyStopActive",
+                       "TradewardenMarginAtRisk"}
     spec = rules_file.parent / "tests.yaml"
     spec.write_text(yaml.safe_dump({"rule_files": [rules_file.name], "evaluation_interval": "1m", "tests": tests},
                                    sort_keys=False))

@@ -16,7 +16,7 @@ ACCOUNT_RULES = [
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 ]
 ALERTS = {"TradewardenReconciliationFailing", "TradewardenBalanceMismatch", "TradewardenReconciliationStale",
-          "TradewardenStreamDown", "TradewardenEmergencyStopActive"}
+          "TradewardenStreamDown", "TradewardenEmergencyStopActive", "TradewardenMarginAtRisk"}
 
 
 def test_crd_in_chart_is_the_generated_one():

@@ -82,7 +82,7 @@ def test_books_stay_honest(sequence):
         for sym in SYMBOLS:
             trades = [t for t in acct.trades[USDM] if t.symbol == sym]
             signed = sum(((t.qty if t.side == "BUY" else -t.qty) for t in trades), ZERO)
-            pos = acct.positions.get(sym)
+            pos = acct.positions.get((sym, "BOTH"))   # one-way mode: the BOTH row (usdm-facts.md B2)
             assert (pos.amount if pos else ZERO) == signed
         realized = sum((t.realized_pnl - t.commission for t in acct.trades[USDM]), ZERO)
         assert acct.wallet["USDT"] == D(50000) + realized

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
@@ -29,8 +30,10 @@ RECONCILIATION_FAILING = "ReconciliationFailing"
 BALANCE_MISMATCH = "BalanceMismatch"
 RECONCILIATION_STALE = "ReconciliationStale"
 WORKLOADS_SCALED_DOWN = "WorkloadsScaledDown"   # only while a stop with spec.emergencyStop.scaleDown stands
+MARGIN_AT_RISK = "MarginAtRisk"
 CONDITION_TYPES = (READY, SYNCED, CREDENTIALS_VALID, STREAM_CONNECTED, EMERGENCY_STOPPED,
-                   RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE, WORKLOADS_SCALED_DOWN)
+                   RECONCILIATION_FAILING, BALANCE_MISMATCH, RECONCILIATION_STALE, WORKLOADS_SCALED_DOWN,
+                   MARGIN_AT_RISK)
 
 # The health rules (failing, stale, balance mismatch) are the core's: tradewarden.core.monitor.Health.
 # The ledger is the one part of status whose size the account drives; above this it is not written
@@ -149,12 +152,59 @@ def open_orders_status(orders: Iterable[domain.Order] | None, owned_prefix: str,
             "items": [order_status(o, owned_prefix) for o in active[:limit]]}
 
 
-def positions_status(positions: Iterable[domain.Position] | None,
-                     limit: int = MAX_STATUS_POSITIONS) -> list[dict[str, str]]:
+def positions_status(positions: Iterable[domain.Position] | None, limit: int = MAX_STATUS_POSITIONS,
+                     health: Any = None) -> list[dict[str, Any]]:
+    """Positions by (symbol, side); with ``health`` (core.margin.MarginHealth, USD-M) each row also says
+    whether protective orders cover it and how far its mark is from liquidation."""
     rows = [p for p in (positions or []) if domain.dec(p.amount) != 0]
-    rows.sort(key=lambda p: p.symbol)
-    return [{"symbol": p.symbol, "amount": dstr(p.amount), "entryPrice": dstr(p.entry_price)}
-            for p in rows[:limit]]
+    rows.sort(key=lambda p: (p.symbol, getattr(p, "side", domain.PositionSide.BOTH).value))
+    by_key = {h.key: h for h in (health.positions if health is not None else ())}
+    out = []
+    for p in rows[:limit]:
+        row: dict[str, Any] = {"symbol": p.symbol, "amount": dstr(p.amount), "entryPrice": dstr(p.entry_price)}
+        side = getattr(p, "side", domain.PositionSide.BOTH)
+        if side is not domain.PositionSide.BOTH:
+            row["side"] = side.value
+        h = by_key.get(p.key)
+        if h is not None:
+            row["protected"] = h.protected
+            if h.mark_price is not None:
+                row["markPrice"] = dstr(h.mark_price)
+            if h.liquidation_price is not None:
+                row["liquidationPrice"] = dstr(h.liquidation_price)
+            if h.distance is not None:
+                row["liquidationDistance"] = dstr(h.distance.quantize(Decimal("0.0001")))
+        out.append(row)
+    return out
+
+
+def margin_status(margin: Any, health: Any) -> dict[str, Any]:
+    """USD-M: the margin figures (reported, never compared) and the MarginAtRisk verdict."""
+    out: dict[str, Any] = {"atRisk": bool(health.at_risk) if health is not None else False}
+    if health is not None:
+        if health.margin_ratio is not None and health.margin_ratio.is_finite():
+            out["marginRatio"] = dstr(health.margin_ratio.quantize(Decimal("0.0001")))
+        out["marginRatioThreshold"] = dstr(health.ratio_threshold)
+        out["liquidationDistanceThreshold"] = dstr(health.distance_threshold)
+    if margin is not None:
+        if margin.hedge_mode is not None:
+            out["hedgeMode"] = bool(margin.hedge_mode)
+        out["assets"] = [{"asset": a.asset, "walletBalance": dstr(a.wallet), "marginBalance": dstr(a.margin_balance),
+                          "unrealizedProfit": dstr(a.unrealized_pnl), "availableBalance": dstr(a.available)}
+                         for a in sorted(margin.assets.values(), key=lambda a: a.asset)][:MAX_STATUS_BALANCES]
+    return out
+
+
+def margin_condition(health: Any) -> "Cond":
+    """MarginAtRisk: True with what is at risk; Unknown until a USD-M run has measured it."""
+    if health is None:
+        return Cond(MARGIN_AT_RISK, "Unknown", "NotMeasured", "no margin figures yet (USD-M accounts only)")
+    if health.at_risk:
+        return Cond(MARGIN_AT_RISK, "True", "MarginAtRisk", "; ".join(health.reasons))
+    ratio = "unknown" if health.margin_ratio is None else f"{health.margin_ratio:.2%}"
+    return Cond(MARGIN_AT_RISK, "False", "MarginHealthy",
+                f"margin ratio {ratio} (threshold {health.ratio_threshold:.2%}); no position within "
+                f"{health.distance_threshold:.2%} of liquidation")
 
 
 # ---- runs -----------------------------------------------------------------------------------------
@@ -223,6 +273,9 @@ class StatusInputs:
     last_handled_reconcile_at: str = ""
     ledger: Mapping[str, Any] | None = None
     ledger_note: str = ""                   # set when the ledger was too large to keep in status
+    futures: bool = False                   # USD-M: margin health is reported
+    margin: Any = None                      # domain.MarginSummary of the last USD-M snapshot
+    margin_health: Any = None               # core.margin.MarginHealth
     adoption: Mapping[str, Any] | None = None   # status.adoption, once orders were adopted
     delay: tuple[int, str] = (0, "")            # the last timer run's wait for a quiet moment (ms, why)
 
@@ -307,6 +360,8 @@ def desired_conditions(s: StatusInputs, now_ms: int) -> list[Cond]:
                           f"last run found {h.last_balance_mismatches} balance mismatches: {', '.join(map(str, ents))}"))
     else:
         conds.append(Cond(BALANCE_MISMATCH, "False", "BalancesMatch", "last run found no balance mismatch"))
+    if s.futures:
+        conds.append(margin_condition(s.margin_health))
     limit_s = (h.stale_after_ms if h is not None else stale_after_ms(300)) // 1000
     if estop_active:
         conds.append(Cond(RECONCILIATION_STALE, "False", "EmergencyStopped", "runs paused by the emergency stop"))
@@ -376,7 +431,7 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
     if s.balances is not None:
         out["balances"] = balances_status(s.balances)
         out["openOrders"] = open_orders_status(s.orders, s.owned_prefix)
-        out["positions"] = positions_status(s.positions)
+        out["positions"] = positions_status(s.positions, health=s.margin_health)
     else:
         for k, default in (("balances", []), ("openOrders", {"count": 0, "owned": 0, "truncated": False,
                                                              "items": []}), ("positions", [])):
@@ -397,6 +452,9 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
         "lastEventTime": rfc3339(s.stream_last_event_ms) if s.stream_last_event_ms else prev_stream.get(
             "lastEventTime"),
     }
+    if s.futures:
+        out["margin"] = (margin_status(s.margin, s.margin_health) if s.margin_health is not None
+                         else kept(previous, "margin", {"atRisk": False}))
     out["emergencyStop"] = s.estop.to_status()
     if s.ledger is not None:
         out["ledger"] = dict(s.ledger)

@@ -23,6 +23,7 @@ from dataclasses import replace
 from .. import domain, models
 from ..core import estop as es
 from ..core.config import AccountConfig, Trigger
+from ..core.margin import margin_health
 from . import emergency, lifecycle
 from .breaker import StopExecutor
 from . import events as ev
@@ -473,6 +474,10 @@ class AccountSupervisor:
             if kind is not RunKind.STALE:    # outcomes and counts are the monitor's (runner.monitor)
                 tele.observe_run(report.duration_ms / 1000.0)
             tele.set_open_orders(sum(1 for _ in runner.ledger.active_orders()))
+            health = margin_inputs(runner, list(runner.ledger.position_values().values()),
+                                   list(runner.ledger.active_orders())).get("margin_health")
+            if health is not None:
+                tele.set_margin(health)
         observe_only = runner.config.observe_only
         for spec in ev.run_events(report.discrepancies, trigger=trigger, observe_only=observe_only)[:EVENTS_PER_RUN]:
             self._post(spec.type, spec.reason, spec.message)
@@ -700,7 +705,8 @@ class AccountSupervisor:
             stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
             stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
             estop=s.stop, last_handled_reconcile_at=s.last_handled, ledger=ledger_dump,
-            ledger_note=self._ledger_note, adoption=self._adoption, delay=self._delay)
+            ledger_note=self._ledger_note, adoption=self._adoption, delay=self._delay,
+            **margin_inputs(runner, positions, orders))
 
 
 def _cancelling() -> bool:
@@ -725,3 +731,18 @@ async def _close_quietly(gw: Any) -> None:
         raise
     except Exception:  # noqa: BLE001 - never block a teardown on the exchange
         log.debug("gateway close failed", exc_info=True)
+
+
+def margin_inputs(runner: Any, positions: Any, orders: Any) -> dict[str, Any]:
+    """USD-M margin health for status and metrics (issue 15): the last snapshot's figures, judged against
+    the spec's thresholds with the ledger's positions and protective orders. Nothing for spot accounts."""
+    if runner is None or not runner.config.futures:
+        return {}
+    margin = runner.last_margin
+    if margin is None or positions is None:
+        return {"futures": True}
+    cfg = runner.config
+    health = margin_health(margin, positions, orders or [], cfg.margin_ratio_threshold,
+                           cfg.liquidation_distance_threshold)
+    return {"futures": True, "margin": margin, "margin_health": health}
+

@@ -71,6 +71,14 @@ class AccountConfig:
     max_requests_per_run: int = 100
     # Finished orders kept at most, whatever the retention (memory bound).
     max_finished_orders: int = 20000
+    # Stale cleanup also cancels protective orders (stop-loss / take-profit guarding a position).
+    include_protective: bool = False
+    # MarginAtRisk: the account's margin ratio (maintenance margin / margin balance) at or above this,
+    # or a position's mark within this relative distance of its liquidation price.
+    margin_ratio_threshold: Decimal = Decimal("0.8")
+    liquidation_distance_threshold: Decimal = Decimal("0.05")
+    # Set by the runner per run (not a setting): the user-data stream connected since (local ms), or None.
+    stream_since_ms: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -78,6 +86,8 @@ class AccountConfig:
         set_(self, "policy", Policy(self.policy))
         set_(self, "balance_tolerance", dec(self.balance_tolerance))
         set_(self, "dust", dec(self.dust))
+        set_(self, "margin_ratio_threshold", dec(self.margin_ratio_threshold))
+        set_(self, "liquidation_distance_threshold", dec(self.liquidation_distance_threshold))
         if not self.symbols:
             raise ValueError("AccountConfig: at least one symbol is required")
         if self.balance_tolerance < 0 or self.dust < 0:
@@ -117,6 +127,10 @@ class AccountConfig:
             lost_after_s=spec.reconciliation.lostAfterSeconds,
             interval_s=spec.reconciliation.intervalSeconds,
             futures=futures,
+            include_protective=getattr(spec.staleOrders, "includeProtective", False),
+            margin_ratio_threshold=dec(getattr(getattr(spec, "marginHealth", None), "marginRatioThreshold", "0.8")),
+            liquidation_distance_threshold=dec(getattr(getattr(spec, "marginHealth", None),
+                                                       "liquidationDistanceThreshold", "0.05")),
         )
 
 

@@ -107,7 +107,11 @@ def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills:
                 plan.deferred.append(o)
                 deferred.add(key)
                 continue
+            o = ledger.link_child(o)
             plan.corrections.append(Correction("order", key, o, SOURCE_HISTORY))
+            known.add(key)
+            if o.parent_id:
+                continue             # a known algo order's triggered child: its parent reports it (usdm-facts D5)
             plan.discrepancies.append(Discrepancy(
                 "unseen", order_label(o), "absent", fmt_order(o),
                 f"order {o.exchange_order_id} on {o.symbol} born and finished inside a gap in the events "

@@ -4,7 +4,8 @@ Orders by their real identity, ``OrderKey(symbol, exchange order id)``: a client
 identity (Binance accepts a client order id again once the earlier order has finished, rest-api.md
 "New order (TRADE)" ``newClientOrderId``: "A unique id among open orders", and the same id can live
 on two symbols); it stays the order's label and decides ownership (prefix). Balances by asset,
-positions by symbol. Every entry remembers
+positions by (symbol, side) (``domain.position_key``: the bare symbol in one-way mode, "<symbol> LONG" /
+"<symbol> SHORT" for hedge-mode legs). Every entry remembers
 which source last changed it (``rest``, ``stream``, ``fetch``, ``cancel``, ``restore``) and
 when (``changed_ms``, local time), besides the exchange's own update time carried by the
 domain value (``updated_ms``). The ledger is a mirror of the exchange, not a desired state:
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterator, NamedTuple
 
-from tradewarden.domain import ZERO, Balance, Fill, Order, OrderState, Position, Side, is_owned
+from tradewarden.domain import (ZERO, Balance, Fill, Order, OrderState, Position, PositionSide, Side, is_owned,
+                                position_key)
 
 FORMAT_VERSION = 1
 DEFAULT_DUMP_MAX_ORDERS = 5000
@@ -113,7 +115,7 @@ class Ledger:
     """Local state of one account. Plain dicts: every lookup is O(1), every pass O(n)."""
 
     __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms",
-                 "fills", "trade_cursors", "gap_since_ms", "balance_suspects")
+                 "fills", "trade_cursors", "gap_since_ms", "balance_suspects", "children")
 
     def __init__(self, owned_prefix: str = "tw-") -> None:
         self.orders: dict[OrderKey, OrderEntry] = {}
@@ -134,6 +136,8 @@ class Ledger:
         # asset -> venue time of a balance mismatch seen too recently to judge (reported next run unless the
         # stream updated the asset since); transient, not dumped
         self.balance_suspects: dict[str, int] = {}
+        # USD-M: (symbol, child order id) -> the key of the algo order it is the triggered child of
+        self.children: dict[tuple[str, str], OrderKey] = {}
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -192,9 +196,35 @@ class Ledger:
         entry = self.balances.get(asset)
         return entry.balance if entry else None
 
-    def position(self, symbol: str) -> Position | None:
-        entry = self.positions.get(symbol)
+    def position(self, symbol: str, side: PositionSide | str = PositionSide.BOTH) -> Position | None:
+        entry = self.positions.get(position_key(symbol, side))
         return entry.position if entry else None
+
+    def owns(self, order: Order) -> bool:
+        """Owned by its client order id, or (a triggered algo order's child) by its parent's."""
+        if self.is_owned(order.client_order_id):
+            return True
+        parent = self.algo_parent_of(order)
+        return parent is not None and self.is_owned(parent.client_order_id)
+
+    def algo_parent_of(self, child: Order) -> Order | None:
+        """The algo order whose triggered child ``child`` is (by the parent's ``child_id``), if known."""
+        if child.algo or not child.exchange_order_id:
+            return None
+        key = self.children.get((child.symbol, child.exchange_order_id))
+        entry = self.orders.get(key) if key is not None else None
+        return entry.order if entry is not None else None
+
+    def link_child(self, order: Order) -> Order:
+        """``order`` with its algo parent's id when it is a known parent's child (else unchanged)."""
+        if order.parent_id or order.algo:
+            return order
+        parent = self.algo_parent_of(order)
+        return order if parent is None else replace_order(order, parent_id=parent.exchange_order_id)
+
+    def _index(self, key: OrderKey, order: Order) -> None:
+        if order.algo and order.child_id:
+            self.children[(order.symbol, order.child_id)] = key
 
     def balance_values(self) -> dict[str, Balance]:
         return {a: e.balance for a, e in self.balances.items()}
@@ -219,6 +249,7 @@ class Ledger:
         prev = self.orders.get(key)
         first = (prev.first_miss_ms if prev is not None else 0) or now_ms if misses else 0
         self.orders[key] = OrderEntry(order, source, now_ms, misses, recheck, first)
+        self._index(key, order)
 
     def upsert_order(self, order: Order, source: str, now_ms: int) -> bool:
         """Apply an observation unless the ledger already holds a newer one. Returns applied."""
@@ -226,7 +257,10 @@ class Ledger:
         entry = self.orders.get(key)
         if entry is not None and not supersedes(order, entry.order):
             return False
+        if entry is not None and entry.order.child_id and not order.child_id:
+            order = replace_order(order, child_id=entry.order.child_id)   # the link is never forgotten
         self.orders[key] = OrderEntry(order, source, now_ms)
+        self._index(key, order)
         return True
 
     def set_order_flags(self, key: OrderKey, *, misses: int | None = None, recheck: bool | None = None,
@@ -254,17 +288,18 @@ class Ledger:
         self.put_balance(balance, balance.asset, source, now_ms)
         return True
 
-    def put_position(self, position: Position | None, symbol: str, source: str, now_ms: int) -> None:
+    def put_position(self, position: Position | None, key: str, source: str, now_ms: int) -> None:
+        """Set or (None / zero) remove the position under ``key`` (``position_key(symbol, side)``)."""
         if position is None or position.amount == ZERO:
-            self.positions.pop(symbol, None)
+            self.positions.pop(key, None)
         else:
-            self.positions[symbol] = PositionEntry(position, source, now_ms)
+            self.positions[key] = PositionEntry(position, source, now_ms)
 
     def upsert_position(self, position: Position, source: str, now_ms: int) -> bool:
-        entry = self.positions.get(position.symbol)
+        entry = self.positions.get(position.key)
         if entry is not None and entry.position.updated_ms > position.updated_ms:
             return False
-        self.put_position(position, position.symbol, source, now_ms)
+        self.put_position(position, position.key, source, now_ms)
         return True
 
     def purge(self, now_ms: int, retention_ms: int, max_finished: int) -> int:
@@ -294,6 +329,8 @@ class Ledger:
         for key in doomed:
             del self.orders[key]
             self.fills.pop(key, None)
+        if doomed and self.children:
+            self.children = {k: v for k, v in self.children.items() if v in self.orders}
         return len(doomed)
 
     # ---- persistence ---------------------------------------------------------------------
@@ -339,7 +376,7 @@ class Ledger:
             "b": {a: [str(e.balance.free), str(e.balance.locked), e.balance.updated_ms, e.source, e.changed_ms]
                   for a, e in balances[:DEFAULT_DUMP_MAX_BALANCES]},
             "p": {s: [str(e.position.amount), str(e.position.entry_price), e.position.updated_ms, e.source,
-                      e.changed_ms]
+                      e.changed_ms] + ([e.position.side.value] if e.position.side is not PositionSide.BOTH else [])
                   for s, e in positions[:DEFAULT_DUMP_MAX_POSITIONS]},
         }
 
@@ -362,6 +399,7 @@ class Ledger:
                 where = f"order #{i}"
                 entry = _order_entry(row)
                 ledger.orders[cls.order_id(entry.order)] = entry
+                ledger._index(cls.order_id(entry.order), entry.order)
             for i, row in enumerate(data.get("m", [])):
                 where = f"miss #{i}"
                 symbol, oid, first = row
@@ -381,11 +419,15 @@ class Ledger:
                 free, locked, updated, source, changed = row
                 ledger.balances[str(asset)] = BalanceEntry(
                     Balance(str(asset), _dec(free), _dec(locked), int(updated)), str(source), int(changed))
-            for symbol, row in data.get("p", {}).items():
-                where = f"position {symbol!r}"
-                amount, entry_price, updated, source, changed = row
-                ledger.positions[str(symbol)] = PositionEntry(
-                    Position(str(symbol), _dec(amount), _dec(entry_price), int(updated)), str(source), int(changed))
+            for key, row in data.get("p", {}).items():
+                where = f"position {key!r}"
+                amount, entry_price, updated, source, changed, *rest = row
+                side = PositionSide(rest[0]) if rest else PositionSide.BOTH
+                symbol = str(key) if side is PositionSide.BOTH else str(key).rpartition(" ")[0]
+                pos = Position(symbol, _dec(amount), _dec(entry_price), int(updated), side)
+                if pos.key != key:
+                    raise ValueError(f"key does not match its side {side.value}")
+                ledger.positions[pos.key] = PositionEntry(pos, str(source), int(changed))
         except LedgerFormatError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, InvalidOperation) as exc:
@@ -408,22 +450,27 @@ def _dec(value: Any) -> Decimal:
 
 def _order_row(e: OrderEntry) -> list[Any]:
     o = e.order
-    return [o.client_order_id, o.exchange_order_id, o.symbol, "b" if o.side is Side.BUY else "s", o.type,
-            str(o.price), str(o.amount), str(o.filled), o.state.value, o.created_ms, o.updated_ms,
-            e.source, e.changed_ms, e.misses, int(e.recheck), int(o.algo)]
+    row = [o.client_order_id, o.exchange_order_id, o.symbol, "b" if o.side is Side.BUY else "s", o.type,
+           str(o.price), str(o.amount), str(o.filled), o.state.value, o.created_ms, o.updated_ms,
+           e.source, e.changed_ms, e.misses, int(e.recheck), int(o.algo)]
+    if o.child_id or o.parent_id or o.protective or o.position_side is not PositionSide.BOTH:
+        row += [o.child_id, o.parent_id, int(o.protective), o.position_side.value]
+    return row
 
 
 def _order_entry(row: Any) -> OrderEntry:
-    if not isinstance(row, list) or len(row) != 16:
-        raise ValueError("expected a list of 16 fields")
+    if not isinstance(row, list) or len(row) not in (16, 20):
+        raise ValueError("expected a list of 16 or 20 fields")
     (cid, xid, symbol, side, typ, price, amount, filled, state, created, updated,
-     source, changed, misses, recheck, algo) = row
+     source, changed, misses, recheck, algo) = row[:16]
+    child, parent, protective, pside = row[16:] if len(row) == 20 else ("", "", 0, "BOTH")
     if side not in _SIDES:
         raise ValueError(f"unknown side {side!r}")
     if state not in _STATES:
         raise ValueError(f"unknown state {state!r}")
     order = Order(str(cid), str(xid), str(symbol), _SIDES[side], str(typ), _dec(price), _dec(amount),
-                  _dec(filled), _STATES[state], int(created), int(updated), bool(algo))
+                  _dec(filled), _STATES[state], int(created), int(updated), bool(algo), str(child), str(parent),
+                  bool(protective), PositionSide(pside))
     return OrderEntry(order, str(source), int(changed), int(misses), bool(recheck))
 
 

@@ -129,9 +129,9 @@ def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms:
         _stale(plan, "balances", snapshot.balances.error)
     if config.futures:
         if snapshot.positions.ok and snapshot.positions.value is not None:
-            exchange = {p.symbol: p for p in snapshot.positions.value}
+            exchange = {p.key: p for p in snapshot.positions.value}
             _positions(ledger, exchange, ledger.positions.keys() | exchange.keys(), snapshot.taken_ms,
-                       config, baseline, plan)
+                       config, baseline, plan, stream_live)
         else:
             _stale(plan, "positions", snapshot.positions.error)
     # Spot: no positions. A spot "position" is the base asset's holding, i.e. its balance, compared and
@@ -198,27 +198,34 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
         plan.corrections.append(Correction("suspect", asset, 0))    # judged (or explained) this run
 
 
-def _positions(ledger: Ledger, exchange: Mapping[str, Position], symbols: Iterable[str], taken_ms: int,
-               config: AccountConfig, baseline: bool, plan: Plan) -> None:
+def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[str], taken_ms: int,
+               config: AccountConfig, baseline: bool, plan: Plan, stream_live: bool = False) -> None:
+    """Positions by key: the symbol (one-way) or (symbol, side) for a hedge-mode leg (``domain.position_key``):
+    a LONG and a SHORT leg of one symbol are two positions, never netted (usdm-facts.md B2)."""
     tol, dust = config.balance_tolerance, config.dust
-    for symbol in symbols:
-        entry = ledger.positions.get(symbol)
+    for key in keys:
+        entry = ledger.positions.get(key)
         local = entry.position if entry else None
-        ex = exchange.get(symbol)
+        ex = exchange.get(key)
         if ex is not None and ex.amount == ZERO:
             ex = None
         rest_ms = ex.updated_ms if ex is not None and ex.updated_ms else taken_ms
         if local is not None and local.updated_ms > rest_ms:
             continue
-        value = None if ex is None else Position(symbol, ex.amount, ex.entry_price, rest_ms)
+        if (stream_live and not baseline and ex is not None and ex.updated_ms
+                and ex.updated_ms > taken_ms - int(config.missing_grace_s * 1000)
+                and (local is None or local.updated_ms < ex.updated_ms)):
+            plan.recent += 1
+            continue      # the venue moved this leg just now: its ACCOUNT_UPDATE may be on its way; next run
+        value = None if ex is None else Position(ex.symbol, ex.amount, ex.entry_price, rest_ms, ex.side)
         if value == local:
             continue
-        plan.corrections.append(Correction("position", symbol, value))
+        plan.corrections.append(Correction("position", key, value))
         la = local.amount if local else ZERO
         ea = ex.amount if ex else ZERO
         if not baseline and differs(la, ea, tol, dust):
             plan.discrepancies.append(Discrepancy(
-                "position", symbol, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value",
+                "position", key, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value",
                 Outcome.CORRECTED))
 
 
@@ -242,7 +249,10 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
             if not adopting and stream_live and ex.updated_ms > horizon:
                 plan.recent += 1
                 continue                 # too recent to judge: its event may be on its way; next run decides
+            ex = ledger.link_child(ex)
             plan.corrections.append(Correction("order", key, ex))
+            if ex.parent_id:
+                continue                 # a known algo order's triggered child: not an orphan (usdm-facts D5)
             if adopting:
                 plan.adopted.append(ex)
             else:
@@ -252,6 +262,10 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
                     + f" order {ex.exchange_order_id} on {ex.symbol}", Outcome.ADOPTED))
             continue
         local = entry.order
+        if local.parent_id and not ex.parent_id:
+            ex = replace_order(ex, parent_id=local.parent_id)
+        if local.child_id and not ex.child_id:
+            ex = replace_order(ex, child_id=local.child_id)
         if not supersedes(ex, local):
             continue                     # the ledger holds newer news (stream raced ahead)
         if local == ex:
@@ -322,7 +336,7 @@ def resolve_unscoped(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExc
 
 def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseException"], config: AccountConfig,
                     context: str = "missing", expected: frozenset[OrderState] = frozenset(), *,
-                    now_ms: int) -> Plan:
+                    now_ms: int, recent_after_ms: int | None = None) -> Plan:
     """Apply the exchange's answers to targeted queries of orders the list did not show.
 
     Order -> its state is applied (finished or, rarely, still open). OrderNotFound -> one more
@@ -349,6 +363,8 @@ def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExce
             if not supersedes(result, local):
                 continue                 # a stream event newer than the answer already arrived
             plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
+            if recent_after_ms is not None and result.updated_ms > recent_after_ms:
+                continue     # finished on the venue just now with the stream live: news on its way, applied
             if result.state in expected:
                 continue
             if result.state.active:

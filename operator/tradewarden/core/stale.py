@@ -1,7 +1,9 @@
 """Stale-order cleanup planning and purge (pure).
 
-Only OWNED orders (client order id starting with the owned prefix) are ever candidates for a
-cancel; foreign (manual, other bots') orders never are. An order's age is counted from its
+Only OWNED orders (client order id starting with the owned prefix, or the triggered child of an
+owned algo order) are ever candidates for a cancel; foreign (manual, other bots') orders never are.
+PROTECTIVE orders (stop-loss / take-profit: conditional, reduce-only, close-position) are never
+candidates unless ``include_protective``: cancelling one leaves a live position unprotected. An order's age is counted from its
 creation time on the exchange; an order whose age is unknown (no creation or update time) is
 never judged stale. The outcome of a cancel is never assumed:
 
@@ -42,12 +44,14 @@ def plan_stale(ledger: Ledger, config: AccountConfig, now_ms: int) -> StalePlan:
     scope = set(config.symbols)
     for entry in ledger.orders.values():
         order = entry.order
-        if not order.state.active or not is_owned(order.client_order_id, prefix):
+        if not order.state.active or not (is_owned(order.client_order_id, prefix) or ledger.owns(order)):
             continue
         if order.symbol not in scope:
             continue                 # a symbol removed from spec.symbols: reconciliation asks once, never cancels
         if entry.recheck:
             plan.rechecks.append(order)
+            continue
+        if order.protective and not config.include_protective:
             continue
         age = order_age_ms(order, now_ms)
         if age is not None and age > timeout_ms:

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from .ccxt_import import install as _lazy_ccxt
@@ -13,14 +14,14 @@ _lazy_ccxt()       # before the first import of ccxt: only the exchanges in use 
 
 import ccxt
 
-from ..domain import (AccountListing, Fill, GatewayError, Invalid, Order, OrderNotFound, Position,
+from ..domain import (AccountListing, Fill, GatewayError, Invalid, MarginSummary, Order, OrderNotFound, Position,
                       Section, Snapshot, SymbolNotListed, SymbolsResult, Temporary, Unsupported)
 from .budget import RateBudgets, default_budgets, family_of, per_symbol_is_cheaper
 from .errors import map_error, scrub
 from .exchanges import forget_secrets, new_exchange, scrubbing_logger
 from .markets import MarketsCache, default_markets
-from .translate import (Malformed, balances_from_ccxt, fill_from_ccxt, order_from_binance_rest, order_from_ccxt,
-                        positions_from_ccxt)
+from .translate import (Malformed, balances_from_ccxt, fill_from_ccxt, futures_balances, order_from_binance_rest,
+                        order_from_ccxt, position_risks_from_ccxt, positions_from_ccxt)
 
 log = logging.getLogger("tradewarden.gateway")
 T = TypeVar("T")
@@ -61,6 +62,7 @@ class CcxtGateway:
         self._streams: set = set()
         self._stream_options = dict(stream_options or {})
         self._closed = False
+        self.hedge_mode: bool | None = None     # USD-M position mode (None: not read yet / unreadable)
 
     def __repr__(self) -> str:
         return f"CcxtGateway(exchange={self.exchange_id!r}, endpoint={self.endpoint!r})"
@@ -150,6 +152,25 @@ class CcxtGateway:
             await self._load_markets(reload=True)
         self._check_symbols(symbols)
         await self._call("check credentials", lambda: self._rest.fetch_balance())
+        if self.futures and self.binance:
+            await self.read_position_mode()
+
+    async def read_position_mode(self) -> bool | None:
+        """USD-M position mode (``GET /fapi/v1/positionSide/dual``, weight 30, usdm-facts.md B1): read at
+        start and on every ACCOUNT_CONFIG_UPDATE. None (and the last known value kept) when unreadable."""
+        try:
+            raw = await self._call("position mode", lambda: self._rest.fapiPrivateGetPositionSideDual())
+        except GatewayError as exc:
+            log.info("position mode not read: %s", exc)
+            return self.hedge_mode
+        value = raw.get("dualSidePosition") if isinstance(raw, dict) else None
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            log.warning("position mode answer without a boolean dualSidePosition: kept %s", self.hedge_mode)
+            return self.hedge_mode
+        self.hedge_mode = value
+        return value
 
     async def _load_markets(self, reload: bool = False) -> None:
         async def own() -> Any:
@@ -179,15 +200,22 @@ class CcxtGateway:
         await self._ensure_markets()
         self._check_symbols(symbols)
         started_ms = int(time.time() * 1000)
-        balances, orders, positions = await asyncio.gather(
-            self._section(self.fetch_balances()),
+        futures_binance = self.futures and self.binance
+        account, orders, positions = await asyncio.gather(
+            self._section(self._fetch_account()),
             self._section(self.fetch_open_orders(symbols)),
-            self._section(self.fetch_positions(symbols)) if self.futures else _empty_list(),
+            self._section(self._fetch_positions(symbols)) if self.futures else _empty_list(),
         )
         # on the venue's clock, like the timestamps it is compared with, by the offset as measured now
         # (a -1021 during the snapshot measured it again); ccxt's timeDifference is ours minus the venue's
         taken_ms = started_ms - int(self._rest.options.get("timeDifference") or 0)
-        return Snapshot(taken_ms=taken_ms, balances=balances, open_orders=orders, positions=positions)
+        balances = Section(value=account.value[0]) if account.ok else Section(error=account.error)
+        margin = None
+        if futures_binance and account.ok and account.value[1] is not None:
+            risks = positions.value[1] if positions.ok else ()
+            margin = replace(account.value[1], positions=tuple(risks), hedge_mode=self.hedge_mode)
+        positions = Section(value=positions.value[0]) if positions.ok and self.futures else positions
+        return Snapshot(taken_ms=taken_ms, balances=balances, open_orders=orders, positions=positions, margin=margin)
 
     @staticmethod
     async def _section(coro: Awaitable[T]) -> Section[T]:
@@ -197,14 +225,20 @@ class CcxtGateway:
             return Section(error=exc)
 
     async def fetch_balances(self) -> dict:
+        return (await self._fetch_account())[0]
+
+    async def _fetch_account(self) -> tuple[dict, MarginSummary | None]:
+        """Balances (USD-M: the wallet balance, the quantity the stream's ``wb`` carries) and, on USD-M,
+        the margin figures of the same answer."""
         raw = await self._call("balances", lambda: self._rest.fetch_balance())
         with _malformed("balances"):
+            info = raw.get("info") if isinstance(raw, dict) else None
+            if self.binance and self.futures:
+                return futures_balances(info)
             if self.binance:   # ccxt parses an answer without the balance list as "no balances": refuse
-                info = raw.get("info") if isinstance(raw, dict) else None
-                listing = "assets" if self.futures else "balances"
-                if not isinstance(info, dict) or not isinstance(info.get(listing), list):
-                    raise Malformed(f"no {listing} list in the account answer")
-            return balances_from_ccxt(raw)
+                if not isinstance(info, dict) or not isinstance(info.get("balances"), list):
+                    raise Malformed("no balances list in the account answer")
+            return balances_from_ccxt(raw), None
 
     async def fetch_open_orders(self, symbols: Sequence[str]) -> list[Order]:
         """Every open order of ``symbols`` (USD-M: conditional algo orders included), listed the cheaper
@@ -234,11 +268,16 @@ class CcxtGateway:
         return await listing({}, False)
 
     async def fetch_positions(self, symbols: Sequence[str] | None) -> list:
+        return (await self._fetch_positions(symbols))[0]
+
+    async def _fetch_positions(self, symbols: Sequence[str] | None) -> tuple[list, list]:
+        """Positions by (symbol, side) and (Binance) their mark / liquidation prices, from one query."""
         raw = await self._call("positions", lambda: self._rest.fetch_positions())
         with _malformed("positions"):
             if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
                 raise Malformed("the positions answer is not a list of positions")
-            return positions_from_ccxt(raw, symbols)
+            positions = positions_from_ccxt(raw, symbols, binance=self.binance)
+            return positions, (position_risks_from_ccxt(raw, symbols) if self.binance else [])
 
     # ---- single orders -----------------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ class UserDataStream:
         self._conn: _Connection | None = None
         self._ever_connected = False
         self._closed = False
+        self._side_tasks: set[asyncio.Task] = set()
         self.connects = 0          # successful connections (telemetry)
         self.attempts = 0          # connect attempts
 
@@ -101,6 +102,8 @@ class UserDataStream:
         if self._closed:
             return
         self._closed = True
+        for t in list(self._side_tasks):
+            t.cancel()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -314,5 +317,10 @@ class UserDataStream:
                 self._emit(BalanceEvent(balances, at))
             if positions:
                 self._emit(PositionEvent(positions, at))
+        elif event == "ACCOUNT_CONFIG_UPDATE" and self.gw.futures:
+            # leverage or multi-assets mode changed (usdm-facts.md F7): read the position mode again
+            task = asyncio.get_running_loop().create_task(self.gw.read_position_mode())
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
         # balanceUpdate (a deposit's delta) is always followed by outboundAccountPosition with absolute
         # values; externalLockUpdate likewise: nothing to emit from the delta itself.

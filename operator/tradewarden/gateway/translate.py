@@ -7,7 +7,8 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
-from ..domain import ZERO, Balance, Fill, Order, OrderState, Position, Side, dec
+from ..domain import (ZERO, AssetMargin, Balance, Fill, MarginSummary, Order, OrderState, Position, PositionRisk,
+                      PositionSide, Side, dec)
 
 # Binance's order status (REST "status", stream "X") -> domain state
 BINANCE_STATUS = {
@@ -20,11 +21,19 @@ BINANCE_STATUS = {
     "REJECTED": OrderState.REJECTED,
     "EXPIRED": OrderState.EXPIRED,
     "EXPIRED_IN_MATCH": OrderState.EXPIRED,
-    # USD-M Algo Service
-    "TRIGGERING": OrderState.OPEN,
-    "TRIGGERED": OrderState.FILLED,
+}
+# USD-M Algo Service statuses (usdm-facts.md D4). FINISHED is resolved by the child's executed
+# quantity (``aq`` / ``actualQty``): all of it -> FILLED, less -> CANCELED (with what did fill).
+ALGO_STATUS = {
+    "NEW": OrderState.OPEN,
+    "TRIGGERING": OrderState.OPEN,            # condition met, being forwarded to the matching engine
+    "TRIGGERED": OrderState.TRIGGERED,        # placed in the matching engine: the child order exists
+    "CANCELED": OrderState.CANCELED,
+    "REJECTED": OrderState.REJECTED,
+    "EXPIRED": OrderState.EXPIRED,
     "FINISHED": OrderState.FILLED,
 }
+CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
 # ccxt's unified status -> domain state (for exchanges other than Binance)
 CCXT_STATUS = {
     "open": OrderState.OPEN,
@@ -82,8 +91,43 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
+def _algo_info(info: Mapping[str, Any]) -> tuple[str, str, Decimal] | None:
+    """(status, child order id, child executed qty) of an algo order's REST row or ALGO_UPDATE ``o``;
+    None when ``info`` is not an algo order."""
+    if "algoStatus" in info or "algoId" in info:
+        raw, child, executed = info.get("algoStatus"), info.get("actualOrderId"), info.get("actualQty")
+    elif "aid" in info:
+        raw, child, executed = info.get("X"), info.get("ai"), info.get("aq")
+    else:
+        return None
+    if not isinstance(raw, str) or not raw:
+        raise Malformed("algo order without its status (algoStatus / X)")
+    if raw.upper() not in ALGO_STATUS:
+        raise Malformed(f"unknown algo order status {raw[:40]!r}")
+    return raw.upper(), "" if child in (None, "", 0, "0") else str(child), _strict(executed, "algo executed quantity")
+
+
+def position_side(value: Any, *, required: bool = True) -> PositionSide:
+    """BOTH / LONG / SHORT (usdm-facts.md B2); anything else is malformed, never guessed."""
+    if value is None and not required:
+        return PositionSide.BOTH
+    try:
+        return PositionSide(str(value).upper()) if isinstance(value, str) else PositionSide(value)
+    except ValueError:
+        raise Malformed(f"unknown position side {str(value)[:40]!r}") from None
+
+
 def order_state(order: Mapping[str, Any]) -> OrderState:
     info = order.get("info") or {}
+    algo = _algo_info(info) if isinstance(info, Mapping) else None
+    if algo is not None:
+        raw, _, executed = algo
+        state = ALGO_STATUS[raw]
+        if raw == "FINISHED":
+            amount = _strict(order.get("amount") if order.get("amount") is not None else
+                             info.get("quantity", info.get("q")), "order quantity", required=True)
+            state = OrderState.FILLED if executed >= amount > 0 else OrderState.CANCELED
+        return state
     raw = None
     if isinstance(info, Mapping):
         raw = info.get("status") or info.get("X") or info.get("algoStatus")
@@ -114,6 +158,19 @@ def order_from_ccxt(order: Mapping[str, Any], *, algo: bool = False) -> Order:
     raw_type = info.get("type") or info.get("orderType") or (info.get("o") if isinstance(info.get("o"), str) else None)
     otype = raw_type or order.get("type") or ""   # the venue's own type: LIMIT_MAKER stays limit_maker
     is_algo = algo or bool(info.get("algoId") or info.get("aid"))
+    algo_fields = _algo_info(info) if is_algo else None
+    filled = _strict(order.get("filled"), "order filled quantity")
+    child_id = ""
+    if algo_fields is not None:
+        _, child_id, filled = algo_fields          # the child's executed quantity is the parent's fill
+    reduce_only = info.get("reduceOnly", info.get("R"))
+    close_position = info.get("closePosition", info.get("cp"))
+    pside = position_side(info.get("positionSide", info.get("ps")), required=False)
+    venue_type = str(raw_type or "").upper()
+    protective = (reduce_only is True or str(reduce_only).lower() == "true"
+                  or close_position is True or str(close_position).lower() == "true"
+                  or (is_algo and venue_type in CONDITIONAL_TYPES)
+                  or (pside is PositionSide.LONG and side == "sell") or (pside is PositionSide.SHORT and side == "buy"))
     exchange_id = order.get("id")
     if exchange_id is None:
         exchange_id = info.get("orderId") or info.get("algoId") or ""
@@ -132,11 +189,14 @@ def order_from_ccxt(order: Mapping[str, Any], *, algo: bool = False) -> Order:
         type=str(otype).lower(),
         price=_strict(price, "order price"),
         amount=_strict(order.get("amount"), "order quantity", required=True),
-        filled=_strict(order.get("filled"), "order filled quantity"),
+        filled=filled,
         state=order_state(order),
         created_ms=created,
         updated_ms=max(updated, created),
         algo=is_algo,
+        child_id=child_id,
+        protective=protective,
+        position_side=pside,
     )
 
 
@@ -215,12 +275,15 @@ def balances_from_ccxt(balance: Mapping[str, Any]) -> dict[str, Balance]:
     return out
 
 
-def positions_from_ccxt(positions: Iterable[Mapping[str, Any]], symbols: Iterable[str] | None = None) -> list[Position]:
-    """ccxt positions -> signed one-way positions (only non-zero ones, optionally of given symbols)."""
+def positions_from_ccxt(positions: Iterable[Mapping[str, Any]], symbols: Iterable[str] | None = None, *,
+                        binance: bool = False) -> list[Position]:
+    """ccxt positions -> signed positions keyed by (symbol, side) (only non-zero ones, optionally of given
+    symbols). ``binance``: the row's ``positionSide`` is a documented field and required (B2)."""
     wanted = set(symbols) if symbols is not None else None
     out: list[Position] = []
     for p in positions:
         info = p.get("info") if isinstance(p.get("info"), Mapping) else {}
+        side = position_side(info.get("positionSide"), required=binance)
         raw_amt = info.get("positionAmt")
         if raw_amt is None:
             raw_amt = info.get("pa")
@@ -237,8 +300,51 @@ def positions_from_ccxt(positions: Iterable[Mapping[str, Any]], symbols: Iterabl
             continue
         out.append(Position(symbol=symbol, amount=amount,
                             entry_price=_d(p.get("entryPrice") if p.get("entryPrice") is not None else info.get("entryPrice")),
-                            updated_ms=_int(p.get("timestamp")) or _int(info.get("updateTime"))))
+                            updated_ms=_int(p.get("timestamp")) or _int(info.get("updateTime")), side=side))
     return out
+
+
+def position_risks_from_ccxt(positions: Iterable[Mapping[str, Any]], symbols: Iterable[str] | None = None
+                             ) -> list[PositionRisk]:
+    """Binance positionRisk rows (usdm-facts.md B2) -> mark / liquidation price per (symbol, side)."""
+    wanted = set(symbols) if symbols is not None else None
+    out: list[PositionRisk] = []
+    for p in positions:
+        info = p.get("info") if isinstance(p.get("info"), Mapping) else {}
+        amount = _strict(info.get("positionAmt"), "position amount", required=True)
+        symbol = str(p.get("symbol") or "")
+        if amount == 0 or (wanted is not None and symbol not in wanted):
+            continue
+        out.append(PositionRisk(symbol, position_side(info.get("positionSide")), amount,
+                                _strict(info.get("markPrice"), "position mark price", required=True),
+                                _strict(info.get("liquidationPrice"), "position liquidation price", required=True),
+                                _strict(info.get("unRealizedProfit"), "position unrealised PnL", required=True)))
+    return out
+
+
+def futures_balances(info: Any) -> tuple[dict[str, Balance], MarginSummary]:
+    """Binance USD-M account (``GET /fapi/v3/account``, usdm-facts.md A3-A6) -> the wallet balance per
+    asset (the quantity ACCOUNT_UPDATE's ``wb`` reports: no unrealised PnL) and the reported margin
+    figures. ccxt's own ``total`` is the margin balance (wallet + unrealised PnL, A6): comparing it with
+    ``wb`` would report every price move as a balance mismatch."""
+    if not isinstance(info, Mapping) or not isinstance(info.get("assets"), list):
+        raise Malformed("no assets list in the account answer")
+    balances: dict[str, Balance] = {}
+    margins: dict[str, AssetMargin] = {}
+    for entry in _entries(info.get("assets"), "assets"):
+        asset = _asset(entry.get("asset"))
+        wallet = _strict(entry.get("walletBalance"), f"{asset} walletBalance", required=True)
+        margins[asset] = AssetMargin(
+            asset, wallet, _strict(entry.get("marginBalance"), f"{asset} marginBalance", required=True),
+            _strict(entry.get("unrealizedProfit"), f"{asset} unrealizedProfit", required=True),
+            _strict(entry.get("availableBalance"), f"{asset} availableBalance", required=True),
+            _strict(entry.get("maintMargin"), f"{asset} maintMargin", required=True))
+        if wallet != 0:
+            balances[asset] = Balance(asset, wallet, ZERO, _int(entry.get("updateTime")))
+    summary = MarginSummary(
+        margins, _strict(info.get("totalMaintMargin"), "totalMaintMargin", required=True),
+        _strict(info.get("totalMarginBalance"), "totalMarginBalance", required=True))
+    return balances, summary
 
 
 # ---- raw Binance user-data payloads -------------------------------------------------------------
@@ -285,11 +391,10 @@ def positions_from_futures_account_update(message: Mapping[str, Any], symbol_of)
     at = _int(message.get("T")) or _int(message.get("E"))
     out = []
     for entry in _entries(data.get("P"), "positions"):
-        if str(entry.get("ps") or "BOTH") not in ("BOTH",):
-            continue  # hedge-mode legs are not tracked (one-way mode only)
         if not isinstance(entry.get("s"), str):
             raise Malformed("position entry without a symbol")
+        side = position_side(entry.get("ps"))      # BOTH, or a hedge-mode leg (F5): never dropped, never netted
         out.append(Position(symbol=symbol_of(entry.get("s")), amount=_strict(entry.get("pa"), "position amount",
                                                                              required=True),
-                            entry_price=_d(entry.get("ep")), updated_ms=at))
+                            entry_price=_d(entry.get("ep")), updated_ms=at, side=side))
     return out

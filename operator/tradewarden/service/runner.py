@@ -58,6 +58,7 @@ class AccountRunner:
         self.lock = asyncio.Lock()
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
+        self.last_margin = None            # USD-M: the last snapshot's MarginSummary (reported, never compared)
         if not config.futures:
             self.ledger.positions.clear()   # spot has none (a ledger saved by an older version may hold some)
         if self.ledger.knows_orders:
@@ -132,6 +133,8 @@ class AccountRunner:
         previous_sync = self.ledger.synced_ms
         # a human's annotation and the emergency stop ask for the exchange's word now: no deferral
         judge_later = self.stream_live and report.trigger not in (Trigger.ANNOTATION, Trigger.EMERGENCY_STOP)
+        if snapshot.margin is not None:
+            self.last_margin = snapshot.margin
         plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later)
         report.recent += plan.recent
         apply_corrections(self.ledger, plan.corrections, now)
@@ -142,7 +145,9 @@ class AccountRunner:
         if plan.fetches:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms()),
+            recent = snapshot.taken_ms - int(config.missing_grace_s * 1000) if judge_later else None
+            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms(),
+                                        recent_after_ms=recent),
                         report)
         if plan.unscoped:
             results = await self._query(plan.unscoped)
@@ -258,7 +263,7 @@ class AccountRunner:
         prefix = self.config.owned_prefix
 
         async def one(order: Order) -> Order | Exception | None:
-            if not is_owned(order.client_order_id, prefix):     # defence in depth: foreign orders are never cancelled
+            if not (is_owned(order.client_order_id, prefix) or self.ledger.owns(order)):   # defence in depth
                 raise AssertionError(f"refusing to cancel foreign order {order.client_order_id!r}")
             async with sem:
                 try:
@@ -301,6 +306,10 @@ class AccountRunner:
                 if to_query:       # "not found" on a cancel: ask for the final state, never assume
                     results = await self._query(to_query)
                     report.requests += len(to_query)
+                    # an algo cancel answers {"code": "200", "msg": "success"} without a status (usdm-facts
+                    # D2): the query that follows is what shows it cancelled
+                    cancelled += sum(1 for o in to_query if o.algo and isinstance(results.get(Ledger.order_id(o)), Order)
+                                     and results[Ledger.order_id(o)].state is OrderState.CANCELED)
                     self._apply(resolve_fetches(self.ledger, results, self.config, context="stale",
                                                     now_ms=self.now_ms()), report)
             report.purged = purge(self.ledger, self.config, self.now_ms())
@@ -335,7 +344,10 @@ class AccountRunner:
             now = self.now_ms()
             self.last_event_ms = now
             if isinstance(event, OrderEvent):
-                self.ledger.upsert_order(event.order, SOURCE_STREAM, now)
+                order = event.order
+                if order.algo and order.child_id:
+                    self._link_existing_child(order, now)
+                self.ledger.upsert_order(self.ledger.link_child(order), SOURCE_STREAM, now)
             elif isinstance(event, BalanceEvent):
                 for asset, balance in event.balances.items():
                     if not balance.updated_ms:
@@ -355,3 +367,14 @@ class AccountRunner:
         if await self.apply_event(event):
             return await self.reconcile(trigger=Trigger.STREAM_RECONNECT)
         return None
+
+    def _link_existing_child(self, parent: Order, now: int) -> None:
+        """A TRIGGERED algo event names its child; a child seen before it (the venue's order of events is
+        not guaranteed, usdm-facts.md D5) gets the link now."""
+        for key, entry in self.ledger.orders.items():
+            o = entry.order
+            if not o.algo and o.symbol == parent.symbol and o.exchange_order_id == parent.child_id \
+                    and not o.parent_id:
+                self.ledger.put_order(replace(o, parent_id=parent.exchange_order_id), entry.source, now,
+                                      misses=entry.misses, recheck=entry.recheck, key=key)
+                return

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from .engine import SPOT, USDM, VENUES, AlgoOrder, Account, Order, SimError, fplain
+from .wire import json_response
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -16,8 +17,7 @@ ControlHandler = Callable[["Simulator", web.Request, dict, dict], Awaitable[Any]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,
-                        content_type="application/json")
+    return json_response(data, status=status)
 
 
 def order_json(o: Order) -> dict[str, Any]:
@@ -33,18 +33,21 @@ def algo_json(a: AlgoOrder) -> dict[str, Any]:
     return {"venue": USDM, "symbol": a.symbol, "algoId": a.algo_id, "clientAlgoId": a.client_algo_id,
             "side": a.side, "type": a.order_type, "quantity": fplain(a.quantity),
             "triggerPrice": fplain(a.trigger_price), "price": fplain(a.price), "status": a.status,
-            "reduceOnly": a.reduce_only, "time": a.create_time, "updateTime": a.update_time}
+            "reduceOnly": a.reduce_only, "closePosition": a.close_position, "positionSide": a.position_side,
+            "actualOrderId": str(a.order_id) if a.order_id else "", "time": a.create_time,
+            "updateTime": a.update_time}
 
 
 def account_json(sim: "Simulator", a: Account) -> dict[str, Any]:
     fig = sim.exchange.usdm_figures(a)
     positions = []
-    for s, p in a.positions.items():
-        if p.amount:
-            mark = sim.exchange.markets[USDM][s].price
-            positions.append({"symbol": s, "positionAmt": fplain(p.amount), "entryPrice": fplain(p.entry_price),
-                              "markPrice": fplain(mark), "unrealizedProfit": fplain(p.amount * (mark - p.entry_price)),
-                              "leverage": p.leverage})
+    for p in a.open_positions():
+        mark = sim.exchange.markets[USDM][p.symbol].price
+        positions.append({"symbol": p.symbol, "positionSide": p.side, "positionAmt": fplain(p.amount),
+                          "entryPrice": fplain(p.entry_price), "markPrice": fplain(mark),
+                          "unrealizedProfit": fplain(p.amount * (mark - p.entry_price)),
+                          "liquidationPrice": fplain(sim.exchange.liquidation_price(a, p.symbol)),
+                          "leverage": a.lev(p.symbol)})
     return {
         "apiKey": a.api_key,
         "balances": {asset: {"free": fplain(b[0]), "locked": fplain(b[1])} for asset, b in a.spot.items()},
@@ -54,6 +57,7 @@ def account_json(sim: "Simulator", a: Account) -> dict[str, Any]:
         "openOrders": [order_json(o) for v in VENUES for o in a.open_orders(v)],
         "openAlgoOrders": [algo_json(x) for book in a.algo_open.values() for x in book.values()],
         "positions": positions,
+        "dualSidePosition": a.dual_side,
         "deliver": a.deliver,
     }
 
@@ -127,7 +131,9 @@ async def place_order(sim, request, m, body):
                                     order_type=otype, quantity=body.get("quantity"),
                                     trigger_price=body.get("triggerPrice"), price=body.get("price"),
                                     time_in_force=body.get("timeInForce"), client_algo_id=_client_id(body),
-                                    reduce_only=bool(body.get("reduceOnly", False)))
+                                    reduce_only=bool(body.get("reduceOnly", False)),
+                                    position_side=body.get("positionSide"),
+                                    close_position=bool(body.get("closePosition", False)))
         return algo_json(a), 201
     tif = body.get("timeInForce") or ("GTC" if otype == "LIMIT" else None)
     created = body.get("time")
@@ -136,7 +142,8 @@ async def place_order(sim, request, m, body):
     o = sim.exchange.place_order(a, venue, symbol=str(_need(body, "symbol")).upper(), side=body.get("side"),
                                  type=otype, quantity=body.get("quantity"), price=body.get("price"),
                                  time_in_force=tif, client_order_id=_client_id(body),
-                                 reduce_only=bool(body.get("reduceOnly", False)), created_ms=created)
+                                 reduce_only=bool(body.get("reduceOnly", False)), created_ms=created,
+                                 position_side=body.get("positionSide") if venue == USDM else None)
     return order_json(o), 201
 
 

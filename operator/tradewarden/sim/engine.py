@@ -151,6 +151,8 @@ class Order:
     reduce_only: bool = False
     stop_price: Decimal = ZERO
     orig_quote_qty: Decimal = ZERO
+    position_side: str = "BOTH"      # USD-M: BOTH (one-way) or LONG / SHORT (hedge mode)
+    parent_algo: "AlgoOrder | None" = None   # USD-M: the algo order this order is the triggered child of
     working_time: int = -1
     # spot: what is locked for this order and in which asset
     lock_asset: str = ""
@@ -189,13 +191,19 @@ class AlgoOrder:
     reduce_only: bool
     create_time: int
     update_time: int
-    status: str = "NEW"        # NEW | CANCELED | TRIGGERED | FINISHED | EXPIRED
+    # usdm-facts.md D4: NEW -> TRIGGERING -> TRIGGERED (child placed) -> FINISHED (child finished);
+    # CANCELED, REJECTED (matching engine refused the child), EXPIRED (cancelled by the system)
+    status: str = "NEW"
     trigger_time: int = 0
-    order_id: int = 0          # the order it became when triggered
+    order_id: int = 0          # the child regular order, once triggered
+    position_side: str = "BOTH"
+    close_position: bool = False
+    reason: str = ""           # ALGO_UPDATE "rm": why the child was refused
+    child: "Order | None" = None
 
     @property
     def is_open(self) -> bool:
-        return self.status == "NEW"
+        return self.status in ("NEW", "TRIGGERING")
 
     def fires(self, last: Decimal, price: Decimal) -> bool:
         """STOP buys / TAKE_PROFIT sells fire on a rise to the trigger; the mirror cases on a fall."""
@@ -222,11 +230,14 @@ class Trade:
 
 @dataclass(slots=True)
 class Position:
+    """One USD-M position row: (symbol, BOTH) in one-way mode, (symbol, LONG) / (symbol, SHORT) legs in
+    hedge mode (usdm-facts.md B2). ``amount`` is signed (a SHORT leg is negative)."""
     symbol: str
+    side: str = "BOTH"
     amount: Decimal = ZERO
     entry_price: Decimal = ZERO
-    leverage: int = DEFAULT_LEVERAGE
     update_time: int = 0
+    realized: Decimal = ZERO   # ACCOUNT_UPDATE "cr": accumulated realised PnL
 
 
 class Account:
@@ -238,7 +249,11 @@ class Account:
         self.uid = uid
         self.spot: dict[str, list[Decimal]] = {}        # asset -> [free, locked]
         self.wallet: dict[str, Decimal] = {}            # USD-M asset -> wallet balance
-        self.positions: dict[str, Position] = {}         # USD-M symbol -> position
+        self.positions: dict[tuple[str, str], Position] = {}   # USD-M (symbol, side) -> position
+        self.leverage: dict[str, int] = {}              # USD-M symbol -> leverage (both legs share it)
+        self.dual_side = False                          # USD-M position mode: hedge (True) / one-way
+        self.countdowns: dict[str, int] = {}            # USD-M symbol -> auto-cancel deadline (ms)
+        self.wallet_time: dict[str, int] = {}           # USD-M asset -> last wallet change (assets[].updateTime)
         # venue -> symbol -> orderId -> open order (insertion order = time priority)
         self.open: dict[str, dict[str, dict[int, Order]]] = {SPOT: {}, USDM: {}}
         self.orders: dict[str, dict[int, Order]] = {SPOT: {}, USDM: {}}   # every order by id
@@ -264,6 +279,12 @@ class Account:
         if symbol is not None:
             return len(book.get(symbol, ()))
         return sum(len(v) for v in book.values())
+
+    def lev(self, symbol: str) -> int:
+        return self.leverage.get(symbol, DEFAULT_LEVERAGE)
+
+    def open_positions(self) -> list[Position]:
+        return [p for p in self.positions.values() if p.amount]
 
     def balance(self, asset: str) -> list[Decimal]:
         b = self.spot.get(asset)
@@ -345,9 +366,10 @@ class Exchange:
         acct = Account(api_key, secret, next(self._uids))
         for asset, amount in (balances or {}).items():
             acct.balance(asset.upper())[0] = dec(amount, asset)
+        acct.update_time = self.clock()
         for asset, amount in (futures_balances or {}).items():
             acct.wallet[asset.upper()] = dec(amount, asset)
-        acct.update_time = self.clock()
+            acct.wallet_time[asset.upper()] = acct.update_time
         self.accounts[api_key] = acct
         return acct
 
@@ -381,14 +403,21 @@ class Exchange:
             if w + d < 0:
                 raise SimError(-2019, "Margin is insufficient.")
             acct.wallet[asset] = w + d
+            acct.wallet_time[asset] = t
             self._emit_account_update(acct, "DEPOSIT" if d >= 0 else "WITHDRAW", [asset], [], t, balance_change=d)
 
     # ---- order placement
     def place_order(self, acct: Account, venue: str, *, symbol: str, side: Any, type: Any, quantity: Any = None,
                     price: Any = None, time_in_force: Any = None, client_order_id: str | None = None,
-                    reduce_only: bool = False, quote_order_qty: Any = None, created_ms: int | None = None) -> Order:
-        """Place an order as the exchange would; ``created_ms`` backdates it (out-of-band placement only)."""
+                    reduce_only: bool = False, quote_order_qty: Any = None, created_ms: int | None = None,
+                    position_side: Any = None, on_accepted: Callable[[Order], None] | None = None) -> Order:
+        """Place an order as the exchange would; ``created_ms`` backdates it (out-of-band placement only);
+        ``on_accepted`` runs once the order has its id, before its first event (an algo child: TRIGGERED
+        names the child before the child's own events, usdm-facts.md D5)."""
         m = self.market(venue, symbol)
+        pside = "BOTH"
+        if venue == USDM:
+            pside = self._position_side(acct, position_side, reduce_only)
         side = str(side or "").upper()
         if side not in ("BUY", "SELL"):
             raise SimError(-1117, "Invalid side.") if side else SimError(
@@ -461,7 +490,8 @@ class Exchange:
         born = int(created_ms) if created_ms is not None else t
         order = Order(venue=venue, account=acct, symbol=m.symbol, order_id=0, client_order_id=client_order_id,
                       side=side, type=otype, time_in_force=tif, price=px, orig_qty=qty, time=born,
-                      update_time=born, reduce_only=bool(reduce_only), orig_quote_qty=qq, working_time=born)
+                      update_time=born, reduce_only=bool(reduce_only), orig_quote_qty=qq, working_time=born,
+                      position_side=pside)
 
         if venue == SPOT:
             self._spot_reserve(acct, m, order, crosses)
@@ -471,6 +501,8 @@ class Exchange:
         order.order_id = next(self._order_ids[venue])
         acct.orders[venue][order.order_id] = order
         acct.client_ids[venue][(m.symbol, client_order_id)] = order.order_id
+        if on_accepted is not None:
+            on_accepted(order)
 
         if venue == SPOT:
             self._emit(acct, SPOT, self._execution_report(order, "NEW", t))
@@ -538,39 +570,83 @@ class Exchange:
         order.locked = ZERO
 
     # ---- USD-M margin
-    def _position(self, acct: Account, symbol: str) -> Position:
-        p = acct.positions.get(symbol)
+    def _position(self, acct: Account, symbol: str, side: str = "BOTH") -> Position:
+        p = acct.positions.get((symbol, side))
         if p is None:
-            p = acct.positions[symbol] = Position(symbol)
+            p = acct.positions[(symbol, side)] = Position(symbol, side)
         return p
 
+    @staticmethod
+    def _position_side(acct: Account, given: Any, reduce_only: bool) -> str:
+        """positionSide per the account's mode (usdm-facts.md B1, C3): one-way accepts only BOTH (the
+        default); hedge mode requires LONG or SHORT and refuses reduceOnly ("cannot be sent in Hedge Mode")."""
+        side = str(given).upper() if given not in (None, "") else ("" if acct.dual_side else "BOTH")
+        if side not in ("BOTH", "LONG", "SHORT", ""):
+            raise SimError(-1130, "Data sent for parameter 'positionSide' is not valid.")
+        if acct.dual_side:
+            if side not in ("LONG", "SHORT"):
+                raise SimError(-4061, "Order's position side does not match user's setting.")
+            if reduce_only:
+                raise SimError(-1106, "Parameter 'reduceonly' sent when not required.")
+        elif side != "BOTH":
+            raise SimError(-4061, "Order's position side does not match user's setting.")
+        return side
+
     def usdm_figures(self, acct: Account) -> dict[str, Decimal]:
+        """usdm-facts.md A6: wallet excludes unrealised PnL; margin balance = wallet + UPnL; initial margin
+        = position IM (at the mark price) + open-order IM; available = max(0, cross wallet + cross UPnL - IM)."""
         upnl = ZERO
         pos_margin = ZERO
         maint = ZERO
-        for p in acct.positions.values():
-            if p.amount:
-                mark = self.markets[USDM][p.symbol].price
-                upnl += p.amount * (mark - p.entry_price)
-                notional = abs(p.amount) * mark
-                pos_margin += notional / p.leverage
-                maint += notional * MAINT_MARGIN_RATE
+        for p in acct.open_positions():
+            mark = self.markets[USDM][p.symbol].price
+            upnl += p.amount * (mark - p.entry_price)
+            notional = abs(p.amount) * mark
+            pos_margin += notional / acct.lev(p.symbol)
+            maint += notional * MAINT_MARGIN_RATE
         order_margin = ZERO
         for orders in acct.open[USDM].values():
             for o in orders.values():
-                if not o.reduce_only:
-                    lev = acct.positions[o.symbol].leverage if o.symbol in acct.positions else DEFAULT_LEVERAGE
-                    order_margin += o.remaining * o.price / lev
+                if not self._reduces(o):
+                    order_margin += o.remaining * o.price / acct.lev(o.symbol)
         wallet = acct.wallet.get("USDT", ZERO)
-        available = wallet + upnl - pos_margin - order_margin
+        available = max(ZERO, wallet + upnl - pos_margin - order_margin)
         return {"wallet": wallet, "upnl": upnl, "position_margin": pos_margin, "order_margin": order_margin,
                 "maint": maint, "available": available, "margin_balance": wallet + upnl}
 
+    @staticmethod
+    def _reduces(o: Order) -> bool:
+        """usdm-facts.md C3 (general-info): reduce-only BOTH, LONG+SELL and SHORT+BUY reduce exposure."""
+        return o.reduce_only or (o.position_side == "LONG" and o.side == "SELL") or \
+            (o.position_side == "SHORT" and o.side == "BUY")
+
+    def liquidation_price(self, acct: Account, symbol: str) -> Decimal:
+        """Cross margin: the mark price of ``symbol`` (everything else fixed) at which the margin balance
+        meets the maintenance margin (usdm-facts.md A6, liquidation when marginBalance <= maint. margin).
+        One price for both hedge legs of a symbol; 0 when there is none (flat, or no positive solution)."""
+        legs = [p for p in acct.open_positions() if p.symbol == symbol]
+        if not legs:
+            return ZERO
+        others_upnl = others_maint = ZERO
+        for p in acct.open_positions():
+            if p.symbol != symbol:
+                mark = self.markets[USDM][p.symbol].price
+                others_upnl += p.amount * (mark - p.entry_price)
+                others_maint += abs(p.amount) * mark * MAINT_MARGIN_RATE
+        net = sum((p.amount for p in legs), ZERO)
+        gross = sum((abs(p.amount) for p in legs), ZERO)
+        denom = net - MAINT_MARGIN_RATE * gross
+        if denom == 0:
+            return ZERO
+        wallet = acct.wallet.get("USDT", ZERO)
+        lp = (others_maint - others_upnl - wallet + sum((p.amount * p.entry_price for p in legs), ZERO)) / denom
+        return lp if lp > 0 else ZERO
+
     def _usdm_check(self, acct: Account, m: Market, order: Order, crosses: bool) -> None:
-        p = acct.positions.get(m.symbol)
+        p = acct.positions.get((m.symbol, order.position_side))
         amt = p.amount if p else ZERO
         signed = order.orig_qty if order.side == "BUY" else -order.orig_qty
-        if order.reduce_only:
+        if order.reduce_only or self._reduces(order):
             if amt == 0 or (amt > 0) == (signed > 0) or abs(signed) > abs(amt):
                 raise SimError(-2022, "ReduceOnly Order is rejected.")
             return
@@ -580,7 +656,7 @@ class Exchange:
             increase = max(ZERO, order.orig_qty - abs(amt))
         if increase == 0:
             return
-        lev = p.leverage if p else DEFAULT_LEVERAGE
+        lev = acct.lev(m.symbol)
         px = order.price if order.type != "MARKET" else m.price
         need = increase * px / lev + order.orig_qty * px * USDM_TAKER_FEE
         if self.usdm_figures(acct)["available"] < need:
@@ -645,6 +721,9 @@ class Exchange:
         resting = self._resting[order.venue].get(order.symbol)
         if resting is not None:
             resting.pop((acct.api_key, order.order_id), None)
+        if order.parent_algo is not None and not order.is_open:
+            self._child_finished(order, t, emit_child=status != "FILLED")
+            return
         if status == "FILLED":
             return  # the TRADE event already reported it
         if order.venue == SPOT:
@@ -758,7 +837,7 @@ class Exchange:
         else:
             rate = USDM_MAKER_FEE if maker else USDM_TAKER_FEE
             fee = (quote * rate).quantize(Decimal("0.00000001"))
-            p = self._position(acct, order.symbol)
+            p = self._position(acct, order.symbol, order.position_side)
             signed = qty if order.side == "BUY" else -qty
             realized = ZERO
             if p.amount == 0 or (p.amount > 0) == (signed > 0):
@@ -776,13 +855,17 @@ class Exchange:
                     p.entry_price = px  # flipped
             p.entry_price = p.entry_price.quantize(Decimal("0.00000001")) if p.amount else ZERO
             p.update_time = t
+            p.realized += realized
+            # wallet balance = transfers + realised PnL - commissions (usdm-facts.md A6); unrealised PnL never
             acct.wallet["USDT"] = acct.wallet.get("USDT", ZERO) + realized - fee
+            acct.wallet_time["USDT"] = t
             trade = Trade(USDM, order.symbol, tid, order.order_id, order.side, px, qty, quote, fee, "USDT", t, maker,
                           realized_pnl=realized)
             acct.trades[USDM].append(trade)
             order.fills.append(trade)
             self._emit(acct, USDM, self._order_trade_update(order, "TRADE", t, trade))
-            self._emit_account_update(acct, "ORDER", ["USDT"], [order.symbol], t, balance_change=ZERO)
+            self._emit_account_update(acct, "ORDER", ["USDT"], [(order.symbol, order.position_side)], t,
+                                      balance_change=ZERO)
         if not order.is_open:
             self._finish(order, "FILLED", t)
 
@@ -831,31 +914,71 @@ class Exchange:
             "L": fplain(trade.price, pp) if trade else "0", "N": "USDT",
             "n": fplain(trade.commission, 8) if trade else "0", "T": t,
             "t": trade.trade_id if trade else 0, "b": "0", "a": "0", "m": bool(trade.maker) if trade else False,
-            "R": o.reduce_only, "wt": "CONTRACT_PRICE", "ot": o.type, "ps": "BOTH", "cp": False,
-            "rp": fplain(trade.realized_pnl, 8) if trade else "0", "pP": False, "si": 0, "ss": 0,
-            "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0}}
+            "R": o.reduce_only, "wt": "CONTRACT_PRICE", "ot": o.type, "ps": o.position_side, "cp": False,
+            "pP": False, "si": 0, "ss": 0, "rp": fplain(trade.realized_pnl, 8) if trade else "0",
+            "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0, "er": "0"}}
 
-    def _emit_account_update(self, acct: Account, reason: str, assets: list[str], symbols: list[str], t: int,
-                             balance_change: Decimal) -> None:
+    def _emit_account_update(self, acct: Account, reason: str, assets: list[str], legs: list[tuple[str, str]],
+                             t: int, balance_change: Decimal) -> None:
+        """usdm-facts.md F5: only changed assets and positions; a position change pushes the symbol's BOTH
+        row and the changed LONG / SHORT row; ``bc`` = balance change except PnL and commission. Keys as
+        the doc example (``examples/ws_ACCOUNT_UPDATE.json``): no undocumented ``ma``."""
         balances = []
         for a in assets:
             w = acct.wallet.get(a, ZERO)
             balances.append({"a": a, "wb": fplain(w, 8), "cw": fplain(w, 8), "bc": fplain(balance_change, 8)})
+        rows: list[tuple[str, str]] = []
+        for s, side in legs:
+            for key in ([(s, "BOTH"), (s, side)] if side != "BOTH" else [(s, "BOTH")]):
+                if key not in rows:
+                    rows.append(key)
         positions = []
-        for s in symbols:
-            p = self._position(acct, s)
-            mark = self.markets[USDM][s].price
-            positions.append({"s": s, "pa": fplain(p.amount), "ep": fplain(p.entry_price, 8),
-                              "bep": fplain(p.entry_price, 8), "cr": "0",
-                              "up": fplain(p.amount * (mark - p.entry_price), 8), "mt": "cross", "iw": "0",
-                              "ps": "BOTH", "ma": "USDT"})
+        for s, side in rows:
+            p = acct.positions.get((s, side)) or Position(s, side)
+            m = self.markets[USDM][s]
+            positions.append({"s": s, "pa": fplain(p.amount, m.qty_places), "ep": fplain(p.entry_price, 8),
+                              "bep": fplain(p.entry_price, 8), "cr": fplain(p.realized, 8),
+                              "up": fplain(p.amount * (m.price - p.entry_price), 8), "mt": "cross",
+                              "iw": "0.00000000", "ps": side})
         self._emit(acct, USDM, {"e": "ACCOUNT_UPDATE", "E": t, "T": t,
                                 "a": {"m": reason, "B": balances, "P": positions}})
+
+    # ---- USD-M position mode, countdown cancel
+    def set_dual_side(self, acct: Account, dual: bool) -> None:
+        """usdm-facts.md B1: -4059 no change needed; refused with open orders (-4067) or a position (-4068)."""
+        if acct.dual_side == dual:
+            raise SimError(-4059, "No need to change position side.")
+        if acct.open_count(USDM) or any(a.is_open for a in acct.algo.values()):
+            raise SimError(-4067, "Position side cannot be changed if there exists open orders.")
+        if acct.open_positions():
+            raise SimError(-4068, "Position side cannot be changed if there exists position.")
+        acct.dual_side = dual
+
+    def set_countdown(self, acct: Account, symbol: str, countdown_ms: int) -> None:
+        """usdm-facts.md C4: each call replaces the symbol's countdown; 0 stops it."""
+        m = self.market(USDM, symbol)
+        if countdown_ms == 0:
+            acct.countdowns.pop(m.symbol, None)
+        else:
+            acct.countdowns[m.symbol] = self.clock() + countdown_ms
+
+    def run_countdowns(self) -> int:
+        """Cancel the open orders of every symbol whose countdown expired. Regular orders only: whether the
+        countdown covers algo orders is not documented (usdm-facts.md C4, I-11); the doc says "open orders"."""
+        now = self.clock()
+        n = 0
+        for acct in self.accounts.values():
+            for symbol, deadline in list(acct.countdowns.items()):
+                if deadline <= now:
+                    del acct.countdowns[symbol]
+                    n += len(self.cancel_all(acct, USDM, symbol))
+        return n
 
     # ---- USD-M algo (conditional) orders
     def place_algo(self, acct: Account, *, symbol: str, side: Any, order_type: Any, quantity: Any,
                    trigger_price: Any, price: Any = None, time_in_force: Any = None,
-                   client_algo_id: str | None = None, reduce_only: bool = False) -> AlgoOrder:
+                   client_algo_id: str | None = None, reduce_only: bool = False, position_side: Any = None,
+                   close_position: bool = False) -> AlgoOrder:
         m = self.market(USDM, symbol)
         side = str(side or "").upper()
         if side not in ("BUY", "SELL"):
@@ -863,9 +986,22 @@ class Exchange:
         otype = str(order_type or "").upper()
         if otype not in ("STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT"):
             raise SimError(-1116, "Invalid orderType.")
-        qty = dec(quantity, "quantity")
-        if qty <= 0 or (qty % m.step) != 0:
-            raise SimError(-1111, "Precision is over the maximum defined for this asset.")
+        pside = self._position_side(acct, position_side, reduce_only)
+        if close_position:
+            # usdm-facts.md C3: closePosition not with quantity or reduceOnly; hedge: not BUY+LONG / SELL+SHORT
+            if quantity not in (None, "", "0"):
+                raise SimError(-4137, "Quantity must be zero with closePosition equals true.")
+            if reduce_only:
+                raise SimError(-4138, "Reduce only must be true with closePosition equals true.")
+            if (pside, side) in (("LONG", "BUY"), ("SHORT", "SELL")):
+                raise SimError(-4061, "Order's position side does not match user's setting.")
+            if not otype.endswith("_MARKET"):
+                raise SimError(-1116, "Invalid orderType.")
+            qty = ZERO
+        else:
+            qty = dec(quantity, "quantity")
+            if qty <= 0 or (qty % m.step) != 0:
+                raise SimError(-1111, "Precision is over the maximum defined for this asset.")
         trig = dec(trigger_price, "triggerPrice")
         if trig <= 0 or (trig % m.tick) != 0:
             raise SimError(-1111, "Precision is over the maximum defined for this asset.")
@@ -876,7 +1012,8 @@ class Exchange:
                 raise SimError(-1111, "Precision is over the maximum defined for this asset.")
         t = self.clock()
         algo = AlgoOrder(acct, m.symbol, next(self._algo_ids), str(client_algo_id or _client_id()), side, otype, qty,
-                         trig, px, str(time_in_force or "GTC").upper(), bool(reduce_only), t, t)
+                         trig, px, str(time_in_force or "GTC").upper(), bool(reduce_only), t, t,
+                         position_side=pside, close_position=bool(close_position))
         if algo.fires(m.price, m.price):
             raise SimError(-2021, "Order would immediately trigger.")
         acct.algo[algo.algo_id] = algo
@@ -894,15 +1031,20 @@ class Exchange:
                     return a
         return None
 
-    def _close_algo(self, algo: AlgoOrder, status: str, t: int) -> None:
+    def _algo_status(self, algo: AlgoOrder, status: str, t: int) -> None:
+        """Move an algo order to ``status`` and emit its ALGO_UPDATE; it leaves the open book once it is no
+        longer waiting for its trigger (openAlgoOrders lists NEW / TRIGGERING ones)."""
         algo.status = status
         algo.update_time = t
-        book = algo.account.algo_open.get(algo.symbol)
-        if book is not None:
-            book.pop(algo.algo_id, None)
-            if not book:
-                del algo.account.algo_open[algo.symbol]
+        if not algo.is_open:
+            book = algo.account.algo_open.get(algo.symbol)
+            if book is not None:
+                book.pop(algo.algo_id, None)
+                if not book:
+                    del algo.account.algo_open[algo.symbol]
         self._emit(algo.account, USDM, self._algo_update(algo, t))
+
+    _close_algo = _algo_status
 
     def cancel_algo(self, algo: AlgoOrder) -> None:
         if not algo.is_open:
@@ -922,26 +1064,73 @@ class Exchange:
             book = acct.algo_open.get(symbol)
             if not book:
                 continue
-            for algo in [a for a in book.values() if a.fires(px, px)]:
-                algo.trigger_time = t
-                self._close_algo(algo, "TRIGGERED", t)
-                try:
-                    order = self.place_order(acct, USDM, symbol=symbol, side=algo.side,
-                                             type="MARKET" if algo.order_type.endswith("MARKET") else "LIMIT",
-                                             quantity=algo.quantity, price=algo.price if algo.price else None,
-                                             time_in_force=None if algo.order_type.endswith("MARKET") else
-                                             algo.time_in_force, reduce_only=algo.reduce_only)
-                    algo.order_id = order.order_id
-                    self._close_algo(algo, "FINISHED", t)
-                except SimError:
-                    self._close_algo(algo, "EXPIRED", t)
+            for algo in [a for a in book.values() if a.status == "NEW" and a.fires(px, px)]:
+                self.trigger_algo(algo, t)
+
+    def trigger_algo(self, algo: AlgoOrder, t: int | None = None) -> None:
+        """usdm-facts.md D4/D5: TRIGGERING (``ai`` "", no ap/aq/act), then the matching engine gets a NEW
+        regular order with its own id: TRIGGERED names it (``ai``) before the child's own
+        ORDER_TRADE_UPDATEs; FINISHED follows when the child is filled or cancelled. A child the matching
+        engine refuses makes the algo REJECTED with the reason in ``rm``. The child's client order id is
+        not documented (usdm-facts.md I-11): the simulator gives it a fresh one."""
+        t = self.clock() if t is None else t
+        acct = algo.account
+        algo.trigger_time = t
+        self._algo_status(algo, "TRIGGERING", t)
+        market = algo.order_type.endswith("MARKET")
+        qty: Decimal = algo.quantity
+        reduce_only = algo.reduce_only or algo.close_position
+        if algo.close_position:
+            p = acct.positions.get((algo.symbol, algo.position_side))
+            qty = abs(p.amount) if p is not None else ZERO
+            if algo.position_side != "BOTH":
+                reduce_only = False          # hedge mode: the leg and side say it closes (C3)
+
+        def accepted(child: Order) -> None:
+            child.parent_algo = algo
+            algo.child = child
+            algo.order_id = child.order_id
+            self._algo_status(algo, "TRIGGERED", t)
+
+        try:
+            if qty <= 0:
+                raise SimError(-2022, "ReduceOnly Order is rejected.")
+            child = self.place_order(acct, USDM, symbol=algo.symbol, side=algo.side,
+                                     type="MARKET" if market else "LIMIT", quantity=qty,
+                                     price=None if market else algo.price,
+                                     time_in_force=None if market else algo.time_in_force,
+                                     reduce_only=reduce_only and algo.position_side == "BOTH",
+                                     position_side=algo.position_side, on_accepted=accepted)
+        except SimError as e:
+            algo.reason = "Reduce Only reject" if e.code == -2022 else e.msg
+            self._algo_status(algo, "REJECTED", t)
+            return
+        if not child.is_open and algo.status == "TRIGGERED":
+            self._child_finished(child, t, emit_child=False)
+
+    def _child_finished(self, child: Order, t: int, emit_child: bool) -> None:
+        algo = child.parent_algo
+        if emit_child:
+            self._emit(child.account, USDM, self._order_trade_update(child, child.status, t))
+        if algo is not None and algo.status == "TRIGGERED":
+            self._algo_status(algo, "FINISHED", t)
 
     def _algo_update(self, a: AlgoOrder, t: int) -> dict:
+        """Keys as ``examples/ws_ALGO_UPDATE.json``; while TRIGGERING no ap/aq/act (captured fixture);
+        ``T`` transaction time, ``E`` event time (usdm-facts.md I-1: the later reading, T <= E)."""
         m = self.markets[USDM][a.symbol]
-        return {"e": "ALGO_UPDATE", "T": t, "E": t, "o": {
+        o: dict[str, Any] = {
             "caid": a.client_algo_id, "aid": a.algo_id, "at": "CONDITIONAL", "o": a.order_type, "s": a.symbol,
-            "S": a.side, "ps": "BOTH", "f": a.time_in_force, "q": fplain(a.quantity, m.qty_places),
-            "X": a.status, "ai": str(a.order_id or ""), "ap": "0", "aq": "0", "act": "",
-            "tp": fplain(a.trigger_price, m.price_places), "p": fplain(a.price, m.price_places), "V": "EXPIRE_MAKER",
-            "wt": "CONTRACT_PRICE", "pm": "NONE", "cp": False, "pP": False, "R": a.reduce_only,
-            "tt": a.trigger_time, "gtd": 0}}
+            "S": a.side, "ps": a.position_side, "f": a.time_in_force, "q": fplain(a.quantity, m.qty_places),
+            "X": a.status, "ai": str(a.order_id or "")}
+        if a.status != "TRIGGERING":
+            child = a.child
+            o["ap"] = fplain(child.avg_price if child else ZERO, 5)
+            o["aq"] = fplain(child.executed_qty if child else ZERO, m.qty_places)
+            o["act"] = child.type if child else "0"
+        o.update({"tp": fplain(a.trigger_price, m.price_places), "p": fplain(a.price, m.price_places),
+                  "V": "EXPIRE_MAKER", "wt": "CONTRACT_PRICE", "pm": "NONE", "cp": a.close_position, "pP": False,
+                  "R": a.reduce_only, "tt": a.trigger_time, "gtd": 0})
+        if a.reason:
+            o["rm"] = a.reason
+        return {"e": "ALGO_UPDATE", "T": t, "E": t, "o": o}

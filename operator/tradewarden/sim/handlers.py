@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .engine import (DEFAULT_LEVERAGE, AlgoOrder, SPOT, USDM, ZERO, Account, Market, Order, SimError, Trade, f8, fplain,
+from .wire import RawJSON, Route
+from .engine import (MAINT_MARGIN_RATE, AlgoOrder, SPOT, USDM, ZERO, Account, Market, Order, SimError, Trade, f8, fplain,
                      unknown_order)
 
 if TYPE_CHECKING:
-    from .server import Request, Simulator
+    from .server import Simulator
+    from .wire import Request
 
 
 # ---- formatting -------------------------------------------------------------------------------
-
-class RawJSON(str):
-    """An already-serialized JSON body (the server sends it as is)."""
 
 
 def _dump(row: dict) -> str:
@@ -78,7 +76,7 @@ def usdm_order(o: Order, m: Market, with_time: bool = True) -> dict[str, Any]:
            "price": fplain(o.price, pp), "avgPrice": fplain(o.avg_price, 5), "origQty": fplain(o.orig_qty, qp),
            "executedQty": fplain(o.executed_qty, qp), "cumQty": fplain(o.executed_qty, qp),
            "cumQuote": fplain(o.cum_quote, 5), "timeInForce": o.time_in_force, "type": o.type,
-           "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side, "positionSide": "BOTH",
+           "reduceOnly": o.reduce_only, "closePosition": False, "side": o.side, "positionSide": o.position_side,
            "stopPrice": fplain(ZERO, pp), "workingType": "CONTRACT_PRICE", "priceProtect": False,
            "origType": o.type, "priceMatch": "NONE", "selfTradePreventionMode": "EXPIRE_MAKER", "goodTillDate": 0}
     if with_time:   # GET shapes (order, openOrder, openOrders) carry time and no cumQty
@@ -88,12 +86,13 @@ def usdm_order(o: Order, m: Market, with_time: bool = True) -> dict[str, Any]:
     return out
 
 
-def usdm_trade(t: Trade, m: Market) -> dict[str, Any]:
-    return {"symbol": t.symbol, "id": t.trade_id, "orderId": t.order_id, "side": t.side,
-            "price": fplain(t.price, m.price_places), "qty": fplain(t.qty, m.qty_places),
-            "realizedPnl": fplain(t.realized_pnl, 8), "marginAsset": "USDT", "quoteQty": fplain(t.quote_qty, 5),
-            "commission": fplain(t.commission, 8), "commissionAsset": t.commission_asset, "time": t.time,
-            "positionSide": "BOTH", "maker": t.maker, "buyer": t.side == "BUY"}
+def usdm_trade(t: Trade, m: Market, position_side: str = "BOTH") -> dict[str, Any]:
+    """Keys as ``examples/GET_fapi_v1_userTrades.sdk-2026-08.json`` (the 2026-08 shape: baseQty, pair)."""
+    return {"buyer": t.side == "BUY", "commission": fplain(t.commission, 8), "commissionAsset": t.commission_asset,
+            "id": t.trade_id, "maker": t.maker, "orderId": t.order_id, "price": fplain(t.price, m.price_places),
+            "qty": fplain(t.qty, m.qty_places), "quoteQty": fplain(t.quote_qty, 5),
+            "baseQty": fplain(t.qty, m.qty_places), "marginAsset": "USDT", "realizedPnl": fplain(t.realized_pnl, 8),
+            "side": t.side, "positionSide": position_side, "symbol": t.symbol, "pair": t.symbol, "time": t.time}
 
 
 # ---- parameters -------------------------------------------------------------------------------
@@ -403,7 +402,7 @@ def _usdm_assets(req: "Request", a: Account, v2: bool) -> list[dict]:
                "maxWithdrawAmount": fplain(max(ZERO, min(avail, wallet)), 8)}
         if v2:
             row["marginAvailable"] = True
-        row["updateTime"] = a.update_time
+        row["updateTime"] = a.wallet_time.get(asset, a.update_time)
         assets.append(row)
     return assets
 
@@ -420,69 +419,72 @@ def _usdm_totals(req: "Request", a: Account) -> dict[str, Any]:
             "maxWithdrawAmount": fplain(max(ZERO, min(fig["available"], fig["wallet"])), 8)}
 
 
-def _position_row(req: "Request", a: Account, symbol: str, risk: bool) -> dict[str, Any]:
+def _position_row(req: "Request", a: Account, symbol: str, side: str, risk: bool) -> dict[str, Any]:
+    """One positionRisk (v3, ``risk``) or account ``positions[]`` (v3) row, keys as the doc examples
+    (``GET_fapi_v3_positionRisk.*.json``, ``GET_fapi_v3_account.*.json``); usdm-facts.md B2/A2."""
     ex = req.sim.exchange
     m = ex.markets[USDM][symbol]
-    p = a.positions.get(symbol)
+    p = a.positions.get((symbol, side))
     amt = p.amount if p else ZERO
     entry = p.entry_price if p else ZERO
-    lev = p.leverage if p else DEFAULT_LEVERAGE
+    lev = a.lev(symbol)
     mark = m.price
     upnl = amt * (mark - entry) if amt else ZERO
     notional = amt * mark
     margin = abs(notional) / lev
-    open_margin = sum((o.remaining * o.price / lev for o in a.open_orders(USDM, symbol) if not o.reduce_only), ZERO)
+    open_margin = sum((o.remaining * o.price / lev for o in a.open_orders(USDM, symbol)
+                       if o.position_side == side and not ex._reduces(o)), ZERO)
     qp = m.qty_places
+    maint = abs(notional) * MAINT_MARGIN_RATE
     if risk:
-        return {"symbol": symbol, "positionSide": "BOTH", "positionAmt": fplain(amt, qp),
+        return {"symbol": symbol, "positionSide": side, "positionAmt": fplain(amt, qp),
                 "entryPrice": fplain(entry), "breakEvenPrice": fplain(entry), "markPrice": fplain(mark, 8),
-                "unRealizedProfit": fplain(upnl, 8), "liquidationPrice": fplain(_liquidation_price(a, amt, entry), 8), "isolatedMargin": "0",
-                "notional": fplain(notional, 8), "marginAsset": "USDT", "isolatedWallet": "0",
-                "initialMargin": fplain(margin + open_margin, 8), "maintMargin": fplain(abs(notional) * Decimal("0.004"), 8),
+                "unRealizedProfit": fplain(upnl, 8),
+                "liquidationPrice": fplain(ex.liquidation_price(a, symbol) if amt else ZERO, 8),
+                "isolatedMargin": "0", "notional": fplain(notional, 8), "marginAsset": "USDT", "isolatedWallet": "0",
+                "initialMargin": fplain(margin + open_margin, 8), "maintMargin": fplain(maint, 8),
                 "positionInitialMargin": fplain(margin, 8), "openOrderInitialMargin": fplain(open_margin, 8),
                 "adl": 0, "bidNotional": "0", "askNotional": "0", "updateTime": p.update_time if p else 0}
-    return {"symbol": symbol, "positionSide": "BOTH", "positionAmt": fplain(amt, qp),
+    return {"symbol": symbol, "positionSide": side, "positionAmt": fplain(amt, qp),
             "unrealizedProfit": fplain(upnl, 8), "isolatedMargin": "0", "notional": fplain(notional, 8),
             "isolatedWallet": "0", "initialMargin": fplain(margin + open_margin, 8),
-            "maintMargin": fplain(abs(notional) * Decimal("0.004"), 8), "updateTime": p.update_time if p else 0}
+            "maintMargin": fplain(maint, 8), "updateTime": p.update_time if p else 0}
 
 
-def _liquidation_price(a: Account, amt: Decimal, entry: Decimal) -> Decimal:
-    """Binance's one-way cross-margin formula for a single position (maintenance amount 0, rate 0.4%):
-    LP = (WB - side*|pos|*EP) / (|pos|*MMR - side*|pos|); "0" when there is none."""
-    if not amt:
-        return ZERO
-    side = 1 if amt > 0 else -1
-    pos = abs(amt)
-    wb = a.wallet.get("USDT", ZERO)
-    denom = pos * Decimal("0.004") - side * pos
-    lp = (wb - side * pos * entry) / denom
-    return lp if lp > 0 else ZERO
+def _sides(a: Account) -> tuple[str, ...]:
+    """One-way mode returns only BOTH rows, hedge mode only LONG / SHORT rows (usdm-facts.md A2, B2)."""
+    return ("LONG", "SHORT") if a.dual_side else ("BOTH",)
 
 
 def _active_symbols(a: Account) -> list[str]:
-    syms = [s for s, p in a.positions.items() if p.amount]
-    for s in a.open[USDM]:
+    """v3: "only symbols that the user has positions or open orders in" (usdm-facts.md A2, B1)."""
+    syms = [p.symbol for p in a.open_positions()]
+    for s in list(a.open[USDM]) + list(a.algo_open):
         if s not in syms:
             syms.append(s)
-    return syms
+    return list(dict.fromkeys(syms))
 
 
 async def usdm_account_v2(req: "Request") -> Any:
     a = req.account
     assert a is not None
-    out = {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True,
+    out = {"feeTier": 0, "feeBurn": False, "canTrade": True, "canDeposit": True, "canWithdraw": True,
            "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1}
     out.update(_usdm_totals(req, a))
     out["assets"] = _usdm_assets(req, a, v2=True)
     positions = []
     for s in req.sim.exchange.markets[USDM]:
-        row = _position_row(req, a, s, risk=False)
-        p = a.positions.get(s)
-        row.update({"leverage": str(p.leverage if p else DEFAULT_LEVERAGE), "entryPrice": fplain(p.entry_price) if p
-                    else "0.0", "maxNotional": "1000000", "bidNotional": "0", "askNotional": "0",
-                    "isolated": False, "positionInitialMargin": row["initialMargin"], "openOrderInitialMargin": "0"})
-        positions.append(row)
+        for side in _sides(a):
+            r = _position_row(req, a, s, side, risk=True)
+            p = a.positions.get((s, side))
+            # v2 rows (usdm-facts.md A2, examples/GET_fapi_v2_account.*.json): no notional / isolated wallet
+            positions.append({"symbol": s, "initialMargin": r["initialMargin"], "maintMargin": r["maintMargin"],
+                              "unrealizedProfit": r["unRealizedProfit"],
+                              "positionInitialMargin": r["positionInitialMargin"],
+                              "openOrderInitialMargin": r["openOrderInitialMargin"], "leverage": str(a.lev(s)),
+                              "isolated": False, "entryPrice": fplain(p.entry_price) if p and p.amount else "0.0",
+                              "maxNotional": "1000000", "bidNotional": "0", "askNotional": "0",
+                              "positionSide": side, "positionAmt": r["positionAmt"], "updateTime": r["updateTime"]})
     out["positions"] = positions
     return out
 
@@ -492,7 +494,7 @@ async def usdm_account_v3(req: "Request") -> Any:
     assert a is not None
     out = _usdm_totals(req, a)
     out["assets"] = _usdm_assets(req, a, v2=False)
-    out["positions"] = [_position_row(req, a, s, risk=False) for s in _active_symbols(a)]
+    out["positions"] = [_position_row(req, a, s, side, risk=False) for s in _active_symbols(a) for side in _sides(a)]
     return out
 
 
@@ -508,7 +510,7 @@ async def usdm_balance(req: "Request") -> Any:
         rows.append({"accountAlias": "SgsR", "asset": asset, "balance": fplain(wallet, 8),
                      "crossWalletBalance": fplain(wallet, 8), "crossUnPnl": fplain(fig["upnl"] if usdt else ZERO, 8),
                      "availableBalance": fplain(avail, 8), "maxWithdrawAmount": fplain(max(ZERO, avail), 8),
-                     "marginAvailable": True, "updateTime": a.update_time})
+                     "marginAvailable": True, "updateTime": a.wallet_time.get(asset, a.update_time)})
     return rows
 
 
@@ -519,7 +521,7 @@ async def usdm_position_risk_v3(req: "Request") -> Any:
     syms = _active_symbols(a)
     if m is not None:
         syms = [s for s in syms if s == m.symbol]
-    return [_position_row(req, a, s, risk=True) for s in syms]
+    return [_position_row(req, a, s, side, risk=True) for s in syms for side in _sides(a)]
 
 
 async def usdm_position_risk_v2(req: "Request") -> Any:
@@ -529,15 +531,15 @@ async def usdm_position_risk_v2(req: "Request") -> Any:
     syms = [m.symbol] if m else list(req.sim.exchange.markets[USDM])
     out = []
     for s in syms:
-        row = _position_row(req, a, s, risk=True)
-        p = a.positions.get(s)
-        out.append({"symbol": s, "positionAmt": row["positionAmt"], "entryPrice": row["entryPrice"],
-                    "breakEvenPrice": row["breakEvenPrice"], "markPrice": row["markPrice"],
-                    "unRealizedProfit": row["unRealizedProfit"], "liquidationPrice": "0",
-                    "leverage": str(p.leverage if p else DEFAULT_LEVERAGE), "maxNotionalValue": "1000000",
-                    "marginType": "cross", "isolatedMargin": "0.00000000", "isAutoAddMargin": "false",
-                    "positionSide": "BOTH", "notional": row["notional"], "isolatedWallet": "0",
-                    "updateTime": row["updateTime"]})
+        for side in _sides(a):
+            row = _position_row(req, a, s, side, risk=True)
+            out.append({"symbol": s, "positionAmt": row["positionAmt"], "entryPrice": row["entryPrice"],
+                        "breakEvenPrice": row["breakEvenPrice"], "markPrice": row["markPrice"],
+                        "unRealizedProfit": row["unRealizedProfit"], "liquidationPrice": row["liquidationPrice"],
+                        "leverage": str(a.lev(s)), "maxNotionalValue": "1000000",
+                        "marginType": "cross", "isolatedMargin": "0.00000000", "isAutoAddMargin": "false",
+                        "positionSide": side, "notional": row["notional"], "isolatedWallet": "0",
+                        "updateTime": row["updateTime"]})
     return out
 
 
@@ -564,20 +566,39 @@ async def usdm_set_leverage(req: "Request") -> Any:
     lev = _int_param(req.params, "leverage", None, 1, 125)
     if lev is None:
         raise SimError(-1102, "Mandatory parameter 'leverage' was not sent, was empty/null, or malformed.")
-    req.sim.exchange._position(req.account, m.symbol).leverage = lev
+    req.account.leverage[m.symbol] = lev
     return {"leverage": lev, "maxNotionalValue": "1000000", "symbol": m.symbol}
 
 
 async def usdm_dual_side(req: "Request") -> Any:
-    return {"dualSidePosition": False}
+    assert req.account is not None
+    return {"dualSidePosition": req.account.dual_side}
+
+
+async def usdm_set_dual_side(req: "Request") -> Any:
+    assert req.account is not None
+    raw = str(req.params.get("dualSidePosition", "")).lower()
+    if raw not in ("true", "false"):
+        raise SimError(-1102, "Mandatory parameter 'dualSidePosition' was not sent, was empty/null, or malformed.")
+    req.sim.exchange.set_dual_side(req.account, raw == "true")
+    return {"code": 200, "msg": "success"}
+
+
+async def usdm_countdown_cancel_all(req: "Request") -> Any:
+    """usdm-facts.md C4: reply ``{"symbol", "countdownTime"}`` with the time as a string."""
+    m = _symbol(req)
+    assert m is not None and req.account is not None
+    ms = _int_param(req.params, "countdownTime")
+    if ms is None:
+        raise SimError(-1102, "Mandatory parameter 'countdownTime' was not sent, was empty/null, or malformed.")
+    req.sim.exchange.set_countdown(req.account, m.symbol, ms)
+    return {"symbol": m.symbol, "countdownTime": str(ms)}
 
 
 async def usdm_new_order(req: "Request") -> Any:
     p = req.params
     m = _symbol(req)
     assert m is not None and req.account is not None
-    if str(p.get("positionSide", "BOTH")).upper() != "BOTH":
-        raise SimError(-4061, "Order's position side does not match user's setting.")
     otype = str(p.get("type") or "").upper()
     if otype in ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"):
         raise SimError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints "
@@ -585,7 +606,8 @@ async def usdm_new_order(req: "Request") -> Any:
     o = req.sim.exchange.place_order(req.account, USDM, symbol=m.symbol, side=p.get("side"), type=p.get("type"),
                                      quantity=p.get("quantity"), price=p.get("price"),
                                      time_in_force=p.get("timeInForce"), client_order_id=p.get("newClientOrderId"),
-                                     reduce_only=str(p.get("reduceOnly", "false")).lower() == "true")
+                                     reduce_only=str(p.get("reduceOnly", "false")).lower() == "true",
+                                     position_side=p.get("positionSide"))
     return usdm_order(o, m, with_time=False)
 
 
@@ -632,18 +654,44 @@ async def usdm_cancel_all(req: "Request") -> Any:
 async def usdm_user_trades(req: "Request") -> Any:
     m = _symbol(req)
     assert m is not None
-    return [usdm_trade(t, m) for t in _trades(req, USDM, m)]
+    orders = req.account.orders[USDM] if req.account is not None else {}
+    return [usdm_trade(t, m, orders[t.order_id].position_side if t.order_id in orders else "BOTH")
+            for t in _trades(req, USDM, m)]
 
 
-def algo_json(a: AlgoOrder, m: Market) -> dict[str, Any]:
+def algo_json(a: AlgoOrder, m: Market, shape: str = "query") -> dict[str, Any]:
+    """An algo order as the Algo Service answers (usdm-facts.md D3), keys per shape:
+    ``new`` = POST (examples/POST_fapi_v1_algoOrder.json: activatePrice, callbackRate, no actual*);
+    ``list`` = openAlgoOrders / allAlgoOrders (actualOrderId, actualPrice, tp/sl fields);
+    ``query`` = GET algoOrder, the 2026-08 shape (actualType only once triggered, actualQty only once
+    something filled; no tp/sl trigger prices)."""
     pp, qp = m.price_places, m.qty_places
-    return {"algoId": a.algo_id, "clientAlgoId": a.client_algo_id, "algoType": "CONDITIONAL",
-            "orderType": a.order_type, "symbol": a.symbol, "side": a.side, "positionSide": "BOTH",
-            "timeInForce": a.time_in_force, "quantity": fplain(a.quantity, qp), "algoStatus": a.status,
-            "triggerPrice": fplain(a.trigger_price, pp), "price": fplain(a.price, pp), "icebergQuantity": None,
-            "selfTradePreventionMode": "EXPIRE_MAKER", "workingType": "CONTRACT_PRICE", "priceMatch": "NONE",
-            "closePosition": False, "priceProtect": False, "reduceOnly": a.reduce_only, "createTime": a.create_time,
-            "updateTime": a.update_time, "triggerTime": a.trigger_time, "goodTillDate": 0}
+    child = a.child
+    out: dict[str, Any] = {
+        "algoId": a.algo_id, "clientAlgoId": a.client_algo_id, "algoType": "CONDITIONAL",
+        "orderType": a.order_type, "symbol": a.symbol, "side": a.side, "positionSide": a.position_side,
+        "timeInForce": a.time_in_force, "quantity": fplain(a.quantity, qp), "algoStatus": a.status}
+    if shape != "new":
+        out["actualOrderId"] = str(a.order_id) if a.order_id else ""
+        out["actualPrice"] = fplain(child.avg_price if child else ZERO, 5)
+        if shape == "query":
+            if child is not None:
+                out["actualType"] = child.type
+            if child is not None and child.executed_qty > 0:
+                out["actualQty"] = fplain(child.executed_qty, qp)
+    out.update({"triggerPrice": fplain(a.trigger_price, pp), "price": fplain(a.price, pp), "icebergQuantity": None})
+    if shape == "list":
+        out.update({"tpTriggerPrice": fplain(ZERO, pp), "tpPrice": fplain(ZERO, pp),
+                    "slTriggerPrice": fplain(ZERO, pp), "slPrice": fplain(ZERO, pp)})
+    if shape != "new":
+        out["tpOrderType"] = ""
+    out.update({"selfTradePreventionMode": "EXPIRE_MAKER", "workingType": "CONTRACT_PRICE", "priceMatch": "NONE",
+                "closePosition": a.close_position, "priceProtect": False, "reduceOnly": a.reduce_only})
+    if shape == "new":
+        out.update({"activatePrice": "", "callbackRate": ""})
+    out.update({"createTime": a.create_time, "updateTime": a.update_time, "triggerTime": a.trigger_time,
+                "goodTillDate": 0})
+    return out
 
 
 async def usdm_new_algo_order(req: "Request") -> Any:
@@ -656,8 +704,10 @@ async def usdm_new_algo_order(req: "Request") -> Any:
                                     quantity=p.get("quantity"), trigger_price=p.get("triggerPrice"),
                                     price=p.get("price"), time_in_force=p.get("timeInForce"),
                                     client_algo_id=p.get("clientAlgoId"),
-                                    reduce_only=str(p.get("reduceOnly", "false")).lower() == "true")
-    return algo_json(a, m)
+                                    reduce_only=str(p.get("reduceOnly", "false")).lower() == "true",
+                                    position_side=p.get("positionSide"),
+                                    close_position=str(p.get("closePosition", "false")).lower() == "true")
+    return algo_json(a, m, "new")
 
 
 def _find_algo(req: "Request", cancel: bool = False) -> AlgoOrder:
@@ -687,7 +737,15 @@ async def usdm_open_algo_orders(req: "Request") -> Any:
     assert req.account is not None
     markets = req.sim.exchange.markets[USDM]
     books = [req.account.algo_open.get(m.symbol, {})] if m else list(req.account.algo_open.values())
-    return [algo_json(a, markets[a.symbol]) for book in books for a in book.values()]
+    return [algo_json(a, markets[a.symbol], "list") for book in books for a in book.values()]
+
+
+async def usdm_all_algo_orders(req: "Request") -> Any:
+    m = _symbol(req)
+    assert m is not None and req.account is not None
+    limit = _int_param(req.params, "limit", 500, 1, 1000) or 500
+    rows = [a for a in req.account.algo.values() if a.symbol == m.symbol]
+    return [algo_json(a, m, "list") for a in rows[-limit:]]
 
 
 async def usdm_cancel_algo_all(req: "Request") -> Any:
@@ -704,31 +762,18 @@ async def listen_key_new(req: "Request") -> Any:
 
 async def listen_key_keepalive(req: "Request") -> Any:
     assert req.account is not None
-    sim = req.sim
-    for key, info in sim.listen_keys.items():
-        if info["account"] is req.account and info["expires"] > sim.now_ms():
-            given = req.params.get("listenKey")
-            if given and given != key:
-                break
-            info["expires"] = sim.now_ms() + 60 * 60 * 1000
-            return {"listenKey": key}
-    raise SimError(-1125, "This listenKey does not exist.")
+    return {"listenKey": req.sim.listen_keys.keepalive(req.account, req.params.get("listenKey"), req.sim.now_ms())}
 
 
 async def listen_key_close(req: "Request") -> Any:
     assert req.account is not None
-    sim = req.sim
-    for key, info in list(sim.listen_keys.items()):
-        if info["account"] is req.account:
-            sim.listen_keys.pop(key, None)
+    req.sim.listen_keys.close(req.account)
     return {}
 
 
 # ---- registration -----------------------------------------------------------------------------
 
 def register(sim: "Simulator") -> None:
-    from .server import Route
-
     def add(venue: str, method: str, path: str, handler: Any, weight: Any, security: str = "NONE",
             order: bool = False) -> None:
         sim.routes[(method, path)] = Route(venue, method, path, handler, weight, security, order)
@@ -765,6 +810,9 @@ def register(sim: "Simulator") -> None:
     add(USDM, "GET", "/fapi/v1/leverageBracket", usdm_leverage_bracket, 1, "SIGNED")
     add(USDM, "POST", "/fapi/v1/leverage", usdm_set_leverage, 1, "SIGNED")
     add(USDM, "GET", "/fapi/v1/positionSide/dual", usdm_dual_side, 30, "SIGNED")
+    add(USDM, "POST", "/fapi/v1/positionSide/dual", usdm_set_dual_side, 1, "SIGNED")
+    add(USDM, "POST", "/fapi/v1/countdownCancelAll", usdm_countdown_cancel_all, 10, "SIGNED")
+    add(USDM, "GET", "/fapi/v1/allAlgoOrders", usdm_all_algo_orders, 5, "SIGNED")
     add(USDM, "POST", "/fapi/v1/order", usdm_new_order, 0, "SIGNED", order=True)
     add(USDM, "GET", "/fapi/v1/order", usdm_get_order, 1, "SIGNED")
     add(USDM, "DELETE", "/fapi/v1/order", usdm_cancel_order, 1, "SIGNED")

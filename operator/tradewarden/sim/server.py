@@ -9,91 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fnmatch
-import hashlib
-import hmac
 import json
 import logging
-import math
-import secrets
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
-from .engine import (SPOT, USDM, VENUES, Account, Exchange, Order, SimError,
-                     unknown_order)
+from . import auth, control as control_api, faults as fault_mod, handlers
+from .engine import SPOT, USDM, VENUES, Account, Exchange, Order, SimError, unknown_order
+from .faults import Fault
+from .limits import (SPOT_ORDERS_10S, SPOT_WEIGHT_LIMIT, USDM_ORDERS_1M, USDM_WEIGHT_LIMIT, RateLimiter,
+                     RateState)
+from .listen_keys import LISTEN_KEY_TTL_MS, ListenKeys
+from .wire import Request, Route, error_response, json_response
 
 log = logging.getLogger("tradewarden.sim")
 
-SPOT_WEIGHT_LIMIT = 6000
-USDM_WEIGHT_LIMIT = 2400
-SPOT_ORDERS_10S = 100
-SPOT_ORDERS_1D = 200_000
-USDM_ORDERS_1M = 1200
-USDM_ORDERS_10S = 300
-LISTEN_KEY_TTL_MS = 60 * 60 * 1000
-MAX_RECV_WINDOW = 60_000
-
-Handler = Callable[["Request"], Awaitable[Any]]
-
-
-@dataclass
-class Route:
-    venue: str
-    method: str
-    path: str
-    handler: Handler
-    weight: int | Callable[[dict], int]
-    security: str = "NONE"      # NONE | USER_STREAM (key only) | SIGNED
-    order: bool = False          # counts toward order rate limits
-
-
-@dataclass
-class Request:
-    sim: "Simulator"
-    venue: str
-    params: dict[str, str]
-    account: Account | None
-    ip: str
-    http: web.Request
-
-
-@dataclass
-class Fault:
-    method: str | None
-    path: str
-    status: int | None
-    code: int | None
-    msg: str | None
-    latency_ms: int
-    retry_after: int | None
-    count: int | None
-    processed: bool
-    id: int = 0
-    body: Any = None   # a custom answer (JSON value, or raw text): a hostile or malformed venue
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.method and self.method.upper() not in ("*", method):
-            return False
-        return self.path in ("", "*") or path == self.path or fnmatch.fnmatchcase(path, self.path)
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "method": self.method, "path": self.path, "status": self.status, "code": self.code,
-                "msg": self.msg, "latencyMs": self.latency_ms, "retryAfter": self.retry_after, "count": self.count,
-                "processed": self.processed, "body": self.body}
-
-
-@dataclass
-class RateState:
-    window: int = -1           # the current minute
-    weight: int = 0
-    backoff_until_ms: int = 0  # after a 429: requests before this earn a ban
-    banned_until_ms: int = 0
-    bans: int = 0
+__all__ = ["Simulator", "Fault", "Route", "Request", "LISTEN_KEY_TTL_MS", "RateState"]
 
 
 @dataclass(eq=False)
@@ -109,19 +44,8 @@ class StreamConn:
     writer: asyncio.Task | None = None
 
 
-def _json(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
-    from .handlers import RawJSON
-    text = data if isinstance(data, RawJSON) else json.dumps(data, separators=(",", ":"))
-    return web.Response(text=text, status=status,
-                        content_type="application/json", headers=headers)
-
-
-def _err(e: SimError) -> web.Response:
-    return _json(e.body(), status=e.status, headers=e.headers)
-
-
-def _bool(v: Any) -> bool:
-    return str(v).lower() == "true"
+_json = json_response
+_err = error_response
 
 
 class Simulator:
@@ -135,19 +59,14 @@ class Simulator:
         self.clock_offset_ms = 0
         self.exchange = Exchange(clock=self.now_ms, max_num_orders=max_num_orders)
         self.exchange.listeners.append(self._on_event)
-        self.limits = {SPOT: spot_weight_limit, USDM: futures_weight_limit}
-        self.order_limits = {SPOT: spot_orders_10s, USDM: futures_orders_1m}
-        self.ban_s = ban_s
-        self._initial_limits = (dict(self.limits), dict(self.order_limits), ban_s)
+        self.rate_limiter = RateLimiter(spot_weight_limit, futures_weight_limit, spot_orders_10s,
+                                        futures_orders_1m, ban_s)
         self.ws_ping_interval_s = ws_ping_interval_s
         self.ws_lifetime_s = ws_lifetime_s
         self.faults: list[Fault] = []
         self._fault_ids = 0
         self.request_log: collections.deque = collections.deque(maxlen=request_log_size)
-        self._rate: dict[tuple[str, str], RateState] = {}
-        self._order_times: dict[tuple[str, str], collections.deque] = {}
-        self._order_days: dict[tuple[str, str], tuple[int, int]] = {}
-        self.listen_keys: dict[str, dict] = {}          # listenKey -> {"account": Account, "expires": ms}
+        self.listen_keys = ListenKeys()                 # listenKey -> {"account": Account, "expires": ms}
         self.streams: set[StreamConn] = set()
         self._ws_api_sub_ids = 0
         self._runner: web.AppRunner | None = None
@@ -157,7 +76,6 @@ class Simulator:
         self.host = ""
         self.port = 0
         self.routes: dict[tuple[str, str], Route] = {}
-        from . import handlers, control as control_api
         handlers.register(self)
         self._control_routes = control_api.routes(self) if control else {}
 
@@ -251,21 +169,23 @@ class Simulator:
     def clear_faults(self) -> None:
         self.faults.clear()
 
+    # the limits live in the RateLimiter; these names stay the Simulator's public API
+    @property
+    def limits(self) -> dict[str, int]:
+        return self.rate_limiter.limits
+
+    @property
+    def order_limits(self) -> dict[str, int]:
+        return self.rate_limiter.order_limits
+
+    @property
+    def ban_s(self) -> int:
+        return self.rate_limiter.ban_s
+
     def set_limits(self, spot_weight: int | None = None, futures_weight: int | None = None,
                    spot_orders_10s: int | None = None, futures_orders_1m: int | None = None,
                    ban_s: int | None = None) -> None:
-        if spot_weight is not None:
-            self.limits[SPOT] = int(spot_weight)
-        if futures_weight is not None:
-            self.limits[USDM] = int(futures_weight)
-        if spot_orders_10s is not None:
-            self.order_limits[SPOT] = int(spot_orders_10s)
-        if futures_orders_1m is not None:
-            self.order_limits[USDM] = int(futures_orders_1m)
-        if ban_s is not None:
-            self.ban_s = int(ban_s)
-        self._rate.clear()          # also lifts 429 back-offs and 418 bans
-        self._order_times.clear()
+        self.rate_limiter.set(spot_weight, futures_weight, spot_orders_10s, futures_orders_1m, ban_s)
 
     async def drop_streams(self, abort: bool = False) -> int:
         """Close every user-data socket (``abort``: a TCP drop without a close frame)."""
@@ -301,25 +221,15 @@ class Simulator:
         self.listen_keys.clear()
         self.faults.clear()
         self.request_log.clear()
-        self._rate.clear()
-        self._order_times.clear()
+        self.rate_limiter.reset()
         self.clock_offset_ms = 0
-        limits, order_limits, self.ban_s = self._initial_limits
-        self.limits, self.order_limits = dict(limits), dict(order_limits)
 
     def requests(self) -> list[dict]:
         return list(self.request_log)
 
     # ---- listen keys
     def _listen_key_for(self, acct: Account) -> str:
-        now = self.now_ms()
-        for key, info in self.listen_keys.items():
-            if info["account"] is acct:
-                info["expires"] = now + LISTEN_KEY_TTL_MS
-                return key
-        key = secrets.token_urlsafe(48)[:64]
-        self.listen_keys[key] = {"account": acct, "expires": now + LISTEN_KEY_TTL_MS}
-        return key
+        return self.listen_keys.for_account(acct, self.now_ms())
 
     def _expire_key(self, key: str) -> None:
         info = self.listen_keys.pop(key, None)
@@ -333,11 +243,10 @@ class Simulator:
 
     async def _expire_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
-            now = self.now_ms()
-            for key, info in list(self.listen_keys.items()):
-                if info["expires"] <= now:
-                    self._expire_key(key)
+            await asyncio.sleep(0.1)
+            self.exchange.run_countdowns()
+            for key in self.listen_keys.due(self.now_ms()):
+                self._expire_key(key)
 
     # ---- events -> sockets
     def _on_event(self, acct: Account, venue: str, event: dict) -> None:
@@ -402,7 +311,7 @@ class Simulator:
         ws_path = path == "/ws-api/v3" or path == "/private/ws" or path.startswith("/ws/") or path == "/ws" \
             or path.startswith("/private/ws/")
         if ws_path:
-            resp = await self._ws_fault(path)
+            resp = await fault_mod.apply_ws(self.faults, path)
             if resp is not None:
                 return resp
         if path == "/ws-api/v3":
@@ -410,28 +319,8 @@ class Simulator:
         if path == "/private/ws" or path.startswith("/ws/") or path == "/ws" or path.startswith("/private/ws/"):
             return await self._ws_listen_key(request)
         if path.startswith("/sim/v1/") or path == "/sim/v1":
-            from .control import dispatch
-            return await dispatch(self, request)
+            return await control_api.dispatch(self, request)
         return await self._rest(request)
-
-    async def _ws_fault(self, path: str) -> web.Response | None:
-        """Faults on a WebSocket handshake: only faults naming a WS path ("/ws-api/v3", "/ws/*");
-        a wildcard REST fault ("*") never touches the streams. Latency delays the handshake; a
-        status refuses it."""
-        for f in list(self.faults):
-            if f.path in ("", "*") or not f.matches("GET", path):
-                continue
-            if f.count is not None:
-                f.count -= 1
-                if f.count <= 0 and f in self.faults:
-                    self.faults.remove(f)
-            if f.latency_ms:
-                await asyncio.sleep(f.latency_ms / 1000)
-            if f.status is None:
-                return None
-            headers = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else None
-            return web.Response(text=f"{f.status} {_reason(f.status)}", status=f.status, headers=headers)
-        return None
 
     async def _params(self, request: web.Request) -> tuple[dict[str, str], str, str]:
         query = request.query_string
@@ -459,87 +348,8 @@ class Simulator:
                 params[k] = v
         return params, query, body
 
-    def _check_rate(self, ip: str, venue: str, weight: int) -> tuple[RateState, SimError | None]:
-        now = self.now_ms()
-        st = self._rate.setdefault((ip, venue), RateState())
-        minute = now // 60_000
-        if st.window != minute:
-            st.window = minute
-            st.weight = 0
-        if st.banned_until_ms > now:
-            retry = max(1, math.ceil((st.banned_until_ms - now) / 1000))
-            return st, SimError(-1003, f"Way too much request weight used; IP banned until {st.banned_until_ms}. "
-                                       "Please use WebSocket Streams for live updates to avoid bans.",
-                                status=418, headers={"Retry-After": str(retry)})
-        if st.backoff_until_ms > now:
-            # kept going after a 429: ban, doubling with each offence
-            st.bans += 1
-            st.banned_until_ms = now + self.ban_s * 1000 * (2 ** (st.bans - 1))
-            retry = max(1, math.ceil((st.banned_until_ms - now) / 1000))
-            return st, SimError(-1003, f"Way too much request weight used; IP banned until {st.banned_until_ms}. "
-                                       "Please use WebSocket Streams for live updates to avoid bans.",
-                                status=418, headers={"Retry-After": str(retry)})
-        st.weight += weight
-        if st.weight > self.limits[venue]:
-            end = (minute + 1) * 60_000
-            st.backoff_until_ms = end
-            retry = max(1, math.ceil((end - now) / 1000))
-            return st, SimError(-1003, f"Too much request weight used; current limit is {self.limits[venue]} request "
-                                       "weight per 1 MINUTE. Please use WebSocket Streams for live updates to "
-                                       "avoid polling the API.", status=429, headers={"Retry-After": str(retry)})
-        return st, None
-
-    def _count_order(self, acct: Account, venue: str) -> tuple[dict[str, str], SimError | None]:
-        now = self.now_ms()
-        dq = self._order_times.setdefault((acct.api_key, venue), collections.deque())
-        span = 10_000 if venue == SPOT else 60_000
-        while dq and dq[0] <= now - span:
-            dq.popleft()
-        dq.append(now)
-        day = now // 86_400_000
-        d = self._order_days.get((acct.api_key, venue))
-        count_1d = d[1] + 1 if d and d[0] == day else 1
-        self._order_days[(acct.api_key, venue)] = (day, count_1d)
-        if venue == SPOT:
-            headers = {"X-MBX-ORDER-COUNT-10S": str(len(dq)), "X-MBX-ORDER-COUNT-1D": str(count_1d)}
-            if len(dq) > self.order_limits[SPOT]:
-                return headers, SimError(-1015, f"Too many new orders; current limit is {self.order_limits[SPOT]} "
-                                                "orders per 10 SECOND.", status=429)
-        else:
-            headers = {"X-MBX-ORDER-COUNT-1M": str(len(dq))}
-            if len(dq) > self.order_limits[USDM]:
-                return headers, SimError(-1015, f"Too many new orders; current limit is {self.order_limits[USDM]} "
-                                                "orders per 1 MINUTE.", status=429)
-        return headers, None
-
     def _log(self, entry: dict) -> None:
         self.request_log.append(entry)
-
-    async def _apply_faults(self, method: str, path: str) -> tuple[Fault | None, web.Response | None]:
-        for f in list(self.faults):
-            if not f.matches(method, path):
-                continue
-            if f.count is not None:
-                f.count -= 1
-                if f.count <= 0:
-                    self.faults.remove(f)
-            if f.latency_ms:
-                await asyncio.sleep(f.latency_ms / 1000)
-            headers = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else None
-            if f.body is not None:   # a custom answer, as is (default status 200)
-                text = f.body if isinstance(f.body, str) else json.dumps(f.body)
-                return f, web.Response(text=text, status=f.status or 200, content_type="application/json",
-                                       headers=headers)
-            if f.status is None:
-                return f, None
-            if f.code is None and f.msg is None:   # a bare proxy/gateway answer: the client has only the status
-                reason = _reason(f.status)
-                return f, web.Response(text=f"<html><body><h1>{f.status} {reason}</h1></body></html>",
-                                       status=f.status, content_type="text/html", headers=headers)
-            body: dict[str, Any] = {"code": f.code if f.code is not None else -1000,
-                                    "msg": f.msg if f.msg is not None else "Injected fault."}
-            return f, _json(body, status=f.status, headers=headers)
-        return None, None
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         t0 = self.now_ms()
@@ -559,14 +369,14 @@ class Simulator:
             entry["params"] = {k: v for k, v in params.items() if k != "signature"}
             key = request.headers.get("X-MBX-APIKEY")
             entry["key"] = key if key and self.exchange.account(key) else None
-            fault, fault_resp = await self._apply_faults(method, path)
+            fault, fault_resp = await fault_mod.apply_rest(self.faults, method, path)
             if fault_resp is not None and not fault.processed:
                 entry["status"] = fault_resp.status
                 entry["fault"] = fault.id
                 return fault_resp
             weight = route.weight(params) if callable(route.weight) else route.weight
             entry["weight"] = weight
-            st, rate_err = self._check_rate(ip, route.venue, weight)
+            st, rate_err = self.rate_limiter.check_rate(ip, route.venue, weight, self.now_ms())
             headers = {"X-MBX-USED-WEIGHT-1M": str(st.weight)}
             if route.venue == SPOT:
                 headers["X-MBX-USED-WEIGHT"] = str(st.weight)
@@ -574,9 +384,11 @@ class Simulator:
                 rate_err.headers.update(headers)
                 raise rate_err
             try:
-                acct = self._authenticate(route, request, params, query, body)
+                acct = auth.rest_account(self.exchange, route.security, request.headers.get("X-MBX-APIKEY"),
+                                         params, query, body, self.now_ms())
                 if route.order and acct is not None:
-                    order_headers, order_err = self._count_order(acct, route.venue)
+                    order_headers, order_err = self.rate_limiter.count_order(acct.api_key, route.venue,
+                                                                             self.now_ms())
                     headers.update(order_headers)
                     if order_err is not None:
                         raise order_err
@@ -597,53 +409,6 @@ class Simulator:
             return _err(e)
         finally:
             self._log(entry)
-
-    def _authenticate(self, route: Route, request: web.Request, params: dict[str, str], query: str,
-                      body: str) -> Account | None:
-        if route.security == "NONE":
-            return None
-        key = request.headers.get("X-MBX-APIKEY")
-        if not key:
-            raise SimError(-2014, "API-key format invalid.", status=401)
-        acct = self.exchange.account(key)
-        if acct is None:
-            if len(key) > 100 or not key.isprintable():
-                raise SimError(-2014, "API-key format invalid.", status=401)
-            raise SimError(-2015, "Invalid API-key, IP, or permissions for action.", status=401)
-        if route.security == "USER_STREAM":
-            return acct
-        sig = params.get("signature")
-        if not sig:
-            raise SimError(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
-        payload = _strip_signature(query) + _strip_signature(body)
-        expected = hmac.new(acct.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, sig.lower()):
-            raise SimError(-1022, "Signature for this request is not valid.")
-        self._check_timestamp(params)
-        return acct
-
-    def _check_timestamp(self, params: dict[str, str]) -> None:
-        ts_raw = params.get("timestamp")
-        if ts_raw in (None, ""):
-            raise SimError(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.")
-        try:
-            ts = int(ts_raw)
-        except ValueError:
-            raise SimError(-1100, "Illegal characters found in parameter 'timestamp'; legal range is "
-                                  "'^[0-9]{1,20}$'.") from None
-        rw_raw = params.get("recvWindow", "5000")
-        try:
-            rw = int(Decimal(rw_raw))
-        except Exception:  # noqa: BLE001
-            raise SimError(-1100, "Illegal characters found in parameter 'recvWindow'; legal range is "
-                                  "'^[0-9]{1,20}$'.") from None
-        if rw <= 0 or rw > MAX_RECV_WINDOW:
-            raise SimError(-1131, "recvWindow must be less than 60000")
-        server = self.now_ms()
-        if ts >= server + 1000:
-            raise SimError(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")
-        if server - ts > rw:
-            raise SimError(-1021, "Timestamp for this request is outside of the recvWindow.")
 
     # ---- WebSockets
     async def _ws_api(self, request: web.Request) -> web.StreamResponse:
@@ -695,17 +460,17 @@ class Simulator:
         rid = req.get("id")
         method = req.get("method")
         params = req.get("params") or {}
-        st = self._rate.setdefault((ip, SPOT), RateState())
+        st = self.rate_limiter.state(ip, SPOT)
         rate_limits = lambda: [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,  # noqa: E731
                                 "limit": self.limits[SPOT], "count": st.weight}]
         try:
             if not isinstance(params, dict):
                 raise SimError(-1102, "Mandatory parameter 'params' was not sent, was empty/null, or malformed.")
             if method == "userDataStream.subscribe.signature":
-                _, err = self._check_rate(ip, SPOT, 2)
+                _, err = self.rate_limiter.check_rate(ip, SPOT, 2, self.now_ms())
                 if err is not None:
                     raise err
-                acct = self._ws_auth(params)
+                acct = auth.ws_account(self.exchange, params, self.now_ms())
                 if any(a is acct for a in conn.subscriptions.values()):
                     raise SimError(-2010, "User Data Stream subscription already active.")
                 sub_id = self._ws_api_sub_ids
@@ -741,34 +506,17 @@ class Simulator:
             self._send(conn, {"id": rid, "status": 400, "error": {"code": -1100, "msg": "Illegal characters found "
                                                                                        "in a parameter."}})
 
-    def _ws_auth(self, params: dict) -> Account:
-        key = params.get("apiKey")
-        if not key or not isinstance(key, str):
-            raise SimError(-2014, "API-key format invalid.", status=401)
-        acct = self.exchange.account(key)
-        if acct is None:
-            raise SimError(-2015, "Invalid API-key, IP, or permissions for action.", status=401)
-        sig = params.get("signature")
-        if not sig or not isinstance(sig, str):
-            raise SimError(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
-        payload = "&".join(f"{k}={params[k]}" for k in sorted(params) if k != "signature")
-        expected = hmac.new(acct.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, sig.lower()):
-            raise SimError(-1022, "Signature for this request is not valid.")
-        self._check_timestamp({k: str(v) for k, v in params.items()})
-        return acct
-
     async def _ws_listen_key(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/ws/"):
             key = request.path[len("/ws/"):]
         else:
             key = request.query.get("listenKey", "")
-        info = self.listen_keys.get(key)
-        if info is None or info["expires"] <= self.now_ms():
+        acct = self.listen_keys.live(key, self.now_ms())
+        if acct is None:
             return _json({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
         ws = web.WebSocketResponse(heartbeat=self.ws_ping_interval_s * 9, autoping=True)  # fstream: 3 min
         await ws.prepare(request)
-        conn = StreamConn("listenKey", ws, listen_key=key, account=info["account"])
+        conn = StreamConn("listenKey", ws, listen_key=key, account=acct)
         self.streams.add(conn)
         writer = conn.writer = asyncio.create_task(self._writer(conn))
         try:
@@ -780,16 +528,3 @@ class Simulator:
             await asyncio.gather(writer, return_exceptions=True)
         return ws
 
-
-def _reason(status: int) -> str:
-    import http
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def _strip_signature(raw: str) -> str:
-    if "signature=" not in raw:
-        return raw
-    return "&".join(p for p in raw.split("&") if not p.startswith("signature="))
