@@ -3,6 +3,7 @@ several symbols, the operator killed in the middle of the stop, finished by the 
 removing the annotation resumes."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -47,6 +48,7 @@ def test_emergency_stop_survives_operator_kill(crd_installed, namespace, tsim, o
     assert cond(obj, "EmergencyStopped")["status"] == "True"
     assert obj["status"]["phase"] == "EmergencyStopped" and obj["status"]["stream"]["tradingSafe"] is False
     op.kill()
+    killed_at = time.monotonic()
     tsim.call(sim.faults.remove, fault)
 
     op2 = operator_factory(ns)
@@ -73,6 +75,10 @@ def test_emergency_stop_survives_operator_kill(crd_installed, namespace, tsim, o
               price="30000", time_in_force="GTC", client_order_id="manual-during")
     wait_for("the breaker cancelled it", lambda: not tsim.open_orders(api_key), timeout=30, operator=op2)
     # Removing the annotation resumes: initial sync, then Ready; orders live again.
+    # The killed operator's cancel-all requests were in flight with the 4 s latency fault: the simulator
+    # still carries them out when the latency has passed (a dead client's request can land late at a venue
+    # too). An order placed after the release must not meet them: wait them out first.
+    time.sleep(max(0.0, killed_at + 4.5 - time.monotonic()))
     kubectl(kc, "-n", ns, "annotate", "ta", "bot", "tradewarden.io/emergency-stop-")
     obj = wait_for("Ready again", lambda: (o := get_ta(kc, ns, "bot"))
                    and cond(o, "Ready").get("status") == "True" and o, operator=op2)
