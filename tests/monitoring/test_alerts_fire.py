@@ -65,7 +65,9 @@ def test_alerts_fire_under_their_real_cause_and_resolve(stack):
     fired: dict[str, float] = {}
 
     # Prometheus has the rules and scrapes the operator
-    assert {r["name"] for r in prom.rules()} == set(ALERTS)
+    # every rule of the chart is loaded; MarginAtRisk is USD-M only (this scenario is spot): its firing and
+    # resolving are proven by the promtool cases in tests/packaging/test_alerts.py
+    assert {r["name"] for r in prom.rules()} == set(ALERTS) | {"TradewardenMarginAtRisk"}
     wait_for("the operator scraped", lambda: prom.query(f'tradewarden_consecutive_failures{{name="{acct.name}"}}'),
              timeout=30)
     assert prom.targets_up()
@@ -160,8 +162,6 @@ def test_every_dashboard_panel_has_data(stack):
     dashboard = json.loads(pm.DASHBOARD.read_text())
     queries = [(p["title"], t["expr"]) for p in panels(dashboard) for t in p.get("targets", [])]
     assert len(queries) >= 12
-    # one query is owned by the emergency-stop issue's metric (see /work/coord/NOTES-16.md)
-    pending_metric = "tradewarden_breaker_cancels_total"
     empty = []
     wait_for("a rate() window of samples", lambda: prom.query("count_over_time(up[1m]) > 20"), timeout=60)
     for title, expr in queries:
@@ -170,10 +170,7 @@ def test_every_dashboard_panel_has_data(stack):
         assert "$" not in resolved, (title, expr)
         if not prom.query(resolved):
             empty.append((title, resolved))
-    missing = [(t, e) for t, e in empty if pending_metric not in e]
-    assert missing == [], missing
-    if empty:
-        print("\nno data yet (metric exported by another issue):", empty)
+    assert empty == [], empty      # the breaker's cancels too: the scenario's stop cancelled a bot order
 
 
 def panels(dashboard: dict) -> list[dict]:
