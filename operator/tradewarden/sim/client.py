@@ -8,38 +8,10 @@ and ``wss://ws-api.binance.com:443/ws-api/v3`` -> ``ws://127.0.0.1:P/ws-api/v3``
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from ..endpoints import point_at as point_ccxt_at, rewrite_url   # one definition, shared with the gateway
 
 __all__ = ["point_ccxt_at", "rewrite_url", "sim_ccxt", "CCXT_OPTIONS"]
-
-
-def rewrite_url(url: str, base_url: str) -> str:
-    """``url`` with scheme and host taken from ``base_url`` (ws/wss for WebSocket URLs), path kept."""
-    src = urlsplit(url)
-    dst = urlsplit(base_url.rstrip("/"))
-    secure = dst.scheme in ("https", "wss")
-    if src.scheme in ("ws", "wss"):
-        scheme = "wss" if secure else "ws"
-    else:
-        scheme = "https" if secure else "http"
-    path = dst.path.rstrip("/") + src.path
-    return urlunsplit((scheme, dst.netloc, path, src.query, src.fragment))
-
-
-def _rewrite(node: Any, base_url: str) -> Any:
-    if isinstance(node, str):
-        return rewrite_url(node, base_url) if "://" in node else node
-    if isinstance(node, dict):
-        return {k: _rewrite(v, base_url) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rewrite(v, base_url) for v in node]
-    return node
-
-
-def point_ccxt_at(exchange: Any, base_url: str) -> Any:
-    """Rewrite every URL in ``exchange.urls['api']`` to ``base_url`` keeping paths; returns ``exchange``."""
-    exchange.urls["api"] = _rewrite(exchange.urls["api"], base_url)
-    return exchange
 
 
 # ccxt options that keep ccxt on endpoints a spot / USD-M venue serves (see docs/simulator.md).
