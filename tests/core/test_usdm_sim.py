@@ -333,8 +333,21 @@ async def test_emergency_stop_cancels_untriggered_algo_orders_and_triggered_chil
     sim.set_price("BTCUSDT", "47900")            # the first triggers: its child SELL 48500 rests
     child = acct.algo[min(acct.algo)].child
     assert child is not None and child.is_open
-    report = await runner.emergency_stop(deadline_s=20)
-    assert report.verified and report.remaining == []
+    # the stop's machine (core/estop.py) run by its executor as the supervisor runs it, on this gateway
+    from tradewarden.controller.breaker import StopExecutor
+    from tradewarden.core import estop as es
+    gw = runner.gateway
+    stop = StopExecutor(namespace="ns", gateway=lambda: gw, kube=None, post=lambda *a: None, telemetry=lambda: None,
+                        cfg=es.StopConfig(sweep_interval_ms=200, backoff_first_ms=50, backoff_cap_ms=200),
+                        selector=None, futures=True)
+    stop.open("runaway", "me")
+    for _ in range(100):
+        await stop.work()
+        if stop.state.phase is es.StopPhase.COMPLETED:
+            break
+        await asyncio.sleep(0.1)
+    assert stop.state.phase is es.StopPhase.COMPLETED and stop.state.remaining == 0, stop.state
+    await runner.confirm_stopped()            # the ledger learns each order's final state, asked for
     assert acct.open_count("usdm") == 0 and not any(a.is_open for a in acct.algo.values())
     assert child.status == "CANCELED" and acct.algo[min(acct.algo)].status == "FINISHED"   # child done: FINISHED
     assert list(runner.ledger.active_orders()) == []
