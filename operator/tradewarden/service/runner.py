@@ -145,7 +145,8 @@ class AccountRunner:
         judge_later = self.stream_live and report.trigger not in (Trigger.ANNOTATION, Trigger.EMERGENCY_STOP)
         if snapshot.margin is not None:
             self.last_margin = snapshot.margin
-        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later)
+        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later,
+                         own_cancels=OrderState.CANCELED in expected)
         report.recent += plan.recent
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
