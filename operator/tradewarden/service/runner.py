@@ -362,6 +362,8 @@ class AccountRunner:
             if order.algo and order.child_id:
                 self._link_existing_child(order, now)
             self.ledger.upsert_order(self.ledger.link_child(order), SOURCE_STREAM, now)
+            if event.fill is not None:
+                self.ledger.add_fill(event.fill)     # a gap's history then needs no trade read for it
         elif isinstance(event, BalanceEvent):
             for asset, balance in event.balances.items():
                 if not balance.updated_ms:
