@@ -134,8 +134,10 @@ class Ledger:
         # the start of a window in which events may have been missed and history not yet read (0: none)
         self.gap_since_ms = 0
         # (section, key) -> time of a balance or position mismatch seen too recently to judge (reported
-        # next run unless the stream updated the entity since); transient, not dumped
-        self.suspects: dict[tuple[str, str], int] = {}
+        # next run unless the stream updated the entity since), or ("unseen", OrderKey) of an unknown order
+        # history showed while the stream was live (reported by the next read unless its events came);
+        # transient, not dumped
+        self.suspects: dict[tuple[str, Any], int] = {}
         # USD-M: (symbol, child order id) -> the key of the algo order it is the triggered child of
         self.children: dict[tuple[str, str], OrderKey] = {}
 

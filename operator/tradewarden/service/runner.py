@@ -70,11 +70,22 @@ class AccountRunner:
             # a ledger from before (a restart): events since it was saved may have been missed
             self.ledger.note_gap(max(self.ledger.synced_ms, self.ledger.orders_ms))
         self.last_event_ms = 0          # local time of the last stream event applied (a gap's start)
-        self.stream_live = False        # a user-data stream is connected (its events may be in flight)
+        self._stream_live = False       # a user-data stream is connected (its events may be in flight)
+        self.live_since_ms = 0          # local time the current connection came up (events after it can be late)
         self._gaps_noted = 0            # stream gaps noted so far (one may open while a run reads history)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    @property
+    def stream_live(self) -> bool:
+        return self._stream_live
+
+    @stream_live.setter
+    def stream_live(self, live: bool) -> None:
+        if live and not self._stream_live:
+            self.live_since_ms = self.now_ms()
+        self._stream_live = live
 
     # ---- reconciliation ----------------------------------------------------------------------
 
@@ -173,7 +184,7 @@ class AccountRunner:
         if any(d.kind == "balance" for d in plan.discrepancies) and previous_sync and self.ledger.knows_orders:
             self.ledger.note_gap(previous_sync)      # a balance moved with no event to explain it
         if self.ledger.gap_since_ms and "orders" not in plan.stale_sections and self.ledger.knows_orders:
-            await self._close_gap(config, report)
+            await self._close_gap(config, report, self.live_since_ms if judge_later else None)
         report.deferred = len(plan.deferred)
         report.adopted.extend(plan.adopted)
         if "orders" not in plan.stale_sections:
@@ -184,7 +195,7 @@ class AccountRunner:
         report.purged = purge(self.ledger, config, self.now_ms())
         return self._finish_run(report)
 
-    async def _close_gap(self, config: AccountConfig, report: RunReport) -> None:
+    async def _close_gap(self, config: AccountConfig, report: RunReport, live_since_ms: int | None) -> None:
         """Read order (and, when executions are unexplained, trade) history from the gap's start on every
         configured symbol (core/history.py has the venue's rules); the gap is closed only when every symbol
         was read."""
@@ -236,7 +247,8 @@ class AccountRunner:
                 closed = False
                 log.info("history of %s not read (%s): the gap stays open", symbol, describe(exc))
                 continue
-            plan = history.resolve_history(self.ledger, symbol, orders, fills, config, horizon_ms=until - grace_ms)
+            plan = history.resolve_history(self.ledger, symbol, orders, fills, config, horizon_ms=until - grace_ms,
+                                           live_since_ms=live_since_ms)
             self._apply(plan, report)
             report.recent += len(plan.deferred)
             for o in plan.deferred:
@@ -352,6 +364,8 @@ class AccountRunner:
         so events may have been lost); ConnectionEvents never touch the ledger."""
         if isinstance(event, ConnectionEvent):
             self.stream_live = event.state is not ConnectionState.DISCONNECTED
+            if event.state is ConnectionState.RECONNECTED:
+                self.live_since_ms = self.now_ms()   # what the gap lost is not on its way: history tells it
             if event.state is not ConnectionState.CONNECTED:
                 self.ledger.note_gap(self.last_event_ms or self.ledger.synced_ms)
                 self._gaps_noted += 1
