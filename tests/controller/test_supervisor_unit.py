@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from tests.core.fakes import Clock, FakeExchange, order
+from tests.core.fakes import Clock, ConfigMaps, FakeExchange, order
 from tradewarden.controller import status as st
 from tradewarden.controller.deps import Deps
 from tradewarden.controller.emergency import StopState
@@ -45,8 +45,9 @@ class Gateway(FakeExchange):
         return events()
 
 
-class Kube:
+class Kube(ConfigMaps):
     def __init__(self, log: list) -> None:
+        super().__init__()
         self.log = log
         self.status: dict = {}
         self.patches: list[dict] = []

@@ -231,6 +231,8 @@ class AccountRunner:
                 reopen_at = min(reopen_at, start) if reopen_at else start
         if closed:
             self.ledger.gap_since_ms = reopen_at
+            if not reopen_at:
+                self.ledger.known_until_ms = 0     # every order the restore point left out was read again
 
     def _finish_run(self, report: RunReport) -> RunReport:
         report.finished_ms = self.now_ms()
