@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -195,3 +196,53 @@ async def test_a_status_write_the_api_server_refused_is_not_counted_as_written(w
         assert set(refused[0]) <= set(kube.patches[0])  # everything the refused write carried
     finally:
         await sup.close()
+
+
+async def test_the_checkpoint_is_written_on_its_cadence_and_a_restart_resumes_from_it(world):
+    """Issue 19 item 7: the ledger lives in a ConfigMap owned by the account, not in status; written after a
+    change at most every deps.checkpoint_interval_s (not on every status write); a new supervisor resumes
+    from it: nothing adopted again, a fill made while it was down found."""
+    sup, gw, kube, body, events, log = world
+    body["metadata"]["uid"] = "uid-a"
+    sup.deps.checkpoint_interval_s = 30
+    try:
+        await sup.settle()
+        await sup.flush()
+        assert "ledger" not in kube.status and kube.configmaps == {}
+        await sup._write_checkpoint()                         # after the initial sync: due at once
+        cm = kube.configmaps[("ns", "a-ledger")]
+        assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-a"
+        await sup.flush()
+        assert kube.status["checkpoint"]["configMap"] == "a-ledger" and kube.status["checkpoint"]["orders"] == 2
+
+        # a run changes the ledger: not written again before the interval, written after it
+        gw.clock.t += 5
+        sup.state.next_reconcile = 0
+        await sup.settle()
+        await sup._write_checkpoint()
+        assert len(kube.configmap_writes) == 1
+        gw.clock.t += 31
+        await sup._write_checkpoint()
+        assert len(kube.configmap_writes) == 2
+        gw.clock.t += 31
+        await sup._write_checkpoint()                         # nothing changed since: not written
+        assert len(kube.configmap_writes) == 2
+    finally:
+        await sup.close()
+
+    # down: tw-1 is filled on the venue (its event never seen)
+    tw1 = next(o for o in gw.open_orders() if o.client_order_id == "tw-1")
+    gw.clock.t += 60
+    gw.put(replace(tw1, filled=tw1.amount, state=OrderState.FILLED, updated_ms=gw.clock.ms()))
+    gw.clock.t += 60
+    events.clear()
+    sup2 = AccountSupervisor("ns", "a", body, sup.deps)
+    try:
+        await sup2.settle()
+        await sup2.flush()
+        last = kube.status["lastReconciliation"]
+        assert last["trigger"] == "resume" and last["adoptedOrders"] == 0, last
+        assert last["discrepancies"] == {"missing": 1}, last      # not listed, queried: filled
+        assert ("Normal", "OrdersAdopted") not in [(t, r) for t, r, _ in events]
+    finally:
+        await sup2.close()

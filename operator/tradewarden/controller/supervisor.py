@@ -451,7 +451,7 @@ class AccountSupervisor:
     async def _run(self, kind: RunKind, trigger: Trigger) -> Any:
         runner = self._runner
         if kind is RunKind.INITIAL:
-            coro: Awaitable[Any] = runner.initial_sync()
+            coro: Awaitable[Any] = runner.initial_sync(trigger)     # initial, or resume (from the checkpoint)
         elif kind is RunKind.RECONCILE:
             coro = runner.reconcile(trigger=trigger)
         else:

@@ -72,11 +72,11 @@ class AccountRunner:
 
     # ---- reconciliation ----------------------------------------------------------------------
 
-    async def initial_sync(self) -> RunReport:
+    async def initial_sync(self, trigger: str = Trigger.INITIAL) -> RunReport:
         """Balances, open orders (unknown ones adopted as orphans), positions, and every order a
         restored ledger believed open that the exchange no longer lists, queried for its final
         state."""
-        return await self.reconcile(trigger=Trigger.INITIAL)
+        return await self.reconcile(trigger=trigger)
 
     async def reconcile(self, trigger: str = Trigger.TIMER) -> RunReport:
         async with self.lock:
