@@ -14,6 +14,8 @@ ACCOUNT_RULES = [
     {"apiGroups": ["tradewarden.io"], "resources": ["tradingaccounts/status"], "verbs": ["get", "patch", "update"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    # the restart checkpoint: a ConfigMap per account, owned by it (controller/checkpoint.py)
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
 ]
 ALERTS = {"TradewardenReconciliationFailing", "TradewardenBalanceMismatch", "TradewardenReconciliationStale",
           "TradewardenStreamDown", "TradewardenEmergencyStopActive", "TradewardenMarginAtRisk"}
