@@ -78,22 +78,28 @@ def _compress(dump: Mapping[str, Any]) -> tuple[bytes, int]:
     return zlib.compress(raw, COMPRESSION_LEVEL), len(raw)
 
 
+def compress(data: Mapping[str, Any], total_orders: int, max_bytes: int = MAX_PAYLOAD_BYTES) -> Encoded | int:
+    """One dump compressed: the Encoded when it fits in ``max_bytes``, else how many orders to ask the next
+    dump for (estimated from the bytes per order seen, always fewer). CPU only: safe in a worker thread."""
+    payload, raw = _compress(data)
+    kept = len(data.get("o") or ())
+    if len(payload) <= max_bytes:
+        return Encoded(payload, kept, total_orders - kept, raw, hashlib.sha256(payload).hexdigest())
+    if kept == 0:
+        raise CheckpointError(f"a checkpoint without orders is {len(payload)} bytes, over {max_bytes}")
+    return max(0, min(int(kept * max_bytes / len(payload) * 0.95), kept - 1))
+
+
 def encode(dump: Callable[[int | None], Mapping[str, Any]], total_orders: int,
            max_bytes: int = MAX_PAYLOAD_BYTES) -> Encoded:
     """The compressed dump, bounded: ``dump(max_orders)`` (``Ledger.dump``) is asked for every order first;
-    when that is over ``max_bytes`` compressed, for fewer (estimated from the bytes per order seen, then
-    shrinking) until it fits."""
+    when that is over ``max_bytes`` compressed, for fewer (:func:`compress`) until it fits."""
     limit: int | None = None
     while True:
-        data = dump(limit)
-        payload, raw = _compress(data)
-        kept = len(data.get("o") or ())
-        if len(payload) <= max_bytes or kept == 0:
-            if len(payload) > max_bytes:
-                raise CheckpointError(f"a checkpoint without orders is {len(payload)} bytes, over {max_bytes}")
-            return Encoded(payload, kept, total_orders - kept, raw, hashlib.sha256(payload).hexdigest())
-        estimate = int(kept * max_bytes / len(payload) * 0.95)
-        limit = max(0, min(estimate, kept - 1))
+        result = compress(dump(limit), total_orders, max_bytes)
+        if isinstance(result, Encoded):
+            return result
+        limit = result
 
 
 def decode(payload: bytes) -> dict[str, Any]:
