@@ -187,6 +187,7 @@ class Watcher:
     def __init__(self, list_fn, name: str, **kw) -> None:
         self.list_fn, self.name, self.kw = list_fn, name, kw
         self.versions: list[dict] = []
+        self._seen: set = set()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -202,7 +203,10 @@ class Watcher:
                     obj = ev["object"]
                     if not isinstance(obj, dict):
                         obj = obj.to_dict()
-                    if ev["type"] in ("ADDED", "MODIFIED"):
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or \
+                        (obj.get("metadata") or {}).get("resource_version")
+                    if ev["type"] in ("ADDED", "MODIFIED") and rv not in self._seen:   # a re-watch lists again
+                        self._seen.add(rv)
                         self.versions.append(obj)
                     if self._stop.is_set():
                         break
@@ -231,18 +235,20 @@ def bench_busy(book: int, rate: float, window: float) -> None:
     ns = new_namespace(kc, sh)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-busy-"))
     key, secret_ = "busy-" + uuid.uuid4().hex, uuid.uuid4().hex
-    bases = [f"B{uuid.uuid4().hex[:4].upper()}{i:02d}" for i in range(max(1, -(-book // 180)))]
-    for b in bases:
+    tag = uuid.uuid4().hex[:4].upper()
+    bases = [f"B{tag}{i:02d}" for i in range(max(1, -(-book // 180)))]
+    bot_base = f"B{tag}BOT"                        # the bot's own symbol (Binance: 200 open orders per symbol)
+    for b in bases + [bot_base]:
         tsim.call(sim.exchange.add_market, b + "USDT", price="100", tick="0.01", step="0.1")
-    tsim.call(sim.add_account, key, secret_, balances={"USDT": "100000000", **{b: "1000000" for b in bases}})
+    tsim.call(sim.add_account, key, secret_, balances={"USDT": "100000000", bot_base: "1000000"})
 
     def place(i: int) -> None:
         sim.place_order(key, symbol=bases[i % len(bases)] + "USDT", side="BUY", type="LIMIT", quantity="10",
                         price=f"{1 + (i % 50) / 100:.2f}", time_in_force="GTC", client_order_id=f"tw-rest-{i}")
     tsim.call(lambda: [place(i) for i in range(book)])
     apply(kc, secret(ns, "creds", {"apiKey": key, "secret": secret_}))
-    apply(kc, account(ns, "busy", endpoint=tsim.url, symbols=[f"{b}/USDT" for b in bases], secret_name="creds",
-                      reconciliation={"intervalSeconds": 60}))
+    apply(kc, account(ns, "busy", endpoint=tsim.url, symbols=[f"{b}/USDT" for b in bases + [bot_base]],
+                      secret_name="creds", reconciliation={"intervalSeconds": 60}))
     op = Operator(kc, ns, tmp / "busy.log")          # the defaults: status writes coalesced, checkpoint every 30 s
     op.start()
     stop = threading.Event()
@@ -267,8 +273,8 @@ def bench_busy(book: int, rate: float, window: float) -> None:
             while not stop.is_set():
                 i += 1
                 action = rng.random()
-                if action < 0.5 or len(live) < 10:
-                    o = tsim.call(sim.place_order, key, symbol=bases[0] + "USDT", side="SELL", type="LIMIT",
+                if (action < 0.5 or len(live) < 10) and len(live) < 150:
+                    o = tsim.call(sim.place_order, key, symbol=bot_base + "USDT", side="SELL", type="LIMIT",
                                   quantity="1", price=f"{150 + rng.randrange(100)}", time_in_force="GTC",
                                   client_order_id=f"tw-bot-{i}")
                     live.append(o.order_id)
