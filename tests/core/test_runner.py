@@ -585,14 +585,14 @@ async def test_a_recent_balance_mismatch_under_a_live_stream_is_judged_next_run(
     await runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("900"), Decimal("100"),
                                                           clock.ms())}, clock.ms()))
     clock.t += 60
-    assert kinds(await runner.reconcile()) == [] and runner.ledger.balance_suspects == {}
+    assert kinds(await runner.reconcile()) == [] and runner.ledger.suspects == {}
     # a change whose event never comes: deferred once, reported at the next run
     ex.balance("USDT", "800", "100", updated_ms=clock.ms())
     assert kinds(await runner.reconcile()) == []
     clock.t += 60
     ex.balance("USDT", "800", "100", updated_ms=clock.ms())         # the account keeps trading: recent again
     assert kinds(await runner.reconcile()) == [("balance", "USDT")]  # ... yet unexplained since: reported
-    assert runner.ledger.balance("USDT").free == Decimal("800") and runner.ledger.balance_suspects == {}
+    assert runner.ledger.balance("USDT").free == Decimal("800") and runner.ledger.suspects == {}
 
 
 async def test_the_annotation_asks_for_the_exchanges_word_now_no_deferral():
