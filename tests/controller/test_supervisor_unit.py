@@ -246,3 +246,29 @@ async def test_the_checkpoint_is_written_on_its_cadence_and_a_restart_resumes_fr
         assert ("Normal", "OrdersAdopted") not in [(t, r) for t, r, _ in events]
     finally:
         await sup2.close()
+
+
+async def test_a_checkpoint_rbac_forbids_is_said_once_and_the_account_still_served(world):
+    """Configmaps not granted (a chart older than the operator): a Warning Event once, status.checkpoint.error,
+    and the account synced and reconciled as without a checkpoint (never blocked on it)."""
+    from tradewarden.controller.kube import Forbidden
+
+    sup, gw, kube, body, events, log = world
+    body["metadata"]["uid"] = "uid-a"
+
+    async def forbidden(*_a, **_k):
+        raise Forbidden("ConfigMap ns/a-ledger: forbidden by RBAC")
+    kube.get_configmap = kube.put_configmap = forbidden
+    try:
+        await sup.settle()
+        await sup._write_checkpoint()
+        gw.clock.t += 31
+        sup.state.next_reconcile = 0
+        await sup.settle()
+        await sup._write_checkpoint()
+        await sup.flush()
+        assert sup.state.synced and conditions(kube)["Ready"] == "True"
+        assert [r for _, r, _ in events].count("CheckpointForbidden") == 1
+        assert "forbidden" in kube.status["checkpoint"]["error"]
+    finally:
+        await sup.close()
