@@ -135,5 +135,9 @@ def test_restart_with_5000_open_orders_finds_every_change_made_while_down_and_no
     fig = restart_scenario(crd_installed, namespace, tsim,
                            lambda: operator_factory(namespace, env={"TRADEWARDEN_CHECKPOINT_INTERVAL": "2"}), 5000)
     assert fig.status_bytes < 64 * 1024 and fig.checkpoint_left_out == 0
+    # owned by the account: the garbage collector deletes the checkpoint with it
+    kubectl(crd_installed, "-n", namespace, "delete", "tradingaccount", "book", "--wait=false")
+    wait_for("the checkpoint garbage-collected", lambda: kubectl(
+        crd_installed, "-n", namespace, "get", "configmap", "book-ledger", check=False).returncode != 0, timeout=90)
     print(f"5,000 open orders: status {fig.status_bytes} B, checkpoint {fig.checkpoint_bytes} B, "
           f"resumed in {fig.resume_s:.1f}s, {fig.discrepancies}")
