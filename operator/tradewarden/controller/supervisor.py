@@ -86,7 +86,8 @@ class AccountSupervisor:
         self._restored_success_ms = st.parse_rfc3339((previous.get("metrics") or {}).get("lastSuccessTime"))
         # the restart checkpoint (controller/checkpoint.py): read once, written on its own cadence
         self._legacy_ledger = previous.get("ledger")    # where versions before it kept the ledger (status)
-        self._saved: dict[str, Any] | None = None       # the dump to resume from
+        self._saved: dict[str, Any] | None = None       # the dump to resume from (dropped once loaded)
+        self._resume = False                            # a checkpoint was found: the initial sync resumes it
         self._ckpt_loaded = False
         self._ckpt_changed = False                      # the ledger changed since the last checkpoint
         self._ckpt_at = 0.0                             # when the last one was written (or tried)
@@ -165,7 +166,7 @@ class AccountSupervisor:
         gw = self._gw
         return lifecycle.observe(self._body, known_exchanges=self.deps.exchanges(),
                                  futures=gw.futures if gw is not None else None,
-                                 saved_ledger=self._saved is not None)
+                                 saved_ledger=self._resume)
 
     async def step(self) -> float | None:
         """One decision, executed. Returns when to come back (None: when poked), or now when more is due."""
@@ -204,6 +205,7 @@ class AccountSupervisor:
                 if action.forget:
                     self._kept_ledger = self._kept_monitor = None
                     self._discard_saved_ledger = True
+                    self._resume = False
                 if action.retry_now:
                     s.failures, s.retry_at = 0, 0.0
                 s.seen_generation, s.identity = action.generation, action.identity
@@ -353,13 +355,13 @@ class AccountSupervisor:
             self.log.info("spec changed: runner reconfigured (ledger kept)")
         else:
             ledger, monitor = self._kept_ledger, self._kept_monitor
-            saved = None if self._discard_saved_ledger else self._saved
+            saved, self._saved = (None if self._discard_saved_ledger else self._saved), None
             if ledger is None and saved:
                 try:
                     ledger = Ledger.load(saved, owned_prefix=config.owned_prefix)
                 except ValueError as exc:
                     self.log.warning("checkpoint not restored (%s): starting from a fresh sync", exc)
-                    self._saved = None
+                    self._resume = False
                     self._ckpt_status = self._ckpt_summary(error=st.clip(f"not restored: {exc}", 512))
             self._kept_ledger = self._kept_monitor = None
         self._runner = AccountRunner(self._traced_gateway(), config, ledger=ledger, clock=self.deps.clock,
@@ -739,6 +741,7 @@ class AccountSupervisor:
         if self._saved is None and isinstance(self._legacy_ledger, dict) and self._legacy_ledger:
             self._saved = dict(self._legacy_ledger)      # written by a version that kept it in status
         if self._saved is not None:
+            self._resume = True
             self.log.info("resuming from the checkpoint (%s orders)", len(self._saved.get("o") or ()))
         return True
 
