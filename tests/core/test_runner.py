@@ -537,6 +537,51 @@ async def test_events_apply_newest_wins_and_spot_has_no_positions():
     assert runner.ledger.position("XRP/USDT:USDT").updated_ms == t
 
 
+async def test_an_event_applies_while_a_stale_cancel_is_in_flight():
+    clock, ex, runner = await synced(stale_timeout_s=60)
+    gate = asyncio.Event()
+    real = ex.cancel_order
+
+    async def slow(*a, **k):
+        await gate.wait()
+        return await real(*a, **k)
+    ex.cancel_order = slow
+    cleanup = asyncio.create_task(runner.stale_cleanup())
+    await asyncio.sleep(0.01)
+    assert ("cancel_order", "tw-1") not in ex.calls and not cleanup.done()
+    t = clock.ms()
+    await asyncio.wait_for(runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("990"), Decimal("110"),
+                                                                           t)}, t)), 1)
+    assert runner.ledger.balance("USDT").free == Decimal("990")        # applied while the cancel waits
+    gate.set()
+    assert [d.entity for d in (await cleanup).discrepancies] == ["tw-1"]
+    assert runner.ledger.order("tw-1").state is OrderState.CANCELED
+
+
+async def test_a_stream_gap_opened_while_history_is_read_stays_open():
+    """History read up to ``until`` closes the gap it was read for, not one the stream opened meanwhile: that
+    one is read from ``until`` on by the next run."""
+    clock, ex, runner = await synced()
+    await runner.apply_event(ConnectionEvent(ConnectionState.DISCONNECTED))
+    assert runner.ledger.gap_since_ms
+    real = ex.order_history
+    reads: list[int] = []
+
+    async def history_then_drop(symbol, **kw):
+        reads.append(clock.ms())
+        if len(reads) == 1:                        # the stream drops again while the run reads history
+            await runner.apply_event(ConnectionEvent(ConnectionState.RECONNECTED, "gap"))
+            await runner.apply_event(ConnectionEvent(ConnectionState.DISCONNECTED))
+        return await real(symbol, **kw)
+    ex.order_history = history_then_drop
+    await runner.reconcile()
+    assert reads and runner.ledger.gap_since_ms == reads[0]     # still open, from where the reads began
+    ex.order_history = real
+    clock.t += 60
+    await runner.reconcile()
+    assert runner.ledger.gap_since_ms == 0                       # the next run read it: closed
+
+
 async def test_events_apply_while_a_run_reads_its_snapshot_and_runs_are_serialized():
     """A run waiting for its snapshot (the weight window may hold it for most of a minute) does not hold the
     ledger: an event applies at once, and the run judges against the ledger with it (an order the stream
