@@ -209,7 +209,8 @@ async def test_the_checkpoint_is_written_on_its_cadence_and_a_restart_resumes_fr
         await sup.settle()
         await sup.flush()
         assert "ledger" not in kube.status and kube.configmaps == {}
-        await sup._write_checkpoint()                         # after the initial sync: due at once
+        await sup._write_checkpoint()
+        await sup.checkpoint_settled()                       # after the initial sync: due at once
         cm = kube.configmaps[("ns", "a-ledger")]
         assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-a"
         await sup.flush()
@@ -220,12 +221,15 @@ async def test_the_checkpoint_is_written_on_its_cadence_and_a_restart_resumes_fr
         sup.state.next_reconcile = 0
         await sup.settle()
         await sup._write_checkpoint()
+        await sup.checkpoint_settled()
         assert len(kube.configmap_writes) == 1
         gw.clock.t += 31
         await sup._write_checkpoint()
+        await sup.checkpoint_settled()
         assert len(kube.configmap_writes) == 2
         gw.clock.t += 31
-        await sup._write_checkpoint()                         # nothing changed since: not written
+        await sup._write_checkpoint()
+        await sup.checkpoint_settled()                       # nothing changed since: not written
         assert len(kube.configmap_writes) == 2
     finally:
         await sup.close()
@@ -262,10 +266,12 @@ async def test_a_checkpoint_rbac_forbids_is_said_once_and_the_account_still_serv
     try:
         await sup.settle()
         await sup._write_checkpoint()
+        await sup.checkpoint_settled()
         gw.clock.t += 31
         sup.state.next_reconcile = 0
         await sup.settle()
         await sup._write_checkpoint()
+        await sup.checkpoint_settled()
         await sup.flush()
         assert sup.state.synced and conditions(kube)["Ready"] == "True"
         assert [r for _, r, _ in events].count("CheckpointForbidden") == 1

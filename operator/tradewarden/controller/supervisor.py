@@ -95,6 +95,7 @@ class AccountSupervisor:
         self._ckpt_digest = ""
         self._ckpt_status: dict[str, Any] | None = None  # status.checkpoint (None: keep the previous)
         self._ckpt_forbidden_posted = False
+        self._ckpt_task: asyncio.Future | None = None   # the write in flight
         self._adoption: dict[str, Any] | None = None     # status.adoption (None: keep the previous)
         self._early: list[domain.StreamEvent] = []      # stream events before the initial sync (subscribe first)
         self._early_overflow = False
@@ -158,6 +159,8 @@ class AccountSupervisor:
         finally:
             if not self._forget:        # a graceful stop leaves an exact checkpoint (a deleted account none)
                 await self._final_checkpoint()
+            elif self._ckpt_task is not None:
+                self._ckpt_task.cancel()
             await self._teardown()
             if self._forget and self._tele is not None:
                 self._tele.forget()
@@ -759,7 +762,12 @@ class AccountSupervisor:
     async def _write_checkpoint(self, final: bool = False) -> None:
         """Write the checkpoint when due: after a change, at most every ``deps.checkpoint_interval_s`` (on a
         graceful stop, whatever the interval). Only a ledger that knows the account's orders is written (a
-        fresh one would replace a good checkpoint with nothing)."""
+        fresh one would replace a good checkpoint with nothing). The write runs beside the loop (one at a
+        time): a slow API server never holds up a run; the final one is awaited."""
+        if self._ckpt_task is not None and not self._ckpt_task.done():
+            if not final:
+                return
+            await asyncio.wait([self._ckpt_task])
         runner, s = self._runner, self.state
         if runner is None or not s.synced or not runner.ledger.knows_orders:
             return
@@ -771,8 +779,29 @@ class AccountSupervisor:
         if not uid:
             return
         self._ckpt_changed, self._ckpt_at = False, now
+        write = self._checkpoint_write(runner.ledger, uid)
+        if final:
+            await write
+        else:
+            self._ckpt_task = asyncio.ensure_future(write)
+
+    async def checkpoint_settled(self) -> None:
+        """Until the checkpoint write in flight (if any) is done (tests, and the final checkpoint)."""
+        if self._ckpt_task is not None:
+            await asyncio.wait([self._ckpt_task])
+
+    async def _checkpoint_write(self, ledger: Any, uid: str) -> None:
         try:
-            enc = await self._encode_checkpoint(runner.ledger)
+            await self._checkpoint_write_once(ledger, uid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug here must not go unseen, nor stop the account's supervision
+            self.log.exception("checkpoint write failed")
+            self._ckpt_changed = True
+
+    async def _checkpoint_write_once(self, ledger: Any, uid: str) -> None:
+        try:
+            enc = await self._encode_checkpoint(ledger)
         except ckpt.CheckpointError as exc:      # over the bound without a single order: said, never fatal
             self.log.warning("checkpoint not written: %s", exc)
             self._ckpt_status = self._ckpt_summary(error=st.clip(str(exc), 512))
@@ -800,6 +829,7 @@ class AccountSupervisor:
         self._ckpt_digest = enc.digest
         self._ckpt_status = self._ckpt_summary(enc, when_ms)
         self._mark()
+        self._wake.set()                # status says so at the next flush
 
     @staticmethod
     async def _encode_checkpoint(ledger: Any) -> ckpt.Encoded:
