@@ -395,9 +395,13 @@ def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExce
                 continue
             if not supersedes(result, local):
                 continue                 # a stream event newer than the answer already arrived
-            plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
             if recent_after_ms is not None and result.updated_ms > recent_after_ms:
-                continue     # finished on the venue just now with the stream live: news on its way, applied
+                # changed on the venue just now with the stream live: its event may be on its way. Not applied
+                # (applied silently, a lost event would never be reported): the next run asks again, and
+                # reports it unless the event came meanwhile
+                plan.recent += 1
+                continue
+            plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
             if result.state in expected:
                 continue
             if result.state.active:

@@ -157,9 +157,10 @@ class AccountRunner:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
             recent = snapshot.taken_ms - int(config.missing_grace_s * 1000) if judge_later else None
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms(),
-                                        recent_after_ms=recent),
-                        report)
+            resolved = resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms(),
+                                       recent_after_ms=recent)
+            report.recent += resolved.recent
+            self._apply(resolved, report)
         if plan.unscoped:
             results = await self._query(plan.unscoped)
             report.requests += len(plan.unscoped)
