@@ -6,10 +6,10 @@ an invariant was broken.
     .venv/bin/python benchmarks/soak_operator.py --minutes 30 --accounts 5 [--seed 1]
 
 What it measures is the operator process as deployed: its RSS (from /proc) every --sample seconds,
-with the status it keeps (bytes of all accounts' status) and the ledgers read back from status. The
+with the status it keeps (bytes of all accounts' status) and the ledgers read back from their checkpoints. The
 invariants come from outside the operator, as a user would see them: the simulator's request log
 (no foreign or early cancel, no write under ObserveOnly, nothing inside a Retry-After), the ledgers
-in status (no owned order lost, equal to the exchange after recovery), and the conditions (every
+in the checkpoints (no owned order lost, equal to the exchange after recovery), and the conditions (every
 account Ready after the faults clear). Runs and discrepancies are the operator's own status counters.
 
 Faults are soak.py's, except clock skew: here the venue's clock jumps (the simulator's /sim/v1/clock)
@@ -36,6 +36,7 @@ from bench_controller import ROOT, api, kubeconfig, proc_cpu_mem, sh
 from soak import SPOT, STALE_S, USDM, Account, Soak, ledger_sizes
 
 from tests.controller.conftest import Operator
+from tradewarden.controller import checkpoint
 from tradewarden.core.ledger import Ledger, LedgerFormatError
 from tradewarden.models import ANNOTATION_RECONCILE_REQUESTED_AT
 
@@ -101,6 +102,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+# the ledgers are read back from the checkpoints: written every 5 s (default 30), so the invariants' slack
+# for a ledger that lags the venue stays what it was when the ledger was in status
+CHECKPOINT_ENV = {checkpoint.INTERVAL_ENV: "5"}
+
+
 class TracedOperator(Operator):
     """The operator under tracemalloc (see TRACED)."""
 
@@ -109,7 +115,8 @@ class TracedOperator(Operator):
         self.report = report
 
     def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=self.kubeconfig, PYTHONUNBUFFERED="1", TW_HEAP_REPORT=str(self.report))
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig, PYTHONUNBUFFERED="1", TW_HEAP_REPORT=str(self.report),
+                   **self.env)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", TRACED, "run", "--standalone", "-n", self.namespace, "--metrics-port", "0",
@@ -145,7 +152,7 @@ class OperatorSoak(Soak):
         sh(self.kc, "apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
         sh(self.kc, "wait", "--for", "condition=established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
         sh(self.kc, "create", "namespace", self.ns)
-        self.custom, _ = api(self.kc)
+        self.custom, self.core = api(self.kc)
         docs = []
         for i in range(self.args.accounts):
             a = await self.new_account(i)
@@ -163,9 +170,10 @@ class OperatorSoak(Soak):
         sh(self.kc, "apply", "-n", self.ns, "-f", "-",
            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
         if self.args.trace_memory:
-            self.op = TracedOperator(self.kc, self.ns, self.tmp / "operator.log", report=self.tmp / "heap.txt")
+            self.op = TracedOperator(self.kc, self.ns, self.tmp / "operator.log", report=self.tmp / "heap.txt",
+                                     env=CHECKPOINT_ENV)
         else:
-            self.op = Operator(self.kc, self.ns, self.tmp / "operator.log")
+            self.op = Operator(self.kc, self.ns, self.tmp / "operator.log", env=CHECKPOINT_ENV)
         self.op.start()
         print(f"operator pid {self.op.proc.pid}, namespace {self.ns}, log {self.tmp / 'operator.log'}", flush=True)
         deadline = time.monotonic() + 300
@@ -181,16 +189,21 @@ class OperatorSoak(Soak):
             self.track(a)
 
     def refresh(self) -> None:
-        """Read every account's status; the ledgers come back from it as the operator keeps them."""
+        """Read every account's status, and its ledger from the restart checkpoint as the operator keeps it."""
         items = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["items"]
         self.status = {o["metadata"]["name"]: o.get("status") or {} for o in items}
+        cms = {cm.metadata.name: cm for cm in self.core.list_namespaced_config_map(
+            self.ns, label_selector="app.kubernetes.io/component=checkpoint").items}
         for a in self.accounts:
-            dump = self.status.get(a.name, {}).get("ledger")
-            if dump:
-                try:
-                    a.restored = Ledger.load(dump)
-                except LedgerFormatError as exc:
-                    self.errors.append(f"{a.name}: {exc}")
+            cm = cms.get(checkpoint.name_for(a.name))
+            if cm is None:
+                continue
+            try:
+                payload = checkpoint.payload_of({"binaryData": cm.binary_data or {}})
+                if payload is not None:
+                    a.restored = Ledger.load(checkpoint.decode(payload))
+            except (LedgerFormatError, checkpoint.CheckpointError) as exc:
+                self.errors.append(f"{a.name}: ledger {exc}")
         metrics = [s.get("metrics", {}) for s in self.status.values()]
         self.runs = sum(int(m.get("runs", 0)) for m in metrics)
         self.run_failures = sum(int(m.get("failures", 0)) for m in metrics)
@@ -338,7 +351,7 @@ class OperatorSoak(Soak):
         return (f"runs: {self.runs} ({self.run_failures} failed or partial while faults lasted; the status "
                 f"counters), stale orders cancelled: {self.stale_cancelled}, stream reconnects: {reconnects}, "
                 f"Events: {events}; owned orders that finished and were purged between two status reads: "
-                f"{self.purged_unseen}; unreadable status ledgers: {sum('ledger' in e for e in self.errors)}")
+                f"{self.purged_unseen}; unreadable checkpoint ledgers: {sum('ledger' in e for e in self.errors)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -393,6 +393,19 @@ class EmergencyStopStatus(_Model):
         description="Cancelling, Incomplete (retrying: see errors) or Completed (verified; the breaker holds).")] = ""
 
 
+class CheckpointStatus(_Model):
+    """Where the operator keeps what a restart needs (its ledger: active and chased orders, recent finished
+    ones, fills, history cursors): a ConfigMap owned by this TradingAccount, written on its own cadence."""
+    configMap: Annotated[str, Field(description="The ConfigMap's name (same namespace).")] = ""
+    time: Annotated[str | None, Field(description="When it was last written (RFC 3339).")] = None
+    orders: Annotated[int, Field(description="Orders it holds.")] = 0
+    leftOut: Annotated[int, Field(
+        description="Orders left out to stay under the API server's object size limit (a restart reads "
+                    "the venue's history from the oldest of them instead).")] = 0
+    bytes: Annotated[int, Field(description="Its compressed size.")] = 0
+    error: Annotated[str, Field(description="Why the last write or read failed, when it did.")] = ""
+
+
 class TradingAccountStatus(_Model):
     """The observed state, written by the operator."""
     model_config = ConfigDict(populate_by_name=True, extra="allow", use_enum_values=True)
@@ -418,9 +431,9 @@ class TradingAccountStatus(_Model):
     stream: Annotated[StreamStatus, Field(description="The user-data stream.")] = StreamStatus()
     emergencyStop: Annotated[EmergencyStopStatus, Field(
         description="The emergency stop.")] = EmergencyStopStatus()
-    ledger: Annotated[dict[str, Any], Field(
-        description="The operator's compact ledger, kept here so a restart loses nothing. Internal.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})] = {}
+    checkpoint: Annotated[CheckpointStatus, Field(
+        description="The restart checkpoint (the ledger, kept in a ConfigMap of its own, not here).")] = \
+        CheckpointStatus()
 
 
 class TradingAccount(_Model):

@@ -176,3 +176,15 @@ def account(namespace: str, name: str, *, endpoint: str, symbols: list[str], sec
     body.update(spec)
     return {"apiVersion": "tradewarden.io/v1alpha1", "kind": "TradingAccount",
             "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def checkpoint_of(kubeconfig: str, namespace: str, account_name: str) -> dict[str, Any] | None:
+    """The account's restart checkpoint (the ConfigMap controller/checkpoint.py writes), decoded; None if absent."""
+    from tradewarden.controller import checkpoint
+
+    r = kubectl(kubeconfig, "-n", namespace, "get", "configmap", checkpoint.name_for(account_name), "-o", "json",
+                check=False)
+    if r.returncode != 0:
+        return None
+    payload = checkpoint.payload_of(json.loads(r.stdout))
+    return checkpoint.decode(payload) if payload is not None else None

@@ -94,11 +94,29 @@ def test_bounded_lists_for_a_large_account():
     assert len(json.dumps(s)) < 100_000
 
 
-def test_bounded_ledger_refuses_a_huge_dump():
-    kept, note = st.bounded_ledger({"o": ["x" * 100] * 10}, max_bytes=500)
-    assert kept is None and "exceeds" in note
-    kept, note = st.bounded_ledger({"v": 1}, max_bytes=500)
-    assert kept == {"v": 1} and note == ""
+@pytest.mark.parametrize("open_orders", [0, 1_000, 10_000, 50_000])
+def test_status_stays_under_64_KiB_for_any_book_size(open_orders):
+    """Issue 19 item 7: the ledger is not in status (it lives in the checkpoint ConfigMap); status is a
+    bounded summary. Worst case around the book: every list at its bound with long values, the longest
+    client order ids Binance accepts (36 characters), conditions with messages at their clip."""
+    coid = lambda i: f"tw-{i:033d}"  # noqa: E731 - 36 characters
+    orders = [domain.Order(coid(i), str(10**12 + i), "BTC/USDT", domain.Side.BUY, "limit",
+                           Decimal("123456.12345678"), Decimal("1234.12345678"), Decimal("0.12345678"),
+                           domain.OrderState.PARTIALLY_FILLED, T0 + i, T0 + i) for i in range(open_orders)]
+    balances = {f"ASSET{i:05d}": domain.Balance(f"ASSET{i:05d}", Decimal("123456789.12345678"),
+                                                 Decimal("123456789.12345678")) for i in range(500)}
+    long_error = "x" * 5000
+    s = st.build_status(ready_inputs(orders=orders, balances=balances, last_run_error=long_error,
+                                     last_run_ok=False, report=report(error=long_error),
+                                     checkpoint={"configMap": "a" * 253 + "-ledger", "time": "2026-01-01T00:00:00Z",
+                                                 "orders": open_orders, "leftOut": 0, "bytes": 900 * 1024,
+                                                 "error": long_error}), {}, T0)
+    size = len(json.dumps(s, separators=(",", ":")))
+    assert "ledger" not in s and s["openOrders"]["count"] == open_orders
+    assert len(s["openOrders"]["items"]) == min(open_orders, models.MAX_STATUS_OPEN_ORDERS)
+    print(f"status bytes with {open_orders} open orders: {size}")
+    assert size < st.MAX_STATUS_BYTES, size
+    models.TradingAccountStatus.model_validate(s)
 
 
 def test_problem_sets_error_phase_and_credentials_condition():

@@ -6,13 +6,15 @@ import base64
 import time
 
 from tests.conftest import new_key
+from tests.core.fakes import ConfigMaps
 from tradewarden.controller import status as st
 from tradewarden.controller.deps import Deps
 from tradewarden.controller.supervisor import AccountSupervisor
 
 
-class RecordingKube:
+class RecordingKube(ConfigMaps):
     def __init__(self, secrets: dict[str, dict]) -> None:
+        super().__init__()
         self.secrets = secrets
         self.patches: list[dict] = []
         self.status: dict = {}
@@ -67,7 +69,7 @@ async def test_status_is_written_only_when_something_changed(sim):
         await sup.settle()
         await sup.flush()
         assert len(kube.patches) == writes + 1
-        assert set(kube.patches[-1]) <= {"lastReconciliation", "metrics", "ledger", "conditions"}, kube.patches[-1]
+        assert set(kube.patches[-1]) <= {"lastReconciliation", "metrics", "conditions"}, kube.patches[-1]
         assert "balances" not in kube.patches[-1] and "openOrders" not in kube.patches[-1]
 
         # A balance changed out of band: found by the next run, reported by kind, one Event per kind.

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import pytest
 
-from tests.core.fakes import Clock, FakeExchange, order
+from tests.core.fakes import Clock, ConfigMaps, FakeExchange, order
 from tradewarden.controller import status as st
 from tradewarden.controller.deps import Deps
 from tradewarden.controller.emergency import StopState
@@ -45,8 +46,9 @@ class Gateway(FakeExchange):
         return events()
 
 
-class Kube:
+class Kube(ConfigMaps):
     def __init__(self, log: list) -> None:
+        super().__init__()
         self.log = log
         self.status: dict = {}
         self.patches: list[dict] = []
@@ -192,5 +194,87 @@ async def test_a_status_write_the_api_server_refused_is_not_counted_as_written(w
         await sup.flush()
         assert kube.status["openOrders"]["count"] == 2 and conditions(kube)["Ready"] == "True"
         assert set(refused[0]) <= set(kube.patches[0])  # everything the refused write carried
+    finally:
+        await sup.close()
+
+
+async def test_the_checkpoint_is_written_on_its_cadence_and_a_restart_resumes_from_it(world):
+    """Issue 19 item 7: the ledger lives in a ConfigMap owned by the account, not in status; written after a
+    change at most every deps.checkpoint_interval_s (not on every status write); a new supervisor resumes
+    from it: nothing adopted again, a fill made while it was down found."""
+    sup, gw, kube, body, events, log = world
+    body["metadata"]["uid"] = "uid-a"
+    sup.deps.checkpoint_interval_s = 30
+    try:
+        await sup.settle()
+        await sup.flush()
+        assert "ledger" not in kube.status and kube.configmaps == {}
+        await sup._write_checkpoint()
+        await sup.checkpoint_settled()                       # after the initial sync: due at once
+        cm = kube.configmaps[("ns", "a-ledger")]
+        assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-a"
+        await sup.flush()
+        assert kube.status["checkpoint"]["configMap"] == "a-ledger" and kube.status["checkpoint"]["orders"] == 2
+
+        # a run changes the ledger: not written again before the interval, written after it
+        gw.clock.t += 5
+        sup.state.next_reconcile = 0
+        await sup.settle()
+        await sup._write_checkpoint()
+        await sup.checkpoint_settled()
+        assert len(kube.configmap_writes) == 1
+        gw.clock.t += 31
+        await sup._write_checkpoint()
+        await sup.checkpoint_settled()
+        assert len(kube.configmap_writes) == 2
+        gw.clock.t += 31
+        await sup._write_checkpoint()
+        await sup.checkpoint_settled()                       # nothing changed since: not written
+        assert len(kube.configmap_writes) == 2
+    finally:
+        await sup.close()
+
+    # down: tw-1 is filled on the venue (its event never seen)
+    tw1 = next(o for o in gw.open_orders() if o.client_order_id == "tw-1")
+    gw.clock.t += 60
+    gw.put(replace(tw1, filled=tw1.amount, state=OrderState.FILLED, updated_ms=gw.clock.ms()))
+    gw.clock.t += 60
+    events.clear()
+    sup2 = AccountSupervisor("ns", "a", body, sup.deps)
+    try:
+        await sup2.settle()
+        await sup2.flush()
+        last = kube.status["lastReconciliation"]
+        assert last["trigger"] == "resume" and last["adoptedOrders"] == 0, last
+        assert last["discrepancies"] == {"missing": 1}, last      # not listed, queried: filled
+        assert ("Normal", "OrdersAdopted") not in [(t, r) for t, r, _ in events]
+    finally:
+        await sup2.close()
+
+
+async def test_a_checkpoint_rbac_forbids_is_said_once_and_the_account_still_served(world):
+    """Configmaps not granted (a chart older than the operator): a Warning Event once, status.checkpoint.error,
+    and the account synced and reconciled as without a checkpoint (never blocked on it)."""
+    from tradewarden.controller.kube import Forbidden
+
+    sup, gw, kube, body, events, log = world
+    body["metadata"]["uid"] = "uid-a"
+
+    async def forbidden(*_a, **_k):
+        raise Forbidden("ConfigMap ns/a-ledger: forbidden by RBAC")
+    kube.get_configmap = kube.put_configmap = forbidden
+    try:
+        await sup.settle()
+        await sup._write_checkpoint()
+        await sup.checkpoint_settled()
+        gw.clock.t += 31
+        sup.state.next_reconcile = 0
+        await sup.settle()
+        await sup._write_checkpoint()
+        await sup.checkpoint_settled()
+        await sup.flush()
+        assert sup.state.synced and conditions(kube)["Ready"] == "True"
+        assert [r for _, r, _ in events].count("CheckpointForbidden") == 1
+        assert "forbidden" in kube.status["checkpoint"]["error"]
     finally:
         await sup.close()

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tests.conftest import kubectl
-from tests.controller.conftest import account, apply, cond, events_of, get_ta, secret, wait_for
+from tests.controller.conftest import account, apply, checkpoint_of, cond, events_of, get_ta, secret, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.sim, pytest.mark.timeout(240)]
 
@@ -105,7 +105,7 @@ def test_an_order_placed_and_filled_while_the_operator_was_down_is_found_with_it
                       reconciliation={"intervalSeconds": 3600}))
     op = operator_factory(ns)
     wait_for("Ready", lambda: (o := get_ta(kc, ns, "down")) and cond(o, "Ready").get("status") == "True"
-             and (o["status"].get("ledger") or {}).get("synced") and o, operator=op)
+             and (checkpoint_of(kc, ns, "down") or {}).get("synced") and o, operator=op)
     op.stop()
     o = tsim.call(sim.place_order, api_key, symbol="BTCUSDT", side="BUY", type="LIMIT", quantity="0.01",
                   price="45000", time_in_force="GTC", client_order_id="tw-while-down")
@@ -118,8 +118,8 @@ def test_an_order_placed_and_filled_while_the_operator_was_down_is_found_with_it
     reasons = wait_for("UnseenOrder Event", lambda: (r := _reasons(kc, ns, "down")) and "UnseenOrder" in r and r,
                        operator=op2)
     assert "tw-while-down" in reasons["UnseenOrder"]["message"]
-    saved = wait_for("fills saved", lambda: (x := get_ta(kc, ns, "down")) and x["status"]["ledger"].get("f") and x,
-                     operator=op2)["status"]["ledger"]
+    saved = wait_for("fills saved", lambda: (x := checkpoint_of(kc, ns, "down")) and x.get("f") and x,
+                     timeout=90, operator=op2)
     fills = [f for f in saved["f"] if f[1] == str(o.order_id)]
     assert sorted(f[4] for f in fills) == ["0.004", "0.006"], fills
     assert saved.get("gap", 0) == 0

@@ -166,3 +166,26 @@ class FakeExchange:
 
     async def close(self) -> None:
         pass
+
+
+class ConfigMaps:
+    """The ConfigMap calls of controller.kube.Kube over a dict (the restart checkpoint's store): what a
+    supervisor wrote is what the next one reads, through the same JSON shape the API server returns."""
+
+    def __init__(self) -> None:
+        self.configmaps: dict[tuple[str, str], dict] = {}
+        self.configmap_writes: list[int] = []          # bytes of each write
+
+    async def get_configmap(self, namespace: str, name: str):
+        import copy
+        cm = self.configmaps.get((namespace, name))
+        return copy.deepcopy(cm) if cm is not None else None
+
+    async def put_configmap(self, body) -> int:
+        import copy
+        import json as _json
+        meta = body["metadata"]
+        self.configmaps[(meta["namespace"], meta["name"])] = copy.deepcopy(dict(body))
+        size = len(_json.dumps(body, separators=(",", ":")))
+        self.configmap_writes.append(size)
+        return size

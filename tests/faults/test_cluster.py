@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT, kubectl
-from tests.controller.conftest import Operator, account, apply, cond, events_of, get_ta, secret, wait_for
+from tests.controller.conftest import (Operator, account, apply, checkpoint_of, cond, events_of, get_ta, secret,
+                                      wait_for)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.sim, pytest.mark.timeout(240)]
 
@@ -198,7 +199,8 @@ def test_operator_under_its_service_account_rbac(crd_installed, namespace, tsim,
         # what the ServiceAccount may not do: a denied request is the expected result
         denied = [("get", "secrets", "-A"), ("delete", "namespace", ns),
                   ("create", "secret", "generic", "x", "-n", ns), ("get", "secrets", "-n", "kube-system"),
-                  ("delete", "tradingaccount", "acct", "-n", ns), ("get", "pods", "-n", ns)]
+                  ("delete", "tradingaccount", "acct", "-n", ns), ("get", "pods", "-n", ns),
+                  ("delete", "configmap", "acct-ledger", "-n", ns)]     # the checkpoint goes with its account (GC)
         for verb, *rest in denied:
             r = kubectl(sakc, verb, *rest, check=False)
             assert r.returncode != 0 and "forbidden" in (r.stderr + r.stdout).lower(), (verb, rest, r.stdout)
@@ -213,6 +215,10 @@ def test_operator_under_its_service_account_rbac(crd_installed, namespace, tsim,
         op = operators(ns, kubeconfig=sakc)
         obj = wait_for("Ready under the ServiceAccount", ready(kc, ns, "acct"), timeout=90, operator=op)
         assert cond(obj, "CredentialsValid")["status"] == "True"
+        # the restart checkpoint (a ConfigMap owned by the account) written under that identity
+        wait_for("the checkpoint under the ServiceAccount", lambda: checkpoint_of(kc, ns, "acct"), timeout=60,
+                 operator=op)
+        assert not (get_ta(kc, ns, "acct") or {}).get("status", {}).get("checkpoint", {}).get("error")
         # ... and in doing its job it was never denied anything (the API server answers 403 to a denial)
         assert not re.search(r'HTTP/1.1" 403|Forbidden', op.log()), op.log()[-3000:]
         # a run on request works too (patching the resource, writing its status)

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.conftest import kubectl
-from tests.controller.conftest import ThreadSim, account, apply, cond, get_ta, secret, wait_for
+from tests.controller.conftest import ThreadSim, account, apply, checkpoint_of, cond, get_ta, secret, wait_for
 from tests.packaging.conftest import CHART
 from tests.packaging.test_chart_cluster import _chart_with_new_field
 
@@ -96,6 +96,9 @@ def test_operator_pod_installs_reconciles_stops_upgrades_uninstalls(node, operat
                        cond(o, "Ready").get("status") == "True" and o, timeout=120, operator=Log())
         assert obj["status"]["openOrders"]["count"] == 2
         assert "tradewarden.io/finalizer" in obj["metadata"]["finalizers"]
+        # the restart checkpoint, written by the Pod under the chart's RBAC (configmaps get/create/update)
+        saved = wait_for("the checkpoint ConfigMap", lambda: checkpoint_of(kc, ns, "main"), timeout=60, operator=Log())
+        assert len(saved["o"]) == 2
         kubectl(kc, "-n", ns, "annotate", "ta", "main", "tradewarden.io/emergency-stop=node tier")
         wait_for("EmergencyStopped", lambda: cond(get_ta(kc, ns, "main"), "EmergencyStopped").get("status")
                  == "True", timeout=60, operator=Log())

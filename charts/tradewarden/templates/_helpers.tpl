@@ -45,7 +45,7 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* Rules the operator needs on TradingAccounts, Events and Secrets (per namespace or cluster-wide). */}}
+{{/* Rules the operator needs on TradingAccounts, Events, Secrets and its checkpoint ConfigMaps (per namespace or cluster-wide). */}}
 {{- define "tradewarden.accountRules" -}}
 - apiGroups: ["tradewarden.io"]
   resources: ["tradingaccounts"]
@@ -59,6 +59,10 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+# the restart checkpoint: a ConfigMap <account>-ledger owned by each TradingAccount (docs/status.md)
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "update"]
 {{- end -}}
 
 {{- define "tradewarden.scaleRules" -}}

@@ -42,7 +42,10 @@ class Controller:
             budgets = default_budgets()
         except ImportError:
             budgets = None
-        return cls(Deps(kube=kube or Kube(), post_event=_kopf_post, budgets=budgets, telemetry=tele))
+        from .checkpoint import interval_from_env
+
+        return cls(Deps(kube=kube or Kube(), post_event=_kopf_post, budgets=budgets, telemetry=tele,
+                        checkpoint_interval_s=interval_from_env()))
 
     def poke(self, body: Any) -> None:
         meta = body.get("metadata") or {}

@@ -15,6 +15,8 @@ class KubeAPI(Protocol):
 
     async def get_secret(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> bool: ...
+    async def get_configmap(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+    async def put_configmap(self, body: Mapping[str, Any]) -> int: ...
     def close(self) -> None: ...
 
 
@@ -104,6 +106,7 @@ class Deps:
     telemetry: Telemetry | None = None
     clock: Callable[[], float] = time.time
     min_write_interval_s: float = 1.0
+    checkpoint_interval_s: float = 30.0      # the restart checkpoint: at most this often (controller/checkpoint.py)
     rng: random.Random = field(default_factory=random.Random)
     exchanges: Callable[[], Collection[str]] = _known_exchanges
     budget_publisher: BudgetPublisher = field(default_factory=BudgetPublisher)

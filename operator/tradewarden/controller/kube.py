@@ -89,6 +89,49 @@ class Kube:
             self.writes += 1
         return True
 
+    # ---- the restart checkpoint (controller/checkpoint.py: a ConfigMap owned by the account) -------
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap as raw JSON, or None if it does not exist (Forbidden: RBAC does not allow it)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = await self._call(self._core.read_namespaced_config_map, name, namespace, _preload_content=False,
+                                    _request_timeout=30)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 403:
+                raise Forbidden(f"read ConfigMap {namespace}/{name}: forbidden by RBAC") from None
+            raise
+        with self._lock:
+            self.reads += 1
+        return json.loads(resp.data)
+
+    async def put_configmap(self, body: Mapping[str, Any]) -> int:
+        """Create or replace (unconditionally: the operator is its one writer) a ConfigMap. Returns the
+        bytes sent."""
+        from kubernetes.client.exceptions import ApiException
+
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            try:
+                await self._call(self._core.replace_namespaced_config_map, name, namespace, dict(body),
+                                 field_manager=FIELD_MANAGER, _request_timeout=30)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                await self._call(self._core.create_namespaced_config_map, namespace, dict(body),
+                                 field_manager=FIELD_MANAGER, _request_timeout=30)
+        except ApiException as exc:
+            if exc.status == 403:
+                raise Forbidden(f"write ConfigMap {namespace}/{name}: forbidden by RBAC") from None
+            raise
+        with self._lock:
+            self.writes += 1
+        return len(json.dumps(body, separators=(",", ":")))
+
     # ---- workloads (the emergency stop's scaleDown: the scale subresource only) ----------------
 
     def _apps(self) -> Any:

@@ -7,7 +7,6 @@ API server is written only when something did.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Iterable, Mapping, Sequence
@@ -36,9 +35,9 @@ CONDITION_TYPES = (READY, SYNCED, CREDENTIALS_VALID, STREAM_CONNECTED, EMERGENCY
                    MARGIN_AT_RISK)
 
 # The health rules (failing, stale, balance mismatch) are the core's: tradewarden.core.monitor.Health.
-# The ledger is the one part of status whose size the account drives; above this it is not written
-# (a restart then rebuilds from the exchange) and the supervisor says so in a condition message.
-MAX_LEDGER_BYTES = 512 * 1024
+# The ledger is not in status (controller/checkpoint.py keeps it in a ConfigMap): every list in status is
+# bounded (models.MAX_STATUS_*), so status stays under this for any book size (tests/controller/test_status.py).
+MAX_STATUS_BYTES = 64 * 1024
 MAX_MESSAGE = 1024
 
 
@@ -271,8 +270,7 @@ class StatusInputs:
     stream_last_event_ms: int | None = None
     estop: EmergencyStop = field(default_factory=EmergencyStop)
     last_handled_reconcile_at: str = ""
-    ledger: Mapping[str, Any] | None = None
-    ledger_note: str = ""                   # set when the ledger was too large to keep in status
+    checkpoint: Mapping[str, Any] | None = None   # status.checkpoint (None: keep the previous)
     futures: bool = False                   # USD-M: margin health is reported
     margin: Any = None                      # domain.MarginSummary of the last USD-M snapshot
     margin_health: Any = None               # core.margin.MarginHealth
@@ -456,10 +454,7 @@ def build_status(s: StatusInputs, previous: Mapping[str, Any] | None, now_ms: in
         out["margin"] = (margin_status(s.margin, s.margin_health) if s.margin_health is not None
                          else kept(previous, "margin", {"atRisk": False}))
     out["emergencyStop"] = s.estop.to_status()
-    if s.ledger is not None:
-        out["ledger"] = dict(s.ledger)
-    else:
-        out["ledger"] = kept(previous, "ledger", {})
+    out["checkpoint"] = dict(s.checkpoint) if s.checkpoint is not None else kept(previous, "checkpoint", {})
     status = TradingAccountStatus.model_validate(out)
     if status.model_extra:          # the model allows extras for readers; the writer may not invent fields
         raise ValueError(f"status fields the model does not have: {sorted(status.model_extra)}")
@@ -486,16 +481,6 @@ def prune_none(value: Any) -> Any:
     if isinstance(value, list):
         return [prune_none(v) for v in value]
     return value
-
-
-def bounded_ledger(dump: Mapping[str, Any] | None, max_bytes: int = MAX_LEDGER_BYTES) -> tuple[dict | None, str]:
-    """The ledger dump if it fits, else (None, why)."""
-    if dump is None:
-        return None, ""
-    size = len(json.dumps(dump, separators=(",", ":"), default=str))
-    if size > max_bytes:
-        return None, f"ledger of {size} bytes exceeds {max_bytes}; not kept in status"
-    return dict(dump), ""
 
 
 def merge_patch(old: Any, new: Any) -> Any:

@@ -86,6 +86,14 @@ def needs_trades(ledger: Ledger, orders: Iterable[Order]) -> bool:
     return False
 
 
+def left_out(ledger: Ledger, order: Order, config: AccountConfig) -> bool:
+    """An unknown finished order that the ledger's own restore point already knew: the ledger was restored
+    from a bounded checkpoint that left orders out (``known_until_ms``), and the order's last venue update
+    is older than that point by more than the grace (the venue's and our clocks, and the event delay)."""
+    until = ledger.known_until_ms
+    return bool(until) and 0 < order.updated_ms < until - int(config.missing_grace_s * 1000)
+
+
 def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills: Sequence[Fill],
                     config: AccountConfig, horizon_ms: int, live_since_ms: int | None = None) -> Plan:
     """``horizon_ms``: the venue time before which the stream had time to deliver an order's events. An
@@ -125,6 +133,8 @@ def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills:
             known.add(key)
             if o.parent_id:
                 continue             # a known algo order's triggered child: its parent reports it (usdm-facts D5)
+            if left_out(ledger, o, config):
+                continue             # finished before a bounded checkpoint left it out: known then, not news
             plan.discrepancies.append(Discrepancy(
                 "unseen", order_label(o), "absent", fmt_order(o),
                 f"order {o.exchange_order_id} on {o.symbol} born and finished inside a gap in the events "

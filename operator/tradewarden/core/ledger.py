@@ -115,7 +115,7 @@ class Ledger:
     """Local state of one account. Plain dicts: every lookup is O(1), every pass O(n)."""
 
     __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms",
-                 "fills", "trade_cursors", "gap_since_ms", "suspects", "children")
+                 "fills", "trade_cursors", "gap_since_ms", "suspects", "children", "known_until_ms")
 
     def __init__(self, owned_prefix: str = "tw-") -> None:
         self.orders: dict[OrderKey, OrderEntry] = {}
@@ -140,6 +140,9 @@ class Ledger:
         self.suspects: dict[tuple[str, Any], int] = {}
         # USD-M: (symbol, child order id) -> the key of the algo order it is the triggered child of
         self.children: dict[tuple[str, str], OrderKey] = {}
+        # restored from a dump that left orders out: every order that finished before this local time was
+        # known to the ledger that wrote it (history shows the left-out ones again: not news). 0: none
+        self.known_until_ms = 0
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -337,14 +340,14 @@ class Ledger:
 
     # ---- persistence ---------------------------------------------------------------------
 
-    def dump(self, max_orders: int = DEFAULT_DUMP_MAX_ORDERS) -> dict[str, Any]:
+    def dump(self, max_orders: int | None = DEFAULT_DUMP_MAX_ORDERS) -> dict[str, Any]:
         """Compact JSON-able form, bounded. When there are more than ``max_orders`` orders the
         ones that matter most on restart are kept: orders being chased (misses, unknown cancel
         outcome) first, then active owned, active foreign, then finished newest first;
         ``truncated`` counts what was left out."""
         entries = list(self.orders.items())
         truncated = 0
-        if len(entries) > max_orders:
+        if max_orders is not None and len(entries) > max_orders:
             def rank(item: tuple[OrderKey, OrderEntry]) -> tuple[int, int]:
                 _, e = item
                 o = e.order
@@ -357,7 +360,13 @@ class Ledger:
                 return (tier, -max(o.updated_ms, e.changed_ms))
             entries.sort(key=rank)
             truncated = len(entries) - max_orders
-            entries = entries[:max_orders]
+            entries, left_out = entries[:max_orders], entries[max_orders:]
+            gap = left_out_gap([e.order for _, e in left_out if e.order.state.active],
+                               self.orders_ms or self.synced_ms)
+            # what this ledger knew in full: up to its last orders listing, and not past an open gap
+            known = min(x for x in (self.orders_ms, self.gap_since_ms) if x) if self.orders_ms else 0
+        else:
+            gap = known = 0
         balances = sorted(self.balances.items(), key=lambda kv: -(abs(kv[1].balance.total)))
         positions = sorted(self.positions.items(), key=lambda kv: -(abs(kv[1].position.amount)))
         return {
@@ -374,7 +383,9 @@ class Ledger:
             "f": [[f.symbol, f.exchange_order_id, f.trade_id, str(f.price), str(f.amount), str(f.fee), f.fee_asset,
                    f.time_ms] for k, _ in entries for f in (self.fills.get(k) or {}).values()],
             "tc": dict(self.trade_cursors),
-            "gap": self.gap_since_ms,
+            # an active order left out may change unseen: the restored ledger reads history from its creation
+            "gap": min(x for x in (self.gap_since_ms, gap) if x) if (self.gap_since_ms or gap) else 0,
+            **({"known": known} if known else {}),
             "b": {a: [str(e.balance.free), str(e.balance.locked), e.balance.updated_ms, e.source, e.changed_ms]
                   for a, e in balances[:DEFAULT_DUMP_MAX_BALANCES]},
             "p": {s: [str(e.position.amount), str(e.position.entry_price), e.position.updated_ms, e.source,
@@ -416,6 +427,7 @@ class Ledger:
             where = "cursors"
             ledger.trade_cursors = {str(k): str(v) for k, v in dict(data.get("tc", {})).items()}
             ledger.gap_since_ms = int(data.get("gap", 0))
+            ledger.known_until_ms = int(data.get("known", 0))
             for asset, row in data.get("b", {}).items():
                 where = f"balance {asset!r}"
                 free, locked, updated, source, changed = row
@@ -435,6 +447,14 @@ class Ledger:
         except (TypeError, ValueError, KeyError, AttributeError, InvalidOperation) as exc:
             raise LedgerFormatError(f"ledger: bad {where}: {exc.__class__.__name__}: {exc}") from None
         return ledger
+
+
+def left_out_gap(left_out_active: list[Order], fallback_ms: int) -> int:
+    """Where history must start so that the active orders a bounded dump left out cannot change unseen
+    (venue history is read by creation time: the oldest one's creation, else its last update, else
+    ``fallback_ms``); 0 when none was left out."""
+    times = [t for o in left_out_active if (t := o.created_ms or o.updated_ms or fallback_ms) > 0]
+    return min(times) if times else 0
 
 
 _STATES = {s.value: s for s in OrderState}

@@ -267,7 +267,9 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
     # saved ledger) every order is pre-existing, so nothing about it can differ from a belief. The
     # same holds after a restore from a truncated dump: unknown listed orders are most likely ones
     # the dump left out. (The runner sets ``orders_ms`` and clears ``truncated`` after the run.)
-    adopting = not ledger.knows_orders or ledger.truncated > 0
+    # An order created after the restore point of such a dump (``known_until_ms``) cannot have been
+    # left out: it is new, an orphan as usual.
+    restored_partly = ledger.truncated > 0
     local_orders = ledger.orders
     grace_ms = int(config.missing_grace_s * 1000)
     horizon = taken_ms - grace_ms        # the venue's clock, as the order's own times
@@ -275,6 +277,8 @@ def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms:
     for key, ex in listed.items():
         entry = local_orders.get(key)
         if entry is None:
+            adopting = not ledger.knows_orders or (restored_partly and not (
+                ledger.known_until_ms and ex.created_ms >= ledger.known_until_ms))
             if not adopting and stream_live and ex.updated_ms > horizon:
                 plan.recent += 1
                 continue                 # too recent to judge: its event may be on its way; next run decides

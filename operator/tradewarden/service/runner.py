@@ -89,11 +89,11 @@ class AccountRunner:
 
     # ---- reconciliation ----------------------------------------------------------------------
 
-    async def initial_sync(self) -> RunReport:
+    async def initial_sync(self, trigger: str = Trigger.INITIAL) -> RunReport:
         """Balances, open orders (unknown ones adopted as orphans), positions, and every order a
         restored ledger believed open that the exchange no longer lists, queried for its final
         state."""
-        return await self.reconcile(trigger=Trigger.INITIAL)
+        return await self.reconcile(trigger=trigger)
 
     async def reconcile(self, trigger: str = Trigger.TIMER) -> RunReport:
         async with self.run_lock:
@@ -258,6 +258,8 @@ class AccountRunner:
             # a gap the stream opened while history was read is not closed by it: unread from ``until`` on
             after = until if self._gaps_noted != gaps_before else 0
             self.ledger.gap_since_ms = min(t for t in (reopen_at, after) if t) if reopen_at or after else 0
+            if not reopen_at:
+                self.ledger.known_until_ms = 0     # every order the restore point left out was read again
 
     def _finish_run(self, report: RunReport) -> RunReport:
         report.finished_ms = self.now_ms()
