@@ -187,6 +187,18 @@ def test_bots_scaled_to_zero_usdm_flatten_and_bad_input(crd_installed, namespace
                   and e.get("state") == "Completed" and e, timeout=60, operator=op)
     assert es["scaledDown"] == [{"kind": "Deployment", "name": "bot", "replicas": 2}]
 
+    # the operator killed while the bots are held: its successor reads the previous replicas back from
+    # status (never the 0 it finds on the workload) and restores them on release
+    from tradewarden.controller.status import parse_rfc3339
+
+    op.kill()
+    killed_ms = int(time.time() * 1000)
+    op = operator_factory(ns)
+    wait_for("the successor verified the stop", lambda: (e := stop_of(kc, ns, "fut")).get("state") == "Completed"
+             and (parse_rfc3339(e.get("verifiedAt")) or 0) > killed_ms, timeout=60, operator=op)
+    assert stop_of(kc, ns, "fut")["scaledDown"] == [{"kind": "Deployment", "name": "bot", "replicas": 2}]
+    assert kubectl(kc, "-n", ns, "get", "deployment", "bot", "-o", "jsonpath={.spec.replicas}").stdout == "0"
+
     # release: replicas restored, named in an Event
     kubectl(kc, "-n", ns, "annotate", "ta", "fut", f"{ESTOP}-")
     wait_for("restored", lambda: kubectl(kc, "-n", ns, "get", "deployment", "bot", "-o",

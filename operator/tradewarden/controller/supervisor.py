@@ -587,7 +587,8 @@ class AccountSupervisor:
         return StopExecutor(namespace=self.namespace, gateway=lambda: self._gw, kube=self.deps.kube, post=self._post,
                             telemetry=lambda: self._tele, cfg=self._breaker_config(), selector=selector,
                             futures=bool(self._gw.futures) if self._gw is not None else False,
-                            clock=self.deps.clock, on_change=self._breaker_changed)
+                            clock=self.deps.clock, on_change=self._breaker_changed,
+                            persist=lambda: self.flush(force=True))
 
     def _breaker_changed(self) -> None:
         if self._breaker is not None:
