@@ -264,7 +264,7 @@ class StopExecutor:
         report = await wl.scale_down(self._kube, self.namespace, self.selector, self.held, record)
         self.held = report.held
         if report.changed:
-            self._post("Warning", "EmergencyStopScaledDown",
+            self._post("Warning", wl.ScaleEvent.SCALED_DOWN.value,
                        f"emergency stop: scaled to 0: {wl.describe(report.changed, 'down')}")
         scale = {"problem": report.problem.value if report.problem else "",
                  "message": report.message or (f"held at 0: {', '.join(f'{h.kind}/{h.name}' for h in self.held)}"
@@ -280,7 +280,7 @@ class StopExecutor:
         report = await wl.restore(self._kube, self.namespace, self.held)
         self.held = report.held
         if report.changed:
-            self._post("Normal", "EmergencyStopScaledUp",
+            self._post("Normal", wl.ScaleEvent.SCALED_UP.value,
                        f"emergency stop released: restored {wl.describe(report.changed, 'up')}")
         if report.problem is not None:
             self._post("Warning", f"EmergencyStop{report.problem.value}", report.message)

@@ -19,6 +19,21 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from .kube import Forbidden
 
 
+class ScaleEvent(str, enum.Enum):
+    """The reasons of the Events about the workloads (posted on the TradingAccount)."""
+    SCALED_DOWN = "EmergencyStopScaledDown"
+    SCALED_UP = "EmergencyStopScaledUp"
+    LEFT_AT_ZERO = "EmergencyStopWorkloadsLeftAtZero"   # the account deleted while the stop held them
+
+
+def left_at_zero(held: Sequence["Held"]) -> str:
+    """What a TradingAccount deleted during its stop leaves behind (docs/architecture.md: a deletion is not
+    a release; nobody would watch the bots once the account is gone)."""
+    named = ", ".join(f"{h.kind}/{h.name} (replicas before the stop: {h.replicas})" for h in held)
+    return (f"TradingAccount deleted while its emergency stop stands: {named} stay at 0 (a deletion is not a "
+            f"release); scale them back yourself once the bots are safe")
+
+
 class ScaleProblem(str, enum.Enum):
     NO_MATCH = "NoWorkloadMatched"
     FORBIDDEN = "ScaleForbidden"
