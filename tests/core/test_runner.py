@@ -537,7 +537,10 @@ async def test_events_apply_newest_wins_and_spot_has_no_positions():
     assert runner.ledger.position("XRP/USDT:USDT").updated_ms == t
 
 
-async def test_runs_and_events_are_serialized():
+async def test_events_apply_while_a_run_reads_its_snapshot_and_runs_are_serialized():
+    """A run waiting for its snapshot (the weight window may hold it for most of a minute) does not hold the
+    ledger: an event applies at once, and the run judges against the ledger with it (an order the stream
+    just announced and the older snapshot does not list is not missing). Runs themselves go one at a time."""
     clock, ex, runner = await synced()
     gate = asyncio.Event()
     real = ex.snapshot
@@ -549,14 +552,15 @@ async def test_runs_and_events_are_serialized():
     ex.snapshot = slow
     run = asyncio.create_task(runner.reconcile())
     await asyncio.sleep(0)
-    event = asyncio.create_task(runner.apply_event(
-        OrderEvent(order("tw-ev", created_ms=clock.ms()), clock.ms())))
+    await asyncio.wait_for(runner.apply_event(OrderEvent(order("tw-ev", created_ms=clock.ms()), clock.ms())), 1)
+    assert runner.ledger.order("tw-ev") is not None and not run.done()
+    second = asyncio.create_task(runner.reconcile())
     await asyncio.sleep(0.01)
-    assert runner.lock.locked() and not event.done() and runner.ledger.order("tw-ev") is None
+    assert runner.run_lock.locked() and not second.done()
     gate.set()
-    await run
-    await event
-    assert runner.ledger.order("tw-ev") is not None
+    first = await run
+    assert kinds(first) == [] and first.ok
+    assert kinds(await second) == [] and runner.ledger.order("tw-ev") is not None
 
 
 # ---- monitoring ----------------------------------------------------------------------------------
@@ -585,14 +589,14 @@ async def test_a_recent_balance_mismatch_under_a_live_stream_is_judged_next_run(
     await runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("900"), Decimal("100"),
                                                           clock.ms())}, clock.ms()))
     clock.t += 60
-    assert kinds(await runner.reconcile()) == [] and runner.ledger.balance_suspects == {}
+    assert kinds(await runner.reconcile()) == [] and runner.ledger.suspects == {}
     # a change whose event never comes: deferred once, reported at the next run
     ex.balance("USDT", "800", "100", updated_ms=clock.ms())
     assert kinds(await runner.reconcile()) == []
     clock.t += 60
     ex.balance("USDT", "800", "100", updated_ms=clock.ms())         # the account keeps trading: recent again
     assert kinds(await runner.reconcile()) == [("balance", "USDT")]  # ... yet unexplained since: reported
-    assert runner.ledger.balance("USDT").free == Decimal("800") and runner.ledger.balance_suspects == {}
+    assert runner.ledger.balance("USDT").free == Decimal("800") and runner.ledger.suspects == {}
 
 
 async def test_the_annotation_asks_for_the_exchanges_word_now_no_deferral():

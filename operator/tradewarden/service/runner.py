@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
 from tradewarden.domain import (AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, Order,
-                                OrderEvent, OrderState, PositionEvent, StreamEvent, is_owned)
+                                OrderEvent, OrderState, PositionEvent, Snapshot, StreamEvent, is_owned)
 
 from ..core.config import AccountConfig, RunReport, Trigger
 from ..core import history
@@ -55,6 +55,11 @@ class AccountRunner:
         self._clock = clock
         self._sleep = sleep
         self._concurrency = max(1, concurrency)
+        # one run (reconciliation, stale cleanup, the stop's confirmation) at a time; the ledger lock is held
+        # by every change to the ledger. A run does not hold the ledger lock while it reads the snapshot
+        # (which may wait for the weight window): events keep applying, so the ledger it judges against is
+        # as new as the stream allows, not as old as the run's start.
+        self.run_lock = asyncio.Lock()
         self.lock = asyncio.Lock()
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
@@ -79,7 +84,7 @@ class AccountRunner:
         return await self.reconcile(trigger=Trigger.INITIAL)
 
     async def reconcile(self, trigger: str = Trigger.TIMER) -> RunReport:
-        async with self.lock:
+        async with self.run_lock:
             return await self._reconcile_locked(trigger)
 
     async def _reconcile_recorded(self, report: RunReport, body: Callable[[RunReport], Awaitable[RunReport]]
@@ -129,6 +134,11 @@ class AccountRunner:
             report.stale_sections = list(config.sections)
             self._finish_run(report)
             raise auth
+        async with self.lock:
+            return await self._judge(report, snapshot, config, expected)
+
+    async def _judge(self, report: RunReport, snapshot: Snapshot, config: AccountConfig,
+                     expected: frozenset[OrderState]) -> RunReport:
         now = self.now_ms()
         previous_sync = self.ledger.synced_ms
         # a human's annotation and the emergency stop ask for the exchange's word now: no deferral
@@ -279,7 +289,7 @@ class AccountRunner:
     async def stale_cleanup(self) -> RunReport:
         """Cancel owned active orders older than the stale timeout (Correct) or report them
         (ObserveOnly); re-check cancels whose outcome was unknown; purge finished orders."""
-        async with self.lock:
+        async with self.run_lock, self.lock:
             report = RunReport(trigger=Trigger.STALE_CLEANUP, started_ms=self.now_ms())
             plan = plan_stale(self.ledger, self.config, self.now_ms())
             report.deferred = plan.deferred
@@ -324,7 +334,7 @@ class AccountRunner:
         """After the emergency stop verified the whole account empty (core/estop.py): the ledger learns each
         formerly open order's final state. Asked for, not assumed (a "cancelled" order may have filled
         first); orders found cancelled are what was asked for: applied, not reported as discrepancies."""
-        async with self.lock:
+        async with self.run_lock:
             return await self._reconcile_locked(Trigger.EMERGENCY_STOP, max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
                                                 expected=frozenset({OrderState.CANCELED}), raise_auth=False,
                                                 grace_s=0.0)   # ask about every order now
