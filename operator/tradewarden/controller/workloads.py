@@ -4,10 +4,10 @@ restored on release. Executes the machine's ScaleDown / RestoreWorkloads actions
 Only the scale subresource is written (RBAC: ``<fullname>-scale``); the workloads are only read, to resolve
 the label selector. The previous replicas of each workload are kept in status.emergencyStop.scaledDown, not
 in an annotation on the workload as issue 14 first asked: writing annotations needs ``patch`` on the
-workload itself, which also rewrites its pod template (docs/trading-account.md, "Where the previous replicas
-are kept"). They are recorded there *before* a workload is scaled (``record``), so an operator killed between
-the two restores the right count. Nothing here can fail the stop: every problem becomes the
-WorkloadsScaledDown condition and an Event.
+workload itself, which could also rewrite its pod template (docs/architecture.md, "Why these choices").
+They are recorded there *before* a workload is scaled (``record``), so an operator killed between the two
+restores the right count. Nothing here can fail the stop: every problem becomes the WorkloadsScaledDown
+condition and an Event.
 """
 from __future__ import annotations
 

@@ -313,7 +313,9 @@ class UserDataStream:
                 payload = dict(inner.get("o") or {})
                 payload.setdefault("T", inner.get("T"))
                 payload.setdefault("E", inner.get("E"))
-            order = order_from_execution_report(payload, lambda m: self._spot_symbol(pro, m)) if event == "executionReport" else None
+            order = None
+            if event == "executionReport":     # spot: Binance's own fields, unless only ccxt reads it right
+                order = order_from_execution_report(payload, lambda m: self._spot_symbol(pro, m))
             if order is None:
                 parsed = pro.parse_ws_order(payload)
                 parsed.setdefault("info", payload)

@@ -262,7 +262,7 @@ _REPORT_CREATED_FROM_T = ("NEW", "AMENDMENT", "CANCELED")
 def order_from_execution_report(report: Mapping[str, Any], symbol_of) -> Order | None:
     """A spot ``executionReport`` (user-data-stream.md "Order Update") read from Binance's own short
     fields, the same Order as ``order_from_ccxt(parse_ws_order(report))`` without ccxt's parser (ISO
-    dates, Precise arithmetic: ~60% of the operator's CPU while an emergency stop's 1,000 cancels stream
+    dates, Precise arithmetic: ~30% of the operator's CPU while an emergency stop's 1,000 cancels stream
     in). None for a report only ccxt reads right (a USD-M or algo payload, a MARKET order whose price
     ccxt reports as the average fill, a market id ``symbol_of`` does not know, an unknown status): the
     caller falls back to ccxt. tests/gateway/test_pure.py holds the two readings equal, report by report."""
