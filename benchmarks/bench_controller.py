@@ -1,9 +1,12 @@
 """Controller benchmarks (real kube-apiserver + simulator + real ccxt + `tradewarden run`).
 
 Prints, each with a baseline measured in the same run:
-  1. emergency stop (issue 14): annotation written -> the simulator shows no open order, p50 for 1,000
+  1. emergency stop (issue 14): annotation written -> the simulator shows no open order, p50/p95 for 1,000
      orders over 50 symbols (baseline: the gateway's own whole-account sweep of the same book, no
-     operator); an order placed after the stop -> cancelled by the breaker, p50/p95 via the stream and
+     operator; with ``--estop-compare DIR`` also another checkout's operator, e.g. main's, in the same
+     run), and where the time goes: annotation -> first exchange request, the simulator thread's CPU
+     during the stop (the floor: it carries out the cancels one after another), the operator's CPU;
+     an order placed after the stop -> cancelled by the breaker, p50/p95 via the stream and
      via the sweep (stream silently dead; baseline: the sweep interval); request weight per sweep;
   2. stream event -> status latency: an order placed out of band -> status.openOrders shows it
      (baseline: the same change made visible by a reconcile-annotation run);
@@ -16,6 +19,7 @@ Prints, each with a baseline measured in the same run:
      ``--anatomy-sizes`` accounts.
 
     .venv/bin/python benchmarks/bench_controller.py [--accounts 100] [--window 90] [--skip-scale]
+    .venv/bin/python benchmarks/bench_controller.py --only estop [--estop-compare ../main-src/operator]
     .venv/bin/python benchmarks/bench_controller.py --only anatomy [--anatomy-sizes 50,200]
     .venv/bin/python benchmarks/bench_controller.py --only scale --accounts 50 --window 30 --scale-baseline
     .venv/bin/python benchmarks/bench_controller.py --only shards --accounts 200 --replicas 3 [--lease 15]
