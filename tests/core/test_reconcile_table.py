@@ -43,6 +43,7 @@ class Row:
     config: dict = field(default_factory=dict)
     synced: bool = True
     stream_orders: list = field(default_factory=list)   # ledger orders last changed by the stream, just now
+    own_cancels: bool = False                           # the run follows tradewarden's own cancels (the stop)
     # expected
     discrepancies: set = field(default_factory=set)     # {(kind, entity, outcome)}
     fetches: set = field(default_factory=set)
@@ -108,6 +109,15 @@ ROWS = [
         ledger_positions=[Position("BTC/USDT:USDT", Decimal("0.5"))], config={"futures": True, "symbols": ["BTC/USDT:USDT"]},
         positions=[Position("BTC/USDT:USDT", Decimal("-0.5"), Decimal("50000"), OLD)],
         discrepancies={("position", "BTC/USDT:USDT", Outcome.CORRECTED)}, corrected={("position", "BTC/USDT:USDT")}),
+    Row("spot, locked moved to free with no event: reported (an order cancelled out of band)",
+        ledger_balances=[bal("USDT", "800", "200")], balances=[bal("USDT", "1000", "0")],
+        discrepancies={("balance", "USDT", Outcome.CORRECTED)}, corrected={("balance", "USDT")}),
+    Row("the same move after tradewarden's own cancels (the emergency stop): corrected silently",
+        ledger_balances=[bal("USDT", "800", "200")], balances=[bal("USDT", "1000", "0")], own_cancels=True,
+        corrected={("balance", "USDT")}),
+    Row("after its own cancels, a total that changed is still reported",
+        ledger_balances=[bal("USDT", "800", "200")], balances=[bal("USDT", "1100", "0")], own_cancels=True,
+        discrepancies={("balance", "USDT", Outcome.CORRECTED)}, corrected={("balance", "USDT")}),
     Row("USD-M: only wallet totals compare (the stream has no free/locked split)",
         ledger_balances=[bal("USDT", "1000", "0")], balances=[bal("USDT", "700", "300")],
         config={"futures": True, "symbols": ["BTC/USDT:USDT"]}, corrected={("balance", "USDT")}),
@@ -140,7 +150,7 @@ def build(row: Row) -> tuple[Ledger, Snapshot, AccountConfig]:
 def test_reconcile(row: Row):
     ledger, snapshot, config = build(row)
     before = ledger.dump()
-    plan = reconcile(ledger, snapshot, config, NOW)
+    plan = reconcile(ledger, snapshot, config, NOW, own_cancels=row.own_cancels)
     assert {(d.kind, d.entity, d.outcome) for d in plan.discrepancies} == row.discrepancies
     assert {o.client_order_id for o in plan.fetches} == row.fetches
     assert {o.client_order_id for o in plan.deferred} == row.deferred

@@ -116,15 +116,19 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
 # ---- the run ---------------------------------------------------------------------------------
 
 def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int, *,
-              stream_live: bool = False) -> Plan:
+              stream_live: bool = False, own_cancels: bool = False) -> Plan:
     """Compare every section that came back; keep (and name) the ones that did not. ``stream_live``: a
     user-data stream is delivering events, so an order change newer than the snapshot minus the grace may
-    have its event on the way: it is judged by the next run, not reported now."""
+    have its event on the way: it is judged by the next run, not reported now. ``own_cancels``: the run
+    follows cancels tradewarden sent (the emergency stop), which move balances from locked to free and
+    leave every total as it was: balances are compared by total, so those moves are corrected silently
+    and any real change of a total is still reported."""
     plan = Plan()
     baseline = ledger.synced_ms == 0   # a never-synced ledger has no belief about balances/positions
     balances_ok = snapshot.balances.ok and snapshot.balances.value is not None
     if balances_ok:
-        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan, stream_live)
+        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan, stream_live,
+                  totals_only=config.futures or own_cancels)
     else:
         _stale(plan, "balances", snapshot.balances.error)
     if config.futures:
@@ -167,9 +171,11 @@ def _forget_judged(ledger: Ledger, plan: Plan, section: str, kept: set[tuple[str
 
 
 def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, config: AccountConfig,
-              baseline: bool, plan: Plan, stream_live: bool = False) -> None:
+              baseline: bool, plan: Plan, stream_live: bool = False, totals_only: bool = False) -> None:
     """With a live stream, a mismatch whose venue value is newer than the snapshot minus the grace may be an
-    event still on its way: ``_defer`` decides."""
+    event still on its way: ``_defer`` decides. ``totals_only``: compare free + locked, not each (USD-M, whose
+    user-data events carry only the wallet balance while REST splits it into available and margin; and the
+    run after tradewarden's own cancels)."""
     tol, dust = config.balance_tolerance, config.dust
     horizon = taken_ms - int(config.missing_grace_s * 1000)
     kept: set[tuple[str, str]] = set()
@@ -190,9 +196,7 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
         value = None if ex is None else Balance(asset, ex.free, ex.locked, rest_ms)
         if value is not None and local is not None and value == local:
             continue
-        if config.futures:
-            # USD-M user-data events carry only the wallet balance (free=wallet, locked=0) while REST
-            # splits it into available and margin: only the totals are comparable.
+        if totals_only:
             mismatch = differs(lf + ll, ef + el, tol, dust)
         else:
             mismatch = differs(lf, ef, tol, dust) or differs(ll, el, tol, dust)
@@ -387,9 +391,13 @@ def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExce
                 continue
             if not supersedes(result, local):
                 continue                 # a stream event newer than the answer already arrived
-            plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
             if recent_after_ms is not None and result.updated_ms > recent_after_ms:
-                continue     # finished on the venue just now with the stream live: news on its way, applied
+                # changed on the venue just now with the stream live: its event may be on its way. Not applied
+                # (applied silently, a lost event would never be reported): the next run asks again, and
+                # reports it unless the event came meanwhile
+                plan.recent += 1
+                continue
+            plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
             if result.state in expected:
                 continue
             if result.state.active:

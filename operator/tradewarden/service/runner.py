@@ -55,12 +55,12 @@ class AccountRunner:
         self._clock = clock
         self._sleep = sleep
         self._concurrency = max(1, concurrency)
-        # one run (reconciliation, stale cleanup, the stop's confirmation) at a time; the ledger lock is held
-        # by every change to the ledger. A run does not hold the ledger lock while it reads the snapshot
-        # (which may wait for the weight window): events keep applying, so the ledger it judges against is
-        # as new as the stream allows, not as old as the run's start.
+        # One run (reconciliation, stale cleanup, the stop's confirmation) at a time. Nothing holds the ledger
+        # across a network call: every change to it is made in a synchronous stretch (atomic on the event
+        # loop), and whatever a run asked the venue is resolved against the ledger as it is when the answer
+        # comes (``supersedes``: newest wins). So stream events keep applying while a run waits for the
+        # venue or the weight window, and the run judges against a ledger as new as the stream allows.
         self.run_lock = asyncio.Lock()
-        self.lock = asyncio.Lock()
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
         self.last_margin = None            # USD-M: the last snapshot's MarginSummary (reported, never compared)
@@ -71,6 +71,7 @@ class AccountRunner:
             self.ledger.note_gap(max(self.ledger.synced_ms, self.ledger.orders_ms))
         self.last_event_ms = 0          # local time of the last stream event applied (a gap's start)
         self.stream_live = False        # a user-data stream is connected (its events may be in flight)
+        self._gaps_noted = 0            # stream gaps noted so far (one may open while a run reads history)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -134,8 +135,7 @@ class AccountRunner:
             report.stale_sections = list(config.sections)
             self._finish_run(report)
             raise auth
-        async with self.lock:
-            return await self._judge(report, snapshot, config, expected)
+        return await self._judge(report, snapshot, config, expected)
 
     async def _judge(self, report: RunReport, snapshot: Snapshot, config: AccountConfig,
                      expected: frozenset[OrderState]) -> RunReport:
@@ -145,7 +145,8 @@ class AccountRunner:
         judge_later = self.stream_live and report.trigger not in (Trigger.ANNOTATION, Trigger.EMERGENCY_STOP)
         if snapshot.margin is not None:
             self.last_margin = snapshot.margin
-        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later)
+        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later,
+                         own_cancels=OrderState.CANCELED in expected)
         report.recent += plan.recent
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
@@ -156,9 +157,10 @@ class AccountRunner:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
             recent = snapshot.taken_ms - int(config.missing_grace_s * 1000) if judge_later else None
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms(),
-                                        recent_after_ms=recent),
-                        report)
+            resolved = resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms(),
+                                       recent_after_ms=recent)
+            report.recent += resolved.recent
+            self._apply(resolved, report)
         if plan.unscoped:
             results = await self._query(plan.unscoped)
             report.requests += len(plan.unscoped)
@@ -189,6 +191,7 @@ class AccountRunner:
         grace_ms = int(config.missing_grace_s * 1000)
         since = max(0, self.ledger.gap_since_ms - grace_ms)
         until = self.now_ms()
+        gaps_before = self._gaps_noted
         closed = True
         reopen_at = 0                       # deferred (too recent) orders: the gap stays open from them
         for symbol in config.symbols:
@@ -240,7 +243,9 @@ class AccountRunner:
                 start = o.created_ms or o.updated_ms
                 reopen_at = min(reopen_at, start) if reopen_at else start
         if closed:
-            self.ledger.gap_since_ms = reopen_at
+            # a gap the stream opened while history was read is not closed by it: unread from ``until`` on
+            after = until if self._gaps_noted != gaps_before else 0
+            self.ledger.gap_since_ms = min(t for t in (reopen_at, after) if t) if reopen_at or after else 0
 
     def _finish_run(self, report: RunReport) -> RunReport:
         report.finished_ms = self.now_ms()
@@ -289,7 +294,7 @@ class AccountRunner:
     async def stale_cleanup(self) -> RunReport:
         """Cancel owned active orders older than the stale timeout (Correct) or report them
         (ObserveOnly); re-check cancels whose outcome was unknown; purge finished orders."""
-        async with self.run_lock, self.lock:
+        async with self.run_lock:
             report = RunReport(trigger=Trigger.STALE_CLEANUP, started_ms=self.now_ms())
             plan = plan_stale(self.ledger, self.config, self.now_ms())
             report.deferred = plan.deferred
@@ -349,27 +354,29 @@ class AccountRunner:
             self.stream_live = event.state is not ConnectionState.DISCONNECTED
             if event.state is not ConnectionState.CONNECTED:
                 self.ledger.note_gap(self.last_event_ms or self.ledger.synced_ms)
+                self._gaps_noted += 1
             return event.state is ConnectionState.RECONNECTED
-        async with self.lock:
-            now = self.now_ms()
-            self.last_event_ms = now
-            if isinstance(event, OrderEvent):
-                order = event.order
-                if order.algo and order.child_id:
-                    self._link_existing_child(order, now)
-                self.ledger.upsert_order(self.ledger.link_child(order), SOURCE_STREAM, now)
-            elif isinstance(event, BalanceEvent):
-                for asset, balance in event.balances.items():
-                    if not balance.updated_ms:
-                        balance = replace(balance, updated_ms=event.event_ms)
-                    if balance.asset != asset:
-                        balance = replace(balance, asset=asset)
-                    self.ledger.upsert_balance(balance, SOURCE_STREAM, now)
-            elif isinstance(event, PositionEvent):
-                for position in event.positions:
-                    if not position.updated_ms:
-                        position = replace(position, updated_ms=event.event_ms)
-                    self.ledger.upsert_position(position, SOURCE_STREAM, now)
+        now = self.now_ms()                  # no await below: applied at once, even while a run is in flight
+        self.last_event_ms = now
+        if isinstance(event, OrderEvent):
+            order = event.order
+            if order.algo and order.child_id:
+                self._link_existing_child(order, now)
+            self.ledger.upsert_order(self.ledger.link_child(order), SOURCE_STREAM, now)
+            if event.fill is not None:
+                self.ledger.add_fill(event.fill)     # a gap's history then needs no trade read for it
+        elif isinstance(event, BalanceEvent):
+            for asset, balance in event.balances.items():
+                if not balance.updated_ms:
+                    balance = replace(balance, updated_ms=event.event_ms)
+                if balance.asset != asset:
+                    balance = replace(balance, asset=asset)
+                self.ledger.upsert_balance(balance, SOURCE_STREAM, now)
+        elif isinstance(event, PositionEvent):
+            for position in event.positions:
+                if not position.updated_ms:
+                    position = replace(position, updated_ms=event.event_ms)
+                self.ledger.upsert_position(position, SOURCE_STREAM, now)
         return False
 
     async def handle_event(self, event: StreamEvent) -> RunReport | None:
