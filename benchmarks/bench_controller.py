@@ -1,9 +1,12 @@
 """Controller benchmarks (real kube-apiserver + simulator + real ccxt + `tradewarden run`).
 
 Prints, each with a baseline measured in the same run:
-  1. emergency stop (issue 14): annotation written -> the simulator shows no open order, p50 for 1,000
+  1. emergency stop (issue 14): annotation written -> the simulator shows no open order, p50/p95 for 1,000
      orders over 50 symbols (baseline: the gateway's own whole-account sweep of the same book, no
-     operator); an order placed after the stop -> cancelled by the breaker, p50/p95 via the stream and
+     operator; with ``--estop-compare DIR`` also another checkout's operator, e.g. main's, in the same
+     run), and where the time goes: annotation -> first exchange request, the simulator thread's CPU
+     during the stop (the floor: it carries out the cancels one after another), the operator's CPU;
+     an order placed after the stop -> cancelled by the breaker, p50/p95 via the stream and
      via the sweep (stream silently dead; baseline: the sweep interval); request weight per sweep;
   2. stream event -> status latency: an order placed out of band -> status.openOrders shows it
      (baseline: the same change made visible by a reconcile-annotation run);
@@ -16,6 +19,7 @@ Prints, each with a baseline measured in the same run:
      ``--anatomy-sizes`` accounts.
 
     .venv/bin/python benchmarks/bench_controller.py [--accounts 100] [--window 90] [--skip-scale]
+    .venv/bin/python benchmarks/bench_controller.py --only estop [--estop-compare ../main-src/operator]
     .venv/bin/python benchmarks/bench_controller.py --only anatomy [--anatomy-sizes 50,200]
     .venv/bin/python benchmarks/bench_controller.py --only scale --accounts 50 --window 30 --scale-baseline
     .venv/bin/python benchmarks/bench_controller.py --only shards --accounts 200 --replicas 3 [--lease 15]
@@ -38,6 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -158,13 +163,25 @@ class WriteCounter:
         self._w.stop()
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds of every thread of a process, in nanoseconds' resolution (/proc/<pid>/task/*/schedstat;
+    /proc/<pid>/stat counts in 10 ms ticks, too coarse for one emergency stop)."""
+    total = 0
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def _pct(values: list[float], q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))]
 
 
 def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path, reps: int = 5, samples: int = 20,
-                         sweep_samples: int = 6) -> None:
+                         sweep_samples: int = 6, compare_src: str | None = None) -> None:
     """Issue 14: annotation -> book empty (1,000 orders over 50 symbols, p50 of ``reps`` stops); an order placed
     after the stop -> cancelled, via the stream and via the sweep (stream silently dead); weight per sweep."""
     ns = "tw-bench-" + uuid.uuid4().hex[:6]
@@ -183,61 +200,112 @@ def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path, reps: int 
                                     price=str(50 + i), time_in_force="GTC", client_order_id=f"tw-{tag}-{b}-{i}")
         tsim.call(place_all)
 
-    # Baseline: the gateway alone sweeps the same book (whole-account listing, cancel per symbol, verify).
-    key0, sec0 = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
-    tsim.call(sim.add_account, key0, sec0, balances={"USDT": "10000000"})
+    from tradewarden.sim.engine import SPOT
 
-    async def direct() -> float:
+    def open_count(k: str) -> int:
+        # the simulator's own index of open orders: polling every few ms must not load the simulator
+        # (tsim.open_orders walks every order the account ever had, in the simulator's thread)
+        return tsim.call(lambda: sim.account(k).open_count(SPOT))
+
+    def sim_cpu() -> float:
+        return tsim.call(time.thread_time)        # CPU seconds of the simulator's thread
+
+    # Baseline: the gateway alone sweeps the same book (whole-account listing, cancel per symbol, verify),
+    # in this process, without a user-data stream. (With the stream read here too, the reader and the
+    # simulator share one interpreter and the figure measures that; the simulator's own CPU during the
+    # operator's stop, printed below, is the floor instead: its one thread does every cancel in turn.)
+    async def direct() -> tuple[float, float]:
         from tradewarden.gateway import create_gateway
 
+        key0, sec0 = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
+        tsim.call(sim.add_account, key0, sec0, balances={"USDT": "10000000"})
         gw = create_gateway("binance", key0, sec0, tsim.url)
         await gw.start(symbols[:1])
-        times = []
+        times, cpu = [], []
         for r in range(reps):
             book(key0, f"base{r}")
+            c0 = sim_cpu()
             t0 = time.perf_counter()
             listing = await gw.list_account()
             res = await gw.cancel_symbols(sorted({o.symbol for o in listing.orders}), (), listing.orders)
             left = await gw.list_account()
             times.append(time.perf_counter() - t0)
+            cpu.append(sim_cpu() - c0)
             assert not res.errors and not left.orders and len(res.done) == 1000
         await gw.close()
-        return statistics.median(times)
+        assert not open_count(key0)
+        return statistics.median(times), statistics.median(cpu)
 
-    base_s = asyncio.run(direct())
-    assert not tsim.open_orders(key0)
+    base_s, base_sim_cpu = asyncio.run(direct())
 
-    key, sec = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
-    tsim.call(sim.add_account, key, sec, balances={"USDT": "10000000"})
-    apply_secret(kc, ns, "creds", key, sec)
-    # the spec lists one symbol: the stop covers the whole account anyway
-    apply_account(kc, ns, "big", tsim.url, symbols[:1], "creds", reconciliation={"intervalSeconds": 3600},
-                  emergencyStop={"sweepIntervalSeconds": 5})
-    op = Operator(kc, ns, tmp / "estop.log")
-    op.start()
     custom, _ = api(kc)
-    stop = lambda: get(custom, ns, "big")["status"].get("emergencyStop") or {}  # noqa: E731
-    gone, completed = [], []
-    try:
+    med = statistics.median
+
+    def stops(ns_: str, label: str, env: dict[str, str] | None) -> tuple[dict[str, list[float]], Operator, str, Any]:
+        """``reps`` stops of 1,000 orders by an operator (``env``: e.g. another checkout's source first on
+        PYTHONPATH); the operator is left running."""
+        key, sec = "bench-" + uuid.uuid4().hex, uuid.uuid4().hex
+        tsim.call(sim.add_account, key, sec, balances={"USDT": "10000000"})
+        apply_secret(kc, ns_, "creds", key, sec)
+        # the spec lists one symbol: the stop covers the whole account anyway
+        apply_account(kc, ns_, "big", tsim.url, symbols[:1], "creds", reconciliation={"intervalSeconds": 3600},
+                      emergencyStop={"sweepIntervalSeconds": 5})
+        op = Operator(kc, ns_, tmp / f"estop{label}.log", env=env)
+        op.start()
+        stop = lambda: get(custom, ns_, "big")["status"].get("emergencyStop") or {}  # noqa: E731
+        out: dict[str, list[float]] = {k: [] for k in ("gone", "completed", "first", "op_cpu", "sim_cpu")}
         for r in range(reps):
-            poll(lambda: cond(get(custom, ns, "big"), "Ready") == "True", 180, 0.2)
+            poll(lambda: cond(get(custom, ns_, "big"), "Ready") == "True", 180, 0.2)
             book(key, f"r{r}")
-            assert len(tsim.open_orders(key)) == 1000
-            sh(kc, "-n", ns, "annotate", "ta", "big", f"tradewarden.io/emergency-stop=bench-{r}")
-            t_written = time.perf_counter()
-            poll(lambda: not tsim.open_orders(key), 120, 0.005)
-            gone.append(time.perf_counter() - t_written)
+            assert open_count(key) == 1000
+            time.sleep(0.5)                                   # the placements' events read
+            o0, c0 = proc_cpu_s(op.proc.pid), sim_cpu()
+            sh(kc, "-n", ns_, "annotate", "ta", "big", f"tradewarden.io/emergency-stop=bench-{r}")
+            t_written, wall_written = time.perf_counter(), time.time() * 1000
+            poll(lambda: not open_count(key), 120, 0.005)
+            out["gone"].append(time.perf_counter() - t_written)
+            out["op_cpu"].append(proc_cpu_s(op.proc.pid) - o0)
+            out["sim_cpu"].append(sim_cpu() - c0)
+            first = [e["wall"] for e in sim.requests() if e.get("key") == key and e["wall"] >= wall_written - 500
+                     and e["method"] == "GET" and e["path"] == "/api/v3/openOrders" and not e["params"].get("symbol")]
+            out["first"].append((min(first) - wall_written) / 1000 if first else float("nan"))
             poll(lambda: stop().get("state") == "Completed", 120, 0.05)
-            completed.append(time.perf_counter() - t_written)
+            out["completed"].append(time.perf_counter() - t_written)
             if r < reps - 1:
-                sh(kc, "-n", ns, "annotate", "ta", "big", "tradewarden.io/emergency-stop-")
+                sh(kc, "-n", ns_, "annotate", "ta", "big", "tradewarden.io/emergency-stop-")
                 poll(lambda: stop().get("active") is False, 60, 0.05)
-        med = statistics.median
-        print(f"[estop] 1000 orders / 50 symbols (49 outside spec.symbols): annotation written -> simulator shows "
-              f"no open order: p50 {med(gone) * 1000:.0f} ms, max {max(gone) * 1000:.0f} ms (n={reps}); "
-              f"status Completed (verified by a whole-account listing) p50 {med(completed) * 1000:.0f} ms")
+        g = out["gone"]
+        print(f"[estop{label}] 1000 orders / 50 symbols (49 outside spec.symbols): annotation written -> simulator "
+              f"shows no open order: p50 {med(g) * 1000:.0f} ms, p95 {_pct(g, 0.95) * 1000:.0f} ms, max "
+              f"{max(g) * 1000:.0f} ms (n={reps}); status Completed (verified by a whole-account listing) p50 "
+              f"{med(out['completed']) * 1000:.0f} ms")
+        print(f"[estop{label}] where the time goes (p50): annotation written -> the operator's first exchange request "
+              f"{med(out['first']) * 1000:.0f} ms (kubectl returns after the write); simulator thread CPU during "
+              f"the stop {med(out['sim_cpu']) * 1000:.0f} ms (its one thread carries out every cancel in turn: the "
+              f"floor); operator process CPU {med(out['op_cpu']) * 1000:.0f} ms")
+        return out, op, key, stop
+
+    before = None
+    if compare_src:
+        ns0 = ns + "-before"
+        sh(kc, "create", "namespace", ns0)
+        try:
+            before, op0, _, _ = stops(ns0, " before", {"PYTHONPATH": compare_src})
+            op0.stop()
+        finally:
+            sh(kc, "delete", "namespace", ns0, "--wait=false", check=False)
+    op = None
+    try:
+        now, op, key, stop = stops(ns, "", None)
+        gone = now["gone"]
         print(f"[estop] baseline: the gateway's own sweep of the same book (list, cancel per symbol, verify), "
-              f"no operator: p50 {base_s * 1000:.0f} ms; operator/baseline {med(gone) / base_s:.2f}x")
+              f"no operator, no stream: p50 {base_s * 1000:.0f} ms (simulator CPU {base_sim_cpu * 1000:.0f} ms); "
+              f"operator/baseline {med(gone) / base_s:.2f}x")
+        if before is not None:
+            print(f"[estop] this version / before ({compare_src}): p50 {med(gone) * 1000:.0f}/"
+                  f"{med(before['gone']) * 1000:.0f} ms ({med(gone) / med(before['gone']):.2f}x), p95 "
+                  f"{_pct(gone, 0.95) * 1000:.0f}/{_pct(before['gone'], 0.95) * 1000:.0f} ms, operator CPU "
+                  f"{med(now['op_cpu']) * 1000:.0f}/{med(before['op_cpu']) * 1000:.0f} ms")
 
         # the breaker: orders placed after the stop completed
         via_stream = []
@@ -245,7 +313,7 @@ def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path, reps: int 
             t0 = time.perf_counter()
             tsim.call(sim.place_order, key, symbol="B00XUSDT", side="BUY", type="LIMIT", quantity="1", price="60",
                       time_in_force="GTC", client_order_id=f"bot-s{i}")
-            poll(lambda: not tsim.open_orders(key), 30, 0.002)
+            poll(lambda: not open_count(key), 30, 0.002)
             via_stream.append(time.perf_counter() - t0)
             time.sleep(0.2)
         tsim.call(sim.set_deliver, key, False)               # the stream silently dead: only the sweep sees
@@ -254,7 +322,7 @@ def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path, reps: int 
             t0 = time.perf_counter()
             tsim.call(sim.place_order, key, symbol="B01XUSDT", side="BUY", type="LIMIT", quantity="1", price="60",
                       time_in_force="GTC", client_order_id=f"bot-w{i}")
-            poll(lambda: not tsim.open_orders(key), 30, 0.01)
+            poll(lambda: not open_count(key), 30, 0.01)
             via_sweep.append(time.perf_counter() - t0)
             time.sleep(1.3)                                  # spread the placements over the sweep cycle
         tsim.call(sim.set_deliver, key, True)
@@ -275,7 +343,8 @@ def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path, reps: int 
               f"symbol); {len(sweeps)} sweeps in 11 s -> {per_sweep * 60 / 5:.0f} weight/min of 6000; baseline: "
               f"listing the 50 symbols one by one would cost {50 * 6}")
     finally:
-        op.stop()
+        if op is not None:
+            op.stop()
         sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
 
 
@@ -600,6 +669,10 @@ def main() -> int:
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--lease", type=int, default=15)
     p.add_argument("--anatomy-sizes", default="50,200")
+    p.add_argument("--estop-reps", type=int, default=5)
+    p.add_argument("--estop-compare", metavar="DIR",
+                   help="also time the stops with another checkout's package first on PYTHONPATH (its "
+                        "operator/ directory, e.g. a worktree of main), before this version, and print the ratio")
     p.add_argument("--scale-baseline", action="store_true",
                    help="also run the scale part with ccxt's defaults first (TRADEWARDEN_CCXT_IMPORT=full, "
                         "TRADEWARDEN_CCXT_SHARING=off) and print the ratios")
@@ -619,7 +692,7 @@ def main() -> int:
     print(f"[bench] operator logs in {tmp}")
     try:
         if args.only in (None, "estop"):
-            bench_emergency_stop(kc, tsim, tmp)
+            bench_emergency_stop(kc, tsim, tmp, reps=args.estop_reps, compare_src=args.estop_compare)
         if args.only in (None, "stream"):
             bench_stream_latency(kc, tsim, tmp)
         if args.only == "shards":

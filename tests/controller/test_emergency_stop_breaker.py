@@ -192,6 +192,18 @@ def test_bots_scaled_to_zero_usdm_flatten_and_bad_input(crd_installed, namespace
                   and e.get("state") == "Completed" and e, timeout=60, operator=op)
     assert es["scaledDown"] == [{"kind": "Deployment", "name": "bot", "replicas": 2}]
 
+    # the operator killed while the bots are held: its successor reads the previous replicas back from
+    # status (never the 0 it finds on the workload) and restores them on release
+    from tradewarden.controller.status import parse_rfc3339
+
+    op.kill()
+    killed_ms = int(time.time() * 1000)
+    op = operator_factory(ns)
+    wait_for("the successor verified the stop", lambda: (e := stop_of(kc, ns, "fut")).get("state") == "Completed"
+             and (parse_rfc3339(e.get("verifiedAt")) or 0) > killed_ms, timeout=60, operator=op)
+    assert stop_of(kc, ns, "fut")["scaledDown"] == [{"kind": "Deployment", "name": "bot", "replicas": 2}]
+    assert kubectl(kc, "-n", ns, "get", "deployment", "bot", "-o", "jsonpath={.spec.replicas}").stdout == "0"
+
     # release: replicas restored, named in an Event
     kubectl(kc, "-n", ns, "annotate", "ta", "fut", f"{ESTOP}-")
     wait_for("restored", lambda: kubectl(kc, "-n", ns, "get", "deployment", "bot", "-o",
@@ -199,3 +211,38 @@ def test_bots_scaled_to_zero_usdm_flatten_and_bad_input(crd_installed, namespace
     wait_for("Event", lambda: any(r == "EmergencyStopScaledUp" and "Deployment/bot (0 -> 2)" in m
                                   for r, m in reasons(kc, ns, "fut")), timeout=30, operator=op)
     wait_for("Ready", lambda: cond(get_ta(kc, ns, "fut"), "Ready").get("status") == "True", operator=op)
+
+
+def test_deleting_the_account_during_a_stop_leaves_the_bots_at_zero(crd_installed, namespace, tsim,
+                                                                     operator_factory):
+    """A deletion is not a release (docs/architecture.md): the bots stay at 0, and an Event names each one
+    with the replicas it had, for the user to scale back once the bots are safe."""
+    kc, ns = crd_installed, namespace
+    key, sec = new_account(tsim)
+    apply(kc, {"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "bot", "namespace": ns, "labels": {"app": "bot"}},
+               "spec": {"replicas": 3, "selector": {"matchLabels": {"pod": "bot"}},
+                        "template": {"metadata": {"labels": {"pod": "bot"}},
+                                     "spec": {"containers": [{"name": "c", "image": "example.invalid/c:1"}]}}}})
+    limit(tsim, key, "ETHUSDT", "1000", "bot-1")
+    apply(kc, secret(ns, "creds", {"apiKey": key, "secret": sec}))
+    apply(kc, account(ns, "acct", endpoint=tsim.url, symbols=["BTC/USDT"], secret_name="creds",
+                      emergencyStop={"scaleDown": {"matchLabels": {"app": "bot"}}}))
+    op = operator_factory(ns)
+    wait_for("Ready", lambda: cond(get_ta(kc, ns, "acct"), "Ready").get("status") == "True", operator=op)
+    kubectl(kc, "-n", ns, "annotate", "ta", "acct", f"{ESTOP}=bot gone wild")
+    wait_for("held and verified", lambda: (e := stop_of(kc, ns, "acct")).get("state") == "Completed"
+             and e.get("scaledDown") == [{"kind": "Deployment", "name": "bot", "replicas": 3}], timeout=60,
+             operator=op)
+    assert tsim.open_orders(key) == []
+    replicas = lambda: kubectl(kc, "-n", ns, "get", "deployment", "bot", "-o",  # noqa: E731
+                               "jsonpath={.spec.replicas}").stdout
+    assert replicas() == "0"
+
+    kubectl(kc, "-n", ns, "delete", "ta", "acct", "--timeout=60s")
+    assert get_ta(kc, ns, "acct") is None
+    wait_for("the Event naming what stays at 0", lambda: any(
+        r == "EmergencyStopWorkloadsLeftAtZero" and "Deployment/bot (replicas before the stop: 3)" in m
+        for r, m in reasons(kc, ns, "acct")), timeout=30, operator=op)
+    time.sleep(2)
+    assert replicas() == "0"

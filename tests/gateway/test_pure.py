@@ -262,3 +262,75 @@ def test_the_ccxt_gateway_is_the_whole_domain_gateway():
     finally:
         import asyncio
         asyncio.run(gw.close())
+
+
+# ---- spot executionReport read from Binance's own fields == ccxt's reading --------------------------
+
+# user-data-stream.md "Order Update" (the documented example), and the same order through its lifecycle
+_REPORT = {"e": "executionReport", "E": 1499405658658, "s": "ETHBTC", "c": "mUvoqJxFIILMdfAW5iGSOW", "S": "BUY",
+           "o": "LIMIT", "f": "GTC", "q": "1.00000000", "p": "0.10264410", "P": "0.00000000", "F": "0.00000000",
+           "g": -1, "C": "", "x": "NEW", "X": "NEW", "r": "NONE", "i": 4293153, "l": "0.00000000",
+           "z": "0.00000000", "L": "0.00000000", "n": "0", "N": None, "T": 1499405658657, "t": -1, "I": 8641984,
+           "w": True, "m": False, "M": False, "O": 1499405658657, "Z": "0.00000000", "Y": "0.00000000",
+           "Q": "0.00000000", "W": 1499405658657, "V": "NONE"}
+_REPORTS = {
+    "new": {},
+    "partially filled": {"x": "TRADE", "X": "PARTIALLY_FILLED", "z": "0.40000000", "l": "0.40000000",
+                         "L": "0.10264410", "T": 1499405660000, "E": 1499405660001, "t": 77},
+    "filled, sell": {"S": "SELL", "x": "TRADE", "X": "FILLED", "z": "1.00000000", "T": 1499405661000},
+    "cancelled: C is the order's own id": {"x": "CANCELED", "X": "CANCELED", "c": "cancel-request-id",
+                                          "C": "mUvoqJxFIILMdfAW5iGSOW", "T": 1499405662000},
+    "cancelled, no creation time": {"x": "CANCELED", "X": "CANCELED", "O": None, "T": 1499405662000},
+    "trade, no creation time": {"x": "TRADE", "X": "PARTIALLY_FILLED", "O": None, "z": "0.1"},
+    "expired": {"x": "EXPIRED", "X": "EXPIRED", "T": 1499405663000},
+    "expired in match": {"x": "TRADE_PREVENTION", "X": "EXPIRED_IN_MATCH"},
+    "limit maker": {"o": "LIMIT_MAKER"},
+    "stop loss limit": {"o": "STOP_LOSS_LIMIT", "P": "0.09"},
+    "no transaction time": {"T": None},
+    "zero price, limit": {"p": "0.00000000"},
+    "no client order id": {"c": "", "C": ""},
+}
+
+
+@pytest.fixture(scope="module")
+def spot_pro():
+    import ccxt.pro
+
+    pro = ccxt.pro.binance()
+    pro.set_markets([{"id": mid, "symbol": sym, "base": sym.split("/")[0], "quote": sym.split("/")[1],
+                      "baseId": sym.split("/")[0], "quoteId": sym.split("/")[1], "type": "spot", "spot": True,
+                      "active": True, "precision": {}, "limits": {}}
+                     for mid, sym in (("ETHBTC", "ETH/BTC"), ("BTCUSDT", "BTC/USDT"))])
+    return pro
+
+
+def _known(pro):
+    from tradewarden.gateway.stream import UserDataStream
+
+    return lambda market_id: UserDataStream._spot_symbol(pro, market_id)     # what the stream passes
+
+
+@pytest.mark.parametrize("case", sorted(_REPORTS))
+def test_execution_report_reads_as_ccxt_reads_it(spot_pro, case):
+    from tradewarden.gateway.translate import order_from_execution_report
+
+    report = {**_REPORT, **_REPORTS[case]}
+    report = {k: v for k, v in report.items() if v is not None or k == "N"}
+    ours = order_from_execution_report(report, _known(spot_pro))
+    assert ours is not None
+    # equal, and printed alike (Decimal("0.00400000") == Decimal("0.004"), but status shows the text)
+    assert repr(ours) == repr(order_from_ccxt(spot_pro.parse_ws_order(dict(report))))
+
+
+def test_execution_reports_only_ccxt_reads_right_fall_back(spot_pro, static_cases):
+    from tradewarden.gateway.translate import order_from_execution_report
+
+    ws = json.loads(STATIC.with_name("ws-binance.json").read_text())["methods"]
+    captured = [m["event"] for case in ws["watchOrders"] for m in case["messages"]
+                if isinstance(m, dict) and isinstance(m.get("event"), dict) and m["event"].get("e") == "executionReport"]
+    assert captured and all(r["o"] == "MARKET" for r in captured)
+    for r in captured:   # ccxt reports a MARKET order's price as its average fill
+        assert order_from_execution_report(r, _known(spot_pro)) is None
+    assert order_from_execution_report({**_REPORT, "s": "NOPEBTC"}, _known(spot_pro)) is None
+    assert order_from_execution_report({**_REPORT, "X": "SOMETHING_NEW"}, _known(spot_pro)) is None
+    assert order_from_execution_report({**_REPORT, "ps": "BOTH"}, _known(spot_pro)) is None

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from ..core import estop as es
 from ..domain import GatewayError, Order, OrderNotFound, RateLimited
@@ -38,7 +38,8 @@ class StopExecutor:
     def __init__(self, *, namespace: str, gateway: Callable[[], Any], kube: Any,
                  post: Callable[[str, str, str], None], telemetry: Callable[[], Any],
                  cfg: es.StopConfig, selector: Mapping[str, Any] | None, futures: bool,
-                 clock: Callable[[], float] = time.time, on_change: Callable[[], None] = lambda: None) -> None:
+                 clock: Callable[[], float] = time.time, on_change: Callable[[], None] = lambda: None,
+                 persist: Callable[[], Awaitable[None]] | None = None) -> None:
         self.namespace = namespace
         self._gateway = gateway
         self._kube = kube
@@ -49,6 +50,7 @@ class StopExecutor:
         self.futures = futures
         self._clock = clock
         self._on_change = on_change
+        self._persist = persist          # write status now (the workloads to be held, before they are scaled)
         self.state: es.StopState | None = None
         self.held: list[wl.Held] = []
         self.scale: dict[str, str] | None = None     # {"problem", "message"} of the last scale call
@@ -253,10 +255,16 @@ class StopExecutor:
     async def _scale_down(self) -> None:
         if not self.selector or self._kube is None:
             return
-        report = await wl.scale_down(self._kube, self.namespace, self.selector, self.held)
+        async def record(held: list[wl.Held]) -> None:
+            self.held = held
+            self._on_change()
+            if self._persist is not None:
+                await self._persist()    # best effort: a failed write is retried; the bots are stopped anyway
+
+        report = await wl.scale_down(self._kube, self.namespace, self.selector, self.held, record)
         self.held = report.held
         if report.changed:
-            self._post("Warning", "EmergencyStopScaledDown",
+            self._post("Warning", wl.ScaleEvent.SCALED_DOWN.value,
                        f"emergency stop: scaled to 0: {wl.describe(report.changed, 'down')}")
         scale = {"problem": report.problem.value if report.problem else "",
                  "message": report.message or (f"held at 0: {', '.join(f'{h.kind}/{h.name}' for h in self.held)}"
@@ -272,7 +280,7 @@ class StopExecutor:
         report = await wl.restore(self._kube, self.namespace, self.held)
         self.held = report.held
         if report.changed:
-            self._post("Normal", "EmergencyStopScaledUp",
+            self._post("Normal", wl.ScaleEvent.SCALED_UP.value,
                        f"emergency stop released: restored {wl.describe(report.changed, 'up')}")
         if report.problem is not None:
             self._post("Warning", f"EmergencyStop{report.problem.value}", report.message)

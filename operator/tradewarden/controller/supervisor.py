@@ -30,6 +30,7 @@ from . import emergency, lifecycle
 from .breaker import StopExecutor
 from . import events as ev
 from . import schedule
+from . import workloads as wl
 from . import status as st
 from .deps import Deps
 from .credentials import CredentialsError, read_credentials
@@ -162,9 +163,20 @@ class AccountSupervisor:
             elif self._ckpt_task is not None:
                 self._ckpt_task.cancel()
             await self._teardown()
+            if self._forget:
+                self._left_at_zero()
             if self._forget and self._tele is not None:
                 self._tele.forget()
             self.log.info("stopped supervising %s", self.key)
+
+    def _left_at_zero(self) -> None:
+        """The account is deleted while its stop holds workloads at 0: they stay there (a deletion is not a
+        release), and the user is told which and what to scale them back to."""
+        stop = self.state.stop
+        if stop.active and stop.held:
+            message = wl.left_at_zero(stop.held)
+            self.log.warning("%s", message)
+            self._post("Warning", wl.ScaleEvent.LEFT_AT_ZERO.value, message)
 
     def observe(self) -> lifecycle.Observed:
         gw = self._gw
@@ -615,7 +627,8 @@ class AccountSupervisor:
         return StopExecutor(namespace=self.namespace, gateway=lambda: self._gw, kube=self.deps.kube, post=self._post,
                             telemetry=lambda: self._tele, cfg=self._breaker_config(), selector=selector,
                             futures=bool(self._gw.futures) if self._gw is not None else False,
-                            clock=self.deps.clock, on_change=self._breaker_changed)
+                            clock=self.deps.clock, on_change=self._breaker_changed,
+                            persist=lambda: self.flush(force=True))
 
     def _breaker_changed(self) -> None:
         if self._breaker is not None:

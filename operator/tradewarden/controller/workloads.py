@@ -2,18 +2,36 @@
 restored on release. Executes the machine's ScaleDown / RestoreWorkloads actions (core/estop.py).
 
 Only the scale subresource is written (RBAC: ``<fullname>-scale``); the workloads are only read, to resolve
-the label selector. The previous replicas of each workload are kept in status.emergencyStop.scaledDown (the
-operator may not write the workload itself, so not in an annotation on it). Nothing here can fail the stop:
-every problem becomes the WorkloadsScaledDown condition and an Event.
+the label selector. The previous replicas of each workload are kept in status.emergencyStop.scaledDown, not
+in an annotation on the workload as issue 14 first asked: writing annotations needs ``patch`` on the
+workload itself, which could also rewrite its pod template (docs/architecture.md, "Why these choices").
+They are recorded there *before* a workload is scaled (``record``), so an operator killed between the two
+restores the right count. Nothing here can fail the stop: every problem becomes the WorkloadsScaledDown
+condition and an Event.
 """
 from __future__ import annotations
 
 import asyncio
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from .kube import Forbidden
+
+
+class ScaleEvent(str, enum.Enum):
+    """The reasons of the Events about the workloads (posted on the TradingAccount)."""
+    SCALED_DOWN = "EmergencyStopScaledDown"
+    SCALED_UP = "EmergencyStopScaledUp"
+    LEFT_AT_ZERO = "EmergencyStopWorkloadsLeftAtZero"   # the account deleted while the stop held them
+
+
+def left_at_zero(held: Sequence["Held"]) -> str:
+    """What a TradingAccount deleted during its stop leaves behind (docs/architecture.md: a deletion is not
+    a release; nobody would watch the bots once the account is gone)."""
+    named = ", ".join(f"{h.kind}/{h.name} (replicas before the stop: {h.replicas})" for h in held)
+    return (f"TradingAccount deleted while its emergency stop stands: {named} stay at 0 (a deletion is not a "
+            f"release); scale them back yourself once the bots are safe")
 
 
 class ScaleProblem(str, enum.Enum):
@@ -61,9 +79,17 @@ def selector_string(selector: Mapping[str, Any]) -> str:
     return ",".join(parts)
 
 
-async def scale_down(kube: Any, namespace: str, selector: Mapping[str, Any], held: Sequence[Held]) -> ScaleReport:
+async def _no_record(held: list[Held]) -> None:
+    return None
+
+
+async def scale_down(kube: Any, namespace: str, selector: Mapping[str, Any], held: Sequence[Held],
+                     record: Callable[[list[Held]], Awaitable[None]] = _no_record) -> ScaleReport:
     """Every selected workload to 0 replicas. Idempotent: one already held keeps its first recorded
-    replicas; one scaled up again while the stop stands is scaled to 0 again."""
+    replicas; one scaled up again while the stop stands is scaled to 0 again. ``record`` is awaited with
+    every workload to be held (their replicas read, none scaled yet) before the first scale call: the
+    caller makes that durable (status), so a crash between the two loses no replica count. A workload
+    whose scaling then fails is dropped from ``held`` again (it is not held at zero: nothing claims it)."""
     text = selector_string(selector)
     kept = {(h.kind, h.name): h for h in held}
     if not text:
@@ -83,23 +109,34 @@ async def scale_down(kube: Any, namespace: str, selector: Mapping[str, Any], hel
     problems: list[str] = []
     forbidden = False
 
-    async def one(kind: str, name: str) -> None:
+    def failed(kind: str, name: str, exc: Exception) -> None:
         nonlocal forbidden
+        forbidden = forbidden or isinstance(exc, Forbidden)
+        problems.append(f"{kind}/{name}: {exc}" if isinstance(exc, Forbidden) else
+                        f"{kind}/{name}: {type(exc).__name__}: {exc}")
+
+    async def read(kind: str, name: str) -> tuple[str, str, int] | None:
         try:
             replicas = await kube.get_scale(namespace, kind, name)
-            if replicas is None or replicas == 0:
-                return
-            h = kept.get((kind, name)) or Held(kind, name, replicas)
-            if await kube.set_scale(namespace, kind, name, 0):
-                kept[(kind, name)] = h
-                changed.append(Held(kind, name, replicas))
-        except Forbidden as exc:
-            forbidden = True
-            problems.append(f"{kind}/{name}: {exc}")
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{kind}/{name}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - Forbidden included: named, the others go on
+            failed(kind, name, exc)
+            return None
+        return None if replicas is None or replicas == 0 else (kind, name, replicas)
 
-    await asyncio.gather(*(one(k, n) for k, n in found))
+    due = [r for r in await asyncio.gather(*(read(k, n) for k, n in found)) if r is not None]
+    new = {(k, n): Held(k, n, r) for k, n, r in due if (k, n) not in kept}
+    if new:
+        await record(list(kept.values()) + list(new.values()))       # durable before the first scale call
+
+    async def zero(kind: str, name: str, replicas: int) -> None:
+        try:
+            if await kube.set_scale(namespace, kind, name, 0):
+                kept.setdefault((kind, name), new.get((kind, name)) or Held(kind, name, replicas))
+                changed.append(Held(kind, name, replicas))
+        except Exception as exc:  # noqa: BLE001
+            failed(kind, name, exc)
+
+    await asyncio.gather(*(zero(k, n, r) for k, n, r in due))
     if problems:
         reason = ScaleProblem.FORBIDDEN if forbidden else ScaleProblem.FAILED
         hint = f" (bind the tradewarden-scale ClusterRole in namespace {namespace})" if forbidden else ""

@@ -84,7 +84,7 @@ BINANCE_OPTIONS: dict[str, dict[str, Any]] = {
 class TradewardenExchangeMixin:
     tw_budgets: RateBudgets
     tw_secrets: tuple[str, ...] = ()
-    tw_sink: Callable[[Any, Any], None] | None = None
+    tw_sink: Callable[[Any, Any], bool | None] | None = None   # True: consumed, ccxt's handler skipped
 
     # -- REST: rate budget and scrubbing --
     async def fetch(self, url, method="GET", headers=None, body=None):
@@ -174,11 +174,14 @@ class TradewardenExchangeMixin:
             log.warning("user-data payload dropped: not a JSON object (%s)", type(message).__name__)
             return None
         try:
-            sink(client, message)
+            consumed = sink(client, message)
         except Exception as exc:  # never let a translation error break ccxt's receive loop
             # a malformed user-data event is dropped here (ccxt's own handlers may crash on it);
             # the next reconciliation corrects whatever it would have told us
             log.warning("user-data payload dropped, not translated: %s", scrub(repr(exc)[:300], self.tw_secrets))
+            return None
+        if consumed is True:
+            # the tap translated it and ccxt's handler would only parse it again into caches nobody reads
             return None
         try:
             return super().handle_message(client, message)
