@@ -262,3 +262,14 @@ def test_the_ccxt_gateway_is_the_whole_domain_gateway():
     finally:
         import asyncio
         asyncio.run(gw.close())
+
+
+@pytest.mark.parametrize("waited, url, body, want", [
+    (0.0, "http://x/api/v3/account?timestamp=1&signature=ab", None, False),       # no wait: as signed
+    (3.0, "http://x/api/v3/account?timestamp=1&signature=ab", None, True),        # waited, signed in the URL
+    (3.0, "http://x/api/v3/order", "symbol=BTCUSDT&timestamp=1&signature=ab", True),   # signed in the body
+    (3.0, "http://x/api/v3/exchangeInfo", None, False),                           # public: nothing to renew
+])
+def test_resign_after_wait(waited, url, body, want):
+    from tradewarden.gateway.exchanges import resign_after_wait
+    assert resign_after_wait(waited, url, body) is want

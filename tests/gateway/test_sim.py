@@ -136,6 +136,32 @@ async def test_budget_waits_rather_than_exceed(sim, account, gateways):
     assert any(not r.balances.ok or not r.open_orders.ok for r in results)   # refused, not sent
 
 
+async def test_a_request_that_waited_for_the_budget_is_signed_after_the_wait(sim, account, gateways):
+    """ccxt signs before ``fetch`` spends the budget: a request that waited for the next weight window
+    (up to a minute) must carry a timestamp taken after the wait, or Binance refuses it (-1021, outside
+    recvWindow; binance-spot-api-docs/rest-api.md, "Timing security")."""
+    key, secret = account
+    gw = gateways("binance", key, secret)
+    await gw.start(["BTC/USDT"])
+    budget = gw.budgets.for_url(sim.url + "/api/v3/account")
+    budget._roll()
+    budget._used = budget.usable            # another client spent the IP's window
+    waits: list[float] = []
+
+    async def next_window(delay: float) -> None:
+        waits.append(delay)
+        await asyncio.sleep(1.5)            # the window rolls (the budget forgets what was spent)
+        budget._window, budget._used, budget._own = budget.window(), 0, 0
+    budget.sleep = next_window
+    sim.request_log.clear()
+    t_before = sim.now_ms()
+    snap = await gw.snapshot(["BTC/USDT"])
+    assert waits and snap.balances.ok and snap.open_orders.ok
+    signed = [r for r in sim.requests() if r["key"] == key and "timestamp" in r["params"]]
+    assert signed and all(r["status"] == 200 for r in signed)
+    assert min(int(r["params"]["timestamp"]) for r in signed) >= t_before + 1400   # signed after the wait
+
+
 # ---- the user-data stream ------------------------------------------------------------------------
 
 async def next_event(it, kind=None, state=None, timeout=15.0):

@@ -218,13 +218,15 @@ class RateBudget:
         self.counters.weight_spent += weight
         return 0.0
 
-    async def acquire(self, weight: int) -> None:
-        """Spend ``weight``, waiting for the window or a Retry-After if need be (never exceeding)."""
+    async def acquire(self, weight: int) -> float:
+        """Spend ``weight``, waiting for the window or a Retry-After if need be (never exceeding).
+        Returns the seconds waited (0.0: spent at once)."""
         waited = False
+        total = 0.0
         while True:
             delay = self.try_spend(weight)
             if delay <= 0:
-                return
+                return total
             if delay > self.max_wait_s:
                 self.counters.rejected += 1
                 raise RateLimited(f"rate budget {self.key}: nothing may be sent for {delay:.1f}s", delay)
@@ -232,6 +234,7 @@ class RateBudget:
                 self.counters.waits += 1
                 waited = True
             self.counters.wait_seconds += delay
+            total += delay
             await self.sleep(delay)
 
     # -- what the venue tells us --
