@@ -273,3 +273,20 @@ def test_the_ccxt_gateway_is_the_whole_domain_gateway():
 def test_resign_after_wait(waited, url, body, want):
     from tradewarden.gateway.exchanges import resign_after_wait
     assert resign_after_wait(waited, url, body) is want
+
+
+@pytest.mark.parametrize("instance, agent, back", [
+    ("replica-0-3fa2c1", "tradewarden (replica-0-3fa2c1)", "replica-0-3fa2c1"),
+    (None, "tradewarden", None),                                   # unnamed: the product alone
+    ("", "tradewarden", None),
+    ("pod 1/(x)\r\nX-Evil: y", "tradewarden (pod1xX-Evily)", "pod1xX-Evily"),   # nothing a header may not carry
+])
+def test_user_agent_names_the_instance(instance, agent, back):
+    from tradewarden.gateway.identity import instance_of, user_agent
+    assert user_agent(instance) == agent
+    assert instance_of(agent) == back
+
+
+def test_instance_of_ignores_other_clients():
+    from tradewarden.gateway.identity import instance_of
+    assert instance_of("Python/3.11 aiohttp/3.9.5") is None and instance_of(None) is None

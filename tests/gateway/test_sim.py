@@ -162,6 +162,21 @@ async def test_a_request_that_waited_for_the_budget_is_signed_after_the_wait(sim
     assert min(int(r["params"]["timestamp"]) for r in signed) >= t_before + 1400   # signed after the wait
 
 
+async def test_requests_name_their_replica_in_the_user_agent(sim, account, gateways):
+    """The simulator's request log tells replicas apart (bench_controller's no-double-serving check)."""
+    from tradewarden.gateway import identity
+    key, secret = account
+    identity.set_instance("replica-7-a1b2c3")
+    try:
+        gw = gateways("binance", key, secret)
+        await gw.start(["BTC/USDT"])
+        await gw.snapshot(["BTC/USDT"])
+    finally:
+        identity.set_instance(None)
+    mine = [r for r in sim.requests() if r["key"] == key]
+    assert mine and {identity.instance_of(r["agent"]) for r in mine} == {"replica-7-a1b2c3"}
+
+
 # ---- the user-data stream ------------------------------------------------------------------------
 
 async def next_event(it, kind=None, state=None, timeout=15.0):

@@ -42,6 +42,7 @@ from ..domain import Invalid, Unsupported
 from ..endpoints import point_at
 from .budget import RateBudgets, _strip_prefix, family_of, request_weight
 from .errors import ScrubFilter, scrub
+from .identity import current_user_agent
 
 log = logging.getLogger("tradewarden.gateway")
 
@@ -295,6 +296,7 @@ def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | No
         "options": options,
         "logger": logger,
         "timeout": 10000,
+        "userAgent": current_user_agent(),      # which replica sent a request (gateway/identity.py)
     }
     ex = cls(config)
     if CCXT_SHARING and getattr(ex, "verify", False) is True and getattr(ex, "ssl_context", None) is None and \
