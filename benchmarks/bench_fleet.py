@@ -357,7 +357,7 @@ def main() -> int:
                 print(f"[fleet]   {time.perf_counter() - t0:.0f}s: {k}/{n} Ready", flush=True)
                 last[1] = time.perf_counter()
             return k == n
-        poll(all_ready, args.ready_timeout, 5.0)
+        poll(all_ready, args.ready_timeout, max(5.0, n / 100))      # a list of N accounts per poll
         t_ready = time.perf_counter() - t0
         cpu_start = meter.mark()
         usable = int(SPOT_LIMIT * SAFETY)
