@@ -42,8 +42,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 
-from benchmarks.bench_controller import (Operator, api, cond, kubeconfig, poll, proc_cpu_mem,  # noqa: E402
-                                         serving_intervals, sh)
+from benchmarks.bench_controller import (Operator, api, cond, drop_namespace, kubeconfig, poll,  # noqa: E402
+                                         proc_cpu_mem, serving_intervals, sh)
 from tradewarden.gateway.budget import WEIGHTS  # noqa: E402
 from tradewarden.gateway.identity import instance_of  # noqa: E402
 
@@ -217,23 +217,6 @@ def create_objects(kc: str, ns: str, url: str, accounts: list[tuple[str, str]], 
     with cf.ThreadPoolExecutor(8) as ex:
         list(ex.map(one, range(len(accounts))))
     return time.perf_counter() - t0
-
-
-def teardown(kc: str, ns: str) -> None:
-    """The operators are stopped: strip the finalizers they would have removed, then drop the namespace
-    (otherwise the namespace stays Terminating with N objects in it, and loads every later run)."""
-    custom, _ = api(kc)
-    items = custom.list_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts")["items"]
-
-    def strip(o: dict) -> None:
-        try:
-            custom.patch_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts",
-                                                  o["metadata"]["name"], {"metadata": {"finalizers": None}})
-        except Exception:  # noqa: BLE001 - gone already
-            pass
-    with cf.ThreadPoolExecutor(8) as ex:
-        list(ex.map(strip, [o for o in items if o["metadata"].get("finalizers")]))
-    sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
 
 
 def ready_count(custom, ns: str) -> int:
@@ -435,7 +418,7 @@ def main() -> int:
         for op in ops:
             op.stop()
         sim.stop()
-        teardown(kc, ns)
+        drop_namespace(kc, ns)
     return 0
 
 
