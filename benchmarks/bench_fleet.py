@@ -49,7 +49,9 @@ from tradewarden.gateway.identity import instance_of  # noqa: E402
 
 SPOT_LIMIT = 6000               # the simulator's (and Binance's) REQUEST_WEIGHT per minute per IP
 SAFETY = 0.9                    # budget.RateBudgets' default: the usable part
-INITIAL_WEIGHT = WEIGHTS[("GET", "/api/v3/account")] + WEIGHTS[("GET", "/api/v3/openOrders")][0]   # 1 symbol
+# per account at startup: the gateway start's credentials check (account) + the initial sync (account, open orders of 1 symbol)
+RUN_WEIGHT = WEIGHTS[("GET", "/api/v3/account")] + WEIGHTS[("GET", "/api/v3/openOrders")][0]    # a reconciliation
+INITIAL_WEIGHT = WEIGHTS[("GET", "/api/v3/account")] + RUN_WEIGHT
 
 
 def free_port() -> int:
@@ -298,7 +300,7 @@ def main() -> int:
     accounts = [(f"fleet-{i}-{uuid.uuid4().hex}", uuid.uuid4().hex) for i in range(n)]
     keys = {k: f"a{i}" for i, (k, _) in enumerate(accounts)}
     names = set(keys.values())
-    per_acct_min = INITIAL_WEIGHT / args.interval * 60 + WEIGHTS[("GET", "/api/v3/openOrders")][0] / args.check * 60
+    per_acct_min = RUN_WEIGHT / args.interval * 60 + WEIGHTS[("GET", "/api/v3/openOrders")][0] / args.check * 60
     print(f"[fleet] {n} accounts, {R} replica(s); logs in {tmp}; spec: 1 symbol, intervalSeconds={args.interval}, "
           f"checkIntervalSeconds={args.check} -> {per_acct_min:.2f} weight/min per account by the table "
           f"({per_acct_min * n:.0f}/min for all, usable {int(SPOT_LIMIT * SAFETY)})")

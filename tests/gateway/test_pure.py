@@ -290,3 +290,35 @@ def test_user_agent_names_the_instance(instance, agent, back):
 def test_instance_of_ignores_other_clients():
     from tradewarden.gateway.identity import instance_of
     assert instance_of("Python/3.11 aiohttp/3.9.5") is None and instance_of(None) is None
+
+
+async def test_within_does_not_count_the_wait_for_the_budget():
+    """A start that queued 50 s for the IP's weight (credited by the budget, slept here for 0.3 s) is no
+    hang; a coroutine that hangs still times out, and wait_for would have timed the first one out too."""
+    import asyncio
+    from tradewarden.gateway.budget import within
+
+    budget = RateBudget(key="h/api", limit=100, safety=1.0, max_wait_s=120.0, clock=lambda: 30.0)
+
+    async def nap(_delay: float) -> None:
+        budget._window, budget._used, budget._own = budget.window(), 0, 0   # the window rolled
+        await asyncio.sleep(0.3)
+    budget.sleep = nap
+
+    async def start() -> str:
+        budget._roll()
+        budget._used = budget._own = 100       # the window is spent: the next request waits (30 s)
+        await budget.acquire(20)
+        return "started"
+
+    assert await within(start(), 0.1) == "started"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(start(), 0.1)
+    with pytest.raises(asyncio.TimeoutError):
+        await within(asyncio.sleep(10), 0.1)
+    with pytest.raises(ValueError):
+        await within(_raise(), 1.0)
+
+
+async def _raise() -> None:
+    raise ValueError("the work's own error passes through")

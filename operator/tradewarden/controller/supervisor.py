@@ -35,6 +35,7 @@ from .lifecycle import (AcceptSpec, Action, Build, Configure, Idle, OpenBreaker,
                         StartStream, State, Stop)
 from .streaming import StreamConsumer
 from .throttle import StatusWriter
+from ..gateway.budget import within
 from .vocabulary import Problem, ProblemReason, RunKind, StreamState, gateway_problem
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ class AccountSupervisor:
         try:
             gw = self.deps.gateway_factory(spec.exchange, creds.api_key, creds.secret, spec.endpoint,
                                            budgets=self.deps.budgets)
-            await asyncio.wait_for(gw.start(list(spec.symbols)), timeout=GATEWAY_START_TIMEOUT_S)
+            await within(gw.start(list(spec.symbols)), GATEWAY_START_TIMEOUT_S)   # budget waits excluded
         except asyncio.CancelledError:
             if gw is not None:
                 await _close_quietly(gw)
