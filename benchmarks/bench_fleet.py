@@ -385,6 +385,10 @@ def main() -> int:
             f"{k} {v} ({sim.count_by_request[k]} requests)" for k, v in sim.by_request.most_common(8)))
         bad = {k: v for k, v in sim.statuses.items() if k[0] != 200}
         print(f"[fleet] simulator: {sim.requests} REST requests, not 200: {bad or 'none'}")
+        members_seen: set[str] = set()
+        if R > 1:   # the member Leases now (a killed replica's is deleted by the survivors later)
+            members_seen = {i["spec"].get("holderIdentity") for i in json.loads(sh(kc, "-n", ns, "get", "leases", "-o",
+                            "json").stdout)["items"] if "-member-" in i["metadata"]["name"]} - {None}
         if R > 1 and not args.no_kill:
             victim = ops[0]
             moving = current(victim)
@@ -411,12 +415,13 @@ def main() -> int:
                          for r, op in enumerate(ops)}
             checked, outside, multi, per_account, agents = double_serving(sim, keys, intervals, tolerance_s=0.05)
             leases = json.loads(sh(kc, "-n", ns, "get", "leases", "-o", "json").stdout)["items"]
-            members = {i["spec"].get("holderIdentity") for i in leases if "-member-" in i["metadata"]["name"]}
+            members = members_seen | {i["spec"].get("holderIdentity") for i in leases if "-member-" in i["metadata"]["name"]}
             print(f"[fleet] no double serving, from the simulator's log: {checked} signed requests, each naming its "
                   f"replica: {outside} outside that replica's own serving interval for the account; accounts by "
                   f"number of replicas that ever sent for them {dict(sorted(per_account.items()))} ({multi} moved); "
                   f"replicas' serving intervals overlapping: {overlaps(intervals, names)}")
-            print(f"[fleet] User-Agents seen {sorted(agents)}; member Lease holders {sorted(m for m in members if m)}; "
+            print(f"[fleet] User-Agents seen {sorted(agents)}; member Lease holders (before the kill and now) "
+                  f"{sorted(m for m in members if m)}; "
                   f"unknown agents: {sorted(a for a in agents if a not in members)}")
     finally:
         if watch is not None:
