@@ -39,6 +39,18 @@ from tradewarden.sim.engine import SimError
 SYMBOLS = {"BTCUSDT": ("BTC/USDT:USDT", Decimal("50000"), "0.01"),
            "ETHUSDT": ("ETH/USDT:USDT", Decimal("3000"), "0.1")}
 D = Decimal
+RUNS_TO_FIND = 3       # timer runs begun after an injected loss by which it must be reported
+HANG_S = 120.0         # a loss still pending this long: the harness stops waiting (counted missed)
+
+
+@dataclass
+class Pending:
+    """An injected loss not yet reported: the (kind, entity) pairs a run must report, the ones it may."""
+    expected: set
+    kind: str
+    at: float                    # monotonic time of the injection
+    optional: set
+    runs: int = 0                # timer runs begun after the injection and ended without finding it all
 
 
 @dataclass
@@ -51,7 +63,7 @@ class Acct:
     stream: object = None
     quiet: asyncio.Lock = field(default_factory=asyncio.Lock)   # held while a loss is injected and found
     holds_prices: bool = False
-    pending: list = field(default_factory=list)                 # [(kinds expected, injected at)]
+    pending: list = field(default_factory=list)                 # [Pending]
     events: int = 0
     seq: int = 0
 
@@ -112,7 +124,7 @@ class Soak:
 
     async def start(self) -> None:
         await self.sim.start()
-        budgets = RateBudgets()
+        budgets = self.budgets = RateBudgets()
         for i in range(self.args.accounts):
             key = f"soak-usdm-{i}-" + secrets.token_hex(6)
             self.sim.add_account(key, secrets.token_hex(16), futures_balances={"USDT": "100000"})
@@ -222,34 +234,44 @@ class Soak:
                     symbol, _, qty = SYMBOLS[m]
                     pside = self.rng.choice(["LONG", "SHORT"]) if a.hedge else None
                     side = self.rng.choice(["BUY", "SELL"]) if not a.hedge else ("BUY" if pside == "LONG" else "SELL")
-                    self.order(a, m, side, qty, pside)
+                    placed = self.order(a, m, side, qty, pside)
                     expected = {("position", symbol if not a.hedge else f"{symbol} {pside}")}
-                    optional = {("balance", "USDT")}
+                    # the wallet moves by its fee and realised PnL (reported beyond the tolerance), and a
+                    # balance moved with no event makes the run read history (issue 19 item 2), where the
+                    # order itself, born and filled while nothing was delivered, is rightly "unseen"
+                    optional = {("balance", "USDT"), ("unseen", placed.client_order_id)}
             finally:
                 self.sim.set_deliver(a.key, True)
             self.injected[kind] += 1
-            a.pending.append((expected, kind, time.monotonic(), optional))
+            a.pending.append(Pending(expected, kind, time.monotonic(), optional))
 
     async def loop(self, a: Acct, until: float) -> None:
+        """Recall is judged in runs, not seconds: a loss must be reported by one of the first RUNS_TO_FIND
+        timer runs begun after it (the first may defer a mismatch too recent to judge, usdm-facts.md B and
+        core/reconcile.py ``_defer``; one more closes a history gap). A run that waits for the weight
+        window (the accounts share one IP's allowance) is slow, not blind."""
         n = 0
         while time.monotonic() < until or a.pending:
             await asyncio.sleep(self.args.interval * self.rng.uniform(0.8, 1.2))
+            began = time.monotonic()
             self.judge(a, await a.runner.reconcile(trigger="timer"))
             if n % 5 == 0:
                 self.judge(a, await a.runner.stale_cleanup(), run=False)
             n += 1
             for item in list(a.pending):
-                expected, kind, at, _ = item
-                if time.monotonic() - at > 20:
+                if item.at < began:
+                    item.runs += 1
+                if item.runs >= RUNS_TO_FIND or time.monotonic() - item.at > HANG_S:
                     self.release(a)
                     led = a.runner.ledger.balance("USDT")
-                    self.missed.append(f"account {a.i} {kind}: {sorted(expected)} not reported within 20 s "
+                    self.missed.append(f"account {a.i} {item.kind}: {sorted(item.expected)} not reported by "
+                                       f"{item.runs} runs in {time.monotonic() - item.at:.0f} s "
                                        f"(ledger USDT {led.free if led else None} from {a.runner.ledger.balances['USDT'].source}, "
                                        f"venue {self.sim.account(a.key).wallet['USDT']})")
                     a.pending.remove(item)
-            if time.monotonic() > until + 30:
+            if time.monotonic() > until + HANG_S:
                 for item in list(a.pending):          # never leave the bot or the prices locked
-                    self.missed.append(f"account {a.i} {item[1]}: {sorted(item[0])} not reported by the end")
+                    self.missed.append(f"account {a.i} {item.kind}: {sorted(item.expected)} not reported by the end")
                     a.pending.remove(item)
                     self.release(a)
                 break
@@ -263,13 +285,12 @@ class Soak:
             self.kinds[d.kind] += 1
         explained: set = set()
         for item in list(a.pending):
-            expected, kind, at, optional = item
-            explained |= optional
-            if expected & got:
-                explained |= expected
-                expected -= got              # a leg and the wallet may be reported by different runs
-                if not expected:
-                    self.found[kind] += 1
+            explained |= item.optional
+            if item.expected & got:
+                explained |= item.expected
+                item.expected -= got         # a leg and the wallet may be reported by different runs
+                if not item.expected:
+                    self.found[item.kind] += 1
                     a.pending.remove(item)
                     self.release(a)
         for d in report.discrepancies:
@@ -308,6 +329,9 @@ class Soak:
               f"{self.args.minutes} min, seed {self.args.seed}, largest price move {self.max_move:.2%}")
         print(f"reconciliations: {self.runs} ({self.failed_runs} not ok), stream events: "
               f"{sum(a.events for a in self.accounts)}, algo orders triggered: {triggered}")
+        spent = [b.snapshot() for b in self.budgets.all()]
+        print("weight: " + ", ".join(f"{b['key']} {b['weight_spent']} spent, limit {b['limit']}/min, "
+                                     f"{b['waits']} waits for the window ({b['wait_seconds']:.1f} s)" for b in spent))
         print(f"discrepancies reported: {sum(self.kinds.values())} {dict(sorted(self.kinds.items()))}")
         print(f"false discrepancies: {len(self.false)}")
         print(f"injected losses: {n_injected} {dict(sorted(self.injected.items()))}; found: {n_found}; "

@@ -240,6 +240,7 @@ class ConnectionState(str, enum.Enum):
 class OrderEvent:
     order: Order
     event_ms: int
+    fill: "Fill | None" = None       # the trade an execution event carries (execution type TRADE)
 
 
 @dataclass(frozen=True, slots=True)

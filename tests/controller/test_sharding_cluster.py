@@ -121,10 +121,26 @@ def test_a_replica_stopped_gracefully_hands_over_at_once(crd_installed, namespac
     a = operator_factory(ns, env={**env, "POD_NAME": "replica-a"})
     wait_for("a serves everything", lambda: serving(a.log(), ns) == set(names), timeout=90, operator=a)
     b = operator_factory(ns, env={**env, "POD_NAME": "replica-b"})
+    members = wait_for("both members registered", lambda: (m := {h for n, h in leases(kc, ns).items()
+                                                                   if "-member-" in n and h}) and len(m) == 2 and m)
+    prefers = {n: preferred(shard_of(ns, n, SHARDS), members).rsplit("-", 1)[0] for n in names}
+    # the hash may put all four on a (1 in 16, with random member ids): add one account b's shard prefers,
+    # so the hand-over is always exercised
+    if "replica-b" not in prefers.values():
+        extra = next(n for n in (f"g{i}" for i in range(4, 400))
+                     if preferred(shard_of(ns, n, SHARDS), members).startswith("replica-b"))
+        key, sec = f"shg-x-" + uuid.uuid4().hex, uuid.uuid4().hex
+        tsim.call(sim.add_account, key, sec, balances={"USDT": "1000"})
+        apply(kc, secret(ns, "cx", {"apiKey": key, "secret": sec}))
+        apply(kc, account(ns, extra, endpoint=tsim.url, symbols=["BTC/USDT"], secret_name="cx",
+                          reconciliation={"intervalSeconds": 3600}))
+        names.append(extra)
+        prefers[extra] = "replica-b"
+    want_b = {n for n, r in prefers.items() if r == "replica-b"}
     # b joins: a drains and releases b's shards, b takes them (far sooner than the 30 s lease)
-    wait_for("split after b joined", lambda: serving(b.log(), ns) and
-             not serving(a.log(), ns) & serving(b.log(), ns) and
-             serving(a.log(), ns) | serving(b.log(), ns) == set(names), timeout=60, operator=b)
+    wait_for(f"split after b joined: b={sorted(want_b)}",
+             lambda: serving(b.log(), ns) == want_b and serving(a.log(), ns) == set(names) - want_b,
+             timeout=60, operator=b)
     t0 = time.monotonic()
     a.stop()                                  # SIGTERM: a releases its shards on the way out
     wait_for("b serves everything", lambda: serving(b.log(), ns) == set(names), timeout=60, operator=b)

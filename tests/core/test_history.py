@@ -139,3 +139,26 @@ def test_an_unknown_order_finished_too_recently_is_deferred_and_its_fills_read_a
     assert again.discrepancies == [] and not again.deferred
     apply_corrections(led, again.corrections, 400)
     assert [f.trade_id for f in led.fills_of("tw-new")] == ["21"] and led.trade_cursors == {"BTC/USDT": "21"}
+
+
+def test_an_unknown_order_that_finished_while_the_stream_was_live_is_reported_by_the_next_read_only():
+    """Past the horizon yet finished while the stream was live: its events may still be queued (a consumer
+    behind under load: the USD-M soak reported a bot's market order as unseen). The first read remembers
+    and defers it; the next read reports it if still unknown, and nothing if its events came. An order that
+    finished before the connection came up is reported at once: none of its events can come."""
+    before = order("tw-gap", xid="5", state=OrderState.FILLED, filled="1", created_ms=10, updated_ms=40)
+    during = order("tw-live", xid="6", state=OrderState.FILLED, filled="1", created_ms=60, updated_ms=70)
+    for events_come in (False, True):
+        led = Ledger()
+        led.orders_ms = 1
+        plan = resolve_history(led, "BTC/USDT", [before, during], [], CFG, horizon_ms=100, live_since_ms=50)
+        assert [(d.kind, d.entity) for d in plan.discrepancies] == [("unseen", "tw-gap")]
+        assert [o.client_order_id for o in plan.deferred] == ["tw-live"]
+        apply_corrections(led, plan.corrections, 200)
+        if events_come:
+            led.put_order(during, "stream", 300)
+        again = resolve_history(led, "BTC/USDT", [during], [], CFG, horizon_ms=1000, live_since_ms=50)
+        assert [(d.kind, d.entity) for d in again.discrepancies] == ([] if events_come else [("unseen", "tw-live")])
+        assert not again.deferred
+        apply_corrections(led, again.corrections, 400)
+        assert led.suspects == {} and led.order("tw-live").state is OrderState.FILLED

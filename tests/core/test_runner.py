@@ -537,7 +537,55 @@ async def test_events_apply_newest_wins_and_spot_has_no_positions():
     assert runner.ledger.position("XRP/USDT:USDT").updated_ms == t
 
 
-async def test_runs_and_events_are_serialized():
+async def test_an_event_applies_while_a_stale_cancel_is_in_flight():
+    clock, ex, runner = await synced(stale_timeout_s=60)
+    gate = asyncio.Event()
+    real = ex.cancel_order
+
+    async def slow(*a, **k):
+        await gate.wait()
+        return await real(*a, **k)
+    ex.cancel_order = slow
+    cleanup = asyncio.create_task(runner.stale_cleanup())
+    await asyncio.sleep(0.01)
+    assert ("cancel_order", "tw-1") not in ex.calls and not cleanup.done()
+    t = clock.ms()
+    await asyncio.wait_for(runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("990"), Decimal("110"),
+                                                                           t)}, t)), 1)
+    assert runner.ledger.balance("USDT").free == Decimal("990")        # applied while the cancel waits
+    gate.set()
+    assert [d.entity for d in (await cleanup).discrepancies] == ["tw-1"]
+    assert runner.ledger.order("tw-1").state is OrderState.CANCELED
+
+
+async def test_a_stream_gap_opened_while_history_is_read_stays_open():
+    """History read up to ``until`` closes the gap it was read for, not one the stream opened meanwhile: that
+    one is read from ``until`` on by the next run."""
+    clock, ex, runner = await synced()
+    await runner.apply_event(ConnectionEvent(ConnectionState.DISCONNECTED))
+    assert runner.ledger.gap_since_ms
+    real = ex.order_history
+    reads: list[int] = []
+
+    async def history_then_drop(symbol, **kw):
+        reads.append(clock.ms())
+        if len(reads) == 1:                        # the stream drops again while the run reads history
+            await runner.apply_event(ConnectionEvent(ConnectionState.RECONNECTED, "gap"))
+            await runner.apply_event(ConnectionEvent(ConnectionState.DISCONNECTED))
+        return await real(symbol, **kw)
+    ex.order_history = history_then_drop
+    await runner.reconcile()
+    assert reads and runner.ledger.gap_since_ms == reads[0]     # still open, from where the reads began
+    ex.order_history = real
+    clock.t += 60
+    await runner.reconcile()
+    assert runner.ledger.gap_since_ms == 0                       # the next run read it: closed
+
+
+async def test_events_apply_while_a_run_reads_its_snapshot_and_runs_are_serialized():
+    """A run waiting for its snapshot (the weight window may hold it for most of a minute) does not hold the
+    ledger: an event applies at once, and the run judges against the ledger with it (an order the stream
+    just announced and the older snapshot does not list is not missing). Runs themselves go one at a time."""
     clock, ex, runner = await synced()
     gate = asyncio.Event()
     real = ex.snapshot
@@ -549,14 +597,15 @@ async def test_runs_and_events_are_serialized():
     ex.snapshot = slow
     run = asyncio.create_task(runner.reconcile())
     await asyncio.sleep(0)
-    event = asyncio.create_task(runner.apply_event(
-        OrderEvent(order("tw-ev", created_ms=clock.ms()), clock.ms())))
+    await asyncio.wait_for(runner.apply_event(OrderEvent(order("tw-ev", created_ms=clock.ms()), clock.ms())), 1)
+    assert runner.ledger.order("tw-ev") is not None and not run.done()
+    second = asyncio.create_task(runner.reconcile())
     await asyncio.sleep(0.01)
-    assert runner.lock.locked() and not event.done() and runner.ledger.order("tw-ev") is None
+    assert runner.run_lock.locked() and not second.done()
     gate.set()
-    await run
-    await event
-    assert runner.ledger.order("tw-ev") is not None
+    first = await run
+    assert kinds(first) == [] and first.ok
+    assert kinds(await second) == [] and runner.ledger.order("tw-ev") is not None
 
 
 # ---- monitoring ----------------------------------------------------------------------------------
@@ -569,6 +618,29 @@ async def test_no_completed_run_alert_after_ten_minutes_or_two_intervals():
     assert mon.alerts(later, 300)["stale"] is True
     assert mon.alerts(later, 600)["stale"] is False           # two intervals (20 min) is longer
     assert mon.alerts(mon.last_success_ms + 21 * 60 * 1000, 600)["stale"] is True
+
+
+@pytest.mark.parametrize("event_comes", [False, True])
+async def test_an_order_finished_just_now_is_judged_next_run_not_applied_silently(event_comes):
+    """An order absent from the list, answered "filled" by its query a moment after it filled, with the stream
+    live: its event may be on its way, so this run neither reports nor applies it (applied silently, a lost
+    event would never be reported: bench_trust.py missed 5-12 of ~600 lost changes that way). The next run
+    asks again: reported if the event never came, nothing if it did."""
+    clock, ex, runner = await synced()
+    runner.stream_live = True
+    runner.config = replace(runner.config, missing_grace_s=5.0)
+    filled = replace(ex.orders["tw-1"], state=OrderState.FILLED, filled=ex.orders["tw-1"].amount,
+                     updated_ms=clock.ms())
+    ex.put(filled)                                             # filled on the venue just now
+    first = await runner.reconcile()
+    assert kinds(first) == [] and first.recent == 1
+    assert runner.ledger.order("tw-1").state is OrderState.OPEN          # not applied on a guess
+    if event_comes:
+        await runner.apply_event(OrderEvent(filled, clock.ms()))
+    clock.t += 60
+    second = await runner.reconcile()
+    assert kinds(second) == ([] if event_comes else [("missing", "tw-1")])
+    assert runner.ledger.order("tw-1").state is OrderState.FILLED
 
 
 async def test_a_recent_balance_mismatch_under_a_live_stream_is_judged_next_run():
@@ -585,14 +657,14 @@ async def test_a_recent_balance_mismatch_under_a_live_stream_is_judged_next_run(
     await runner.apply_event(BalanceEvent({"USDT": Balance("USDT", Decimal("900"), Decimal("100"),
                                                           clock.ms())}, clock.ms()))
     clock.t += 60
-    assert kinds(await runner.reconcile()) == [] and runner.ledger.balance_suspects == {}
+    assert kinds(await runner.reconcile()) == [] and runner.ledger.suspects == {}
     # a change whose event never comes: deferred once, reported at the next run
     ex.balance("USDT", "800", "100", updated_ms=clock.ms())
     assert kinds(await runner.reconcile()) == []
     clock.t += 60
     ex.balance("USDT", "800", "100", updated_ms=clock.ms())         # the account keeps trading: recent again
     assert kinds(await runner.reconcile()) == [("balance", "USDT")]  # ... yet unexplained since: reported
-    assert runner.ledger.balance("USDT").free == Decimal("800") and runner.ledger.balance_suspects == {}
+    assert runner.ledger.balance("USDT").free == Decimal("800") and runner.ledger.suspects == {}
 
 
 async def test_the_annotation_asks_for_the_exchanges_word_now_no_deferral():

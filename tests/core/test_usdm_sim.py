@@ -79,6 +79,9 @@ class Consumer:
         await self.stream.aclose()
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+        # as the supervisor does when its stream stops (whether the DISCONNECTED event got through the
+        # closing stream or not): no event can be on its way, nothing is judged later
+        self.runner.stream_live = False
 
 
 def kinds(report) -> list[tuple[str, str]]:

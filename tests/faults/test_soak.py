@@ -49,7 +49,7 @@ def test_soak_usdm_positions_while_prices_move():
     asyncio.run(run.run())
     r = run.result
     assert r["runs"] > 100 and r["injected"] >= 5 and r["max_move"] > 0.01, r
-    assert (r["false"], r["missed"]) == (0, 0) and r["found"] == r["injected"], r
+    assert (r["false"], r["missed"]) == (0, 0) and r["found"] == r["injected"], (r["detail"], r)
 
 
 @pytest.mark.soak

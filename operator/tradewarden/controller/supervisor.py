@@ -3,7 +3,8 @@
 The loop: observe the resource, ask ``lifecycle.decide`` what to do, do it (the only place with I/O:
 the Secret, the gateway, the runner, the stream, Events, status), write status if it changed, and
 sleep until the decision's wake-up time or a poke. Runs of one account never overlap (one step at a
-time; the core's lock also serializes stream events against runs). The loop wakes on: a change of the
+time; the runner's ledger lock serializes stream events against each run's judgement, not against its
+snapshot read, so events keep applying while a run waits for the venue). The loop wakes on: a change of the
 resource (kopf's watch pokes it), a stream reconnect, a timer, a retry.
 
 The emergency stop is the one thing that does not wait its turn: a poke that sees a new stop cancels

@@ -87,11 +87,16 @@ def needs_trades(ledger: Ledger, orders: Iterable[Order]) -> bool:
 
 
 def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills: Sequence[Fill],
-                    config: AccountConfig, horizon_ms: int) -> Plan:
+                    config: AccountConfig, horizon_ms: int, live_since_ms: int | None = None) -> Plan:
     """``horizon_ms``: the venue time before which the stream had time to deliver an order's events. An
     unknown order that finished after it is not judged now (its events may be queued behind this run): it
     goes to ``plan.deferred``, the caller keeps the gap open from it, and the trade cursor stays before its
-    fills, so the next read sees it again (known by then, or reported)."""
+    fills, so the next read sees it again (known by then, or reported).
+
+    ``live_since_ms``: the stream is live and has been since then. An unknown order that finished while it
+    was live may have its events still queued however old it is (an event consumer behind under load): the
+    first read remembers it (a ``suspect``) and defers it as above; the next read reports it if it is still
+    unknown. One that finished before the connection came up is reported at once: no event of it can come."""
     plan = Plan()
     known: set[OrderKey] = set()
     deferred: set[OrderKey] = set()
@@ -100,6 +105,7 @@ def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills:
             continue
         key = order_key(o)
         entry = ledger.orders.get(key)
+        suspect = ("unseen", key)
         if entry is None:
             if o.state.active:
                 continue             # open now: the snapshot lists it (adopted or an orphan in this run)
@@ -107,6 +113,13 @@ def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills:
                 plan.deferred.append(o)
                 deferred.add(key)
                 continue
+            if live_since_ms is not None and o.updated_ms > live_since_ms and suspect not in ledger.suspects:
+                plan.corrections.append(Correction("suspect", suspect, o.updated_ms or 1))
+                plan.deferred.append(o)
+                deferred.add(key)
+                continue
+            if suspect in ledger.suspects:
+                plan.corrections.append(Correction("suspect", suspect, 0))
             o = ledger.link_child(o)
             plan.corrections.append(Correction("order", key, o, SOURCE_HISTORY))
             known.add(key)
@@ -119,6 +132,8 @@ def resolve_history(ledger: Ledger, symbol: str, orders: Sequence[Order], fills:
             known.add(key)
             continue
         known.add(key)
+        if suspect in ledger.suspects:
+            plan.corrections.append(Correction("suspect", suspect, 0))      # its events came: explained
         if o != entry.order and supersedes(o, entry.order) and not entry.order.state.active:
             # finished both here and there: history completes it (executed quantity, final state)
             plan.corrections.append(Correction("order", key, o, SOURCE_HISTORY))

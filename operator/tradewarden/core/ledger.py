@@ -115,7 +115,7 @@ class Ledger:
     """Local state of one account. Plain dicts: every lookup is O(1), every pass O(n)."""
 
     __slots__ = ("orders", "balances", "positions", "owned_prefix", "synced_ms", "truncated", "orders_ms",
-                 "fills", "trade_cursors", "gap_since_ms", "balance_suspects", "children")
+                 "fills", "trade_cursors", "gap_since_ms", "suspects", "children")
 
     def __init__(self, owned_prefix: str = "tw-") -> None:
         self.orders: dict[OrderKey, OrderEntry] = {}
@@ -133,9 +133,11 @@ class Ledger:
         self.trade_cursors: dict[str, str] = {}
         # the start of a window in which events may have been missed and history not yet read (0: none)
         self.gap_since_ms = 0
-        # asset -> venue time of a balance mismatch seen too recently to judge (reported next run unless the
-        # stream updated the asset since); transient, not dumped
-        self.balance_suspects: dict[str, int] = {}
+        # (section, key) -> time of a balance or position mismatch seen too recently to judge (reported
+        # next run unless the stream updated the entity since), or ("unseen", OrderKey) of an unknown order
+        # history showed while the stream was live (reported by the next read unless its events came);
+        # transient, not dumped
+        self.suspects: dict[tuple[str, Any], int] = {}
         # USD-M: (symbol, child order id) -> the key of the algo order it is the triggered child of
         self.children: dict[tuple[str, str], OrderKey] = {}
 

@@ -102,9 +102,9 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
             ledger.trade_cursors[c.key] = c.value
         elif c.op == "suspect":
             if c.value:
-                ledger.balance_suspects[c.key] = c.value
+                ledger.suspects[c.key] = c.value
             else:
-                ledger.balance_suspects.pop(c.key, None)
+                ledger.suspects.pop(c.key, None)
         elif c.op == "balance":
             ledger.put_balance(c.value, c.key, c.source, now_ms)
         elif c.op == "position":
@@ -116,15 +116,19 @@ def apply_corrections(ledger: Ledger, corrections: Iterable[Correction], now_ms:
 # ---- the run ---------------------------------------------------------------------------------
 
 def reconcile(ledger: Ledger, snapshot: Snapshot, config: AccountConfig, now_ms: int, *,
-              stream_live: bool = False) -> Plan:
+              stream_live: bool = False, own_cancels: bool = False) -> Plan:
     """Compare every section that came back; keep (and name) the ones that did not. ``stream_live``: a
     user-data stream is delivering events, so an order change newer than the snapshot minus the grace may
-    have its event on the way: it is judged by the next run, not reported now."""
+    have its event on the way: it is judged by the next run, not reported now. ``own_cancels``: the run
+    follows cancels tradewarden sent (the emergency stop), which move balances from locked to free and
+    leave every total as it was: balances are compared by total, so those moves are corrected silently
+    and any real change of a total is still reported."""
     plan = Plan()
     baseline = ledger.synced_ms == 0   # a never-synced ledger has no belief about balances/positions
     balances_ok = snapshot.balances.ok and snapshot.balances.value is not None
     if balances_ok:
-        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan, stream_live)
+        _balances(ledger, snapshot.balances.value, snapshot.taken_ms, config, baseline, plan, stream_live,
+                  totals_only=config.futures or own_cancels)
     else:
         _stale(plan, "balances", snapshot.balances.error)
     if config.futures:
@@ -148,15 +152,33 @@ def _stale(plan: Plan, section: str, error: GatewayError | None) -> None:
     plan.errors[section] = f"{type(error).__name__}: {error}" if error else "no data"
 
 
+def _defer(ledger: Ledger, plan: Plan, entity: tuple[str, str], seen_ms: int, local_ms: int) -> bool:
+    """The one rule for a balance or position mismatch that may be an event still on its way, when the venue
+    gives no time that settles it (a balance changed just now, a position gone from the listing): the first
+    time it is remembered (a ``suspect`` correction: no change, no report) and the next run judges it, unless
+    the stream updated the entity since it was remembered (then it is remembered afresh). True: deferred."""
+    first = ledger.suspects.get(entity)
+    if first is not None and local_ms < first:
+        return False
+    plan.corrections.append(Correction("suspect", entity, seen_ms))
+    plan.recent += 1
+    return True
+
+
+def _forget_judged(ledger: Ledger, plan: Plan, section: str, kept: set[tuple[str, str]]) -> None:
+    for entity in [e for e in ledger.suspects if e[0] == section and e not in kept]:
+        plan.corrections.append(Correction("suspect", entity, 0))    # judged (or explained) this run
+
+
 def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, config: AccountConfig,
-              baseline: bool, plan: Plan, stream_live: bool = False) -> None:
+              baseline: bool, plan: Plan, stream_live: bool = False, totals_only: bool = False) -> None:
     """With a live stream, a mismatch whose venue value is newer than the snapshot minus the grace may be an
-    event still on its way: the first time it is remembered (a ``suspect`` correction: no change, no report);
-    it is reported at the next run unless the stream updated the asset since (then it is judged afresh)."""
+    event still on its way: ``_defer`` decides. ``totals_only``: compare free + locked, not each (USD-M, whose
+    user-data events carry only the wallet balance while REST splits it into available and margin; and the
+    run after tradewarden's own cancels)."""
     tol, dust = config.balance_tolerance, config.dust
     horizon = taken_ms - int(config.missing_grace_s * 1000)
-    suspects = ledger.balance_suspects
-    kept: set[str] = set()
+    kept: set[tuple[str, str]] = set()
     local_entries = ledger.balances
     for asset in local_entries.keys() | exchange.keys():
         entry = local_entries.get(asset)
@@ -174,35 +196,35 @@ def _balances(ledger: Ledger, exchange: Mapping[str, Balance], taken_ms: int, co
         value = None if ex is None else Balance(asset, ex.free, ex.locked, rest_ms)
         if value is not None and local is not None and value == local:
             continue
-        plan.corrections.append(Correction("balance", asset, value))
-        if config.futures:
-            # USD-M user-data events carry only the wallet balance (free=wallet, locked=0) while REST
-            # splits it into available and margin: only the totals are comparable.
+        if totals_only:
             mismatch = differs(lf + ll, ef + el, tol, dust)
         else:
             mismatch = differs(lf, ef, tol, dust) or differs(ll, el, tol, dust)
-        if not baseline and mismatch and stream_live and rest_ms > horizon:
-            first = suspects.get(asset)
-            if first is None or (local is not None and local.updated_ms >= first):
-                plan.corrections.pop()                  # not corrected either: the event may bring it
-                plan.corrections.append(Correction("suspect", asset, rest_ms))
-                kept.add(asset)
-                plan.recent += 1
-                continue
+        entity = ("balance", asset)
+        if (not baseline and mismatch and stream_live and rest_ms > horizon
+                and _defer(ledger, plan, entity, rest_ms, local.updated_ms if local else 0)):
+            kept.add(entity)                            # not corrected either: the event may bring it
+            continue
+        plan.corrections.append(Correction("balance", asset, value))
         if not baseline and mismatch:
             plan.discrepancies.append(Discrepancy(
                 "balance", asset, fmt_balance(local), fmt_balance(ex),
                 "ledger set to the exchange's value" + (" (asset gone from the exchange)" if ex is None else ""),
                 Outcome.CORRECTED))
-    for asset in suspects.keys() - kept:
-        plan.corrections.append(Correction("suspect", asset, 0))    # judged (or explained) this run
+    _forget_judged(ledger, plan, "balance", kept)
 
 
 def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[str], taken_ms: int,
                config: AccountConfig, baseline: bool, plan: Plan, stream_live: bool = False) -> None:
     """Positions by key: the symbol (one-way) or (symbol, side) for a hedge-mode leg (``domain.position_key``):
-    a LONG and a SHORT leg of one symbol are two positions, never netted (usdm-facts.md B2)."""
+    a LONG and a SHORT leg of one symbol are two positions, never netted (usdm-facts.md B2).
+
+    With a live stream, a leg the venue moved within the grace is judged by the next run (its updateTime says
+    so); a leg gone from the listing has no time at all (v3 positionRisk "only returns symbols that the user
+    has positions or open orders in", usdm-facts.md B), and it may have closed just before the listing was
+    read, however long after the snapshot began that was: ``_defer`` decides."""
     tol, dust = config.balance_tolerance, config.dust
+    kept: set[tuple[str, str]] = set()
     for key in keys:
         entry = ledger.positions.get(key)
         local = entry.position if entry else None
@@ -220,13 +242,20 @@ def _positions(ledger: Ledger, exchange: Mapping[str, Position], keys: Iterable[
         value = None if ex is None else Position(ex.symbol, ex.amount, ex.entry_price, rest_ms, ex.side)
         if value == local:
             continue
-        plan.corrections.append(Correction("position", key, value))
         la = local.amount if local else ZERO
         ea = ex.amount if ex else ZERO
-        if not baseline and differs(la, ea, tol, dust):
+        mismatch = not baseline and differs(la, ea, tol, dust)
+        entity = ("position", key)
+        if (mismatch and stream_live and ex is None and local is not None
+                and _defer(ledger, plan, entity, taken_ms, local.updated_ms)):
+            kept.add(entity)
+            continue
+        plan.corrections.append(Correction("position", key, value))
+        if mismatch:
             plan.discrepancies.append(Discrepancy(
                 "position", key, fmt_position(local), fmt_position(ex), "ledger set to the exchange's value",
                 Outcome.CORRECTED))
+    _forget_judged(ledger, plan, "position", kept)
 
 
 def _orders(ledger: Ledger, open_orders: Iterable[Order], taken_ms: int, now_ms: int, config: AccountConfig,
@@ -362,9 +391,13 @@ def resolve_fetches(ledger: Ledger, results: Mapping[OrderKey, "Order | BaseExce
                 continue
             if not supersedes(result, local):
                 continue                 # a stream event newer than the answer already arrived
-            plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
             if recent_after_ms is not None and result.updated_ms > recent_after_ms:
-                continue     # finished on the venue just now with the stream live: news on its way, applied
+                # changed on the venue just now with the stream live: its event may be on its way. Not applied
+                # (applied silently, a lost event would never be reported): the next run asks again, and
+                # reports it unless the event came meanwhile
+                plan.recent += 1
+                continue
+            plan.corrections.append(Correction("order", key, result, SOURCE_FETCH))
             if result.state in expected:
                 continue
             if result.state.active:

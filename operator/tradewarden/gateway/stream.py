@@ -33,8 +33,9 @@ from typing import Any, Sequence
 from ..domain import (BalanceEvent, ConnectionEvent, ConnectionState, OrderEvent, PositionEvent, StreamEvent)
 from .budget import backoff_delay, within
 from .errors import scrub
-from .translate import (balances_from_account_position, balances_from_ccxt, balances_from_futures_account_update,
-                        order_from_ccxt, positions_from_ccxt, positions_from_futures_account_update)
+from .translate import (Malformed, balances_from_account_position, balances_from_ccxt,
+                        balances_from_futures_account_update, fill_from_execution, order_from_ccxt,
+                        positions_from_ccxt, positions_from_futures_account_update)
 
 log = logging.getLogger("tradewarden.gateway.stream")
 
@@ -299,8 +300,14 @@ class UserDataStream:
             order = order_from_ccxt(parsed, algo=algo)
             if self.symbols and order.symbol not in self.symbols:
                 return
+            fill = None
+            if not algo:
+                try:
+                    fill = fill_from_execution(payload, order.symbol, pro.safe_currency_code)
+                except Malformed as exc:   # the order's state still applies; trade history supplies the fill
+                    log.warning("trade of order %s not recorded from the stream: %s", order.exchange_order_id, exc)
             self._announce(conn)
-            self._emit(OrderEvent(order, at))
+            self._emit(OrderEvent(order, at, fill))
         elif event == "outboundAccountPosition":
             balances = balances_from_account_position(inner, pro.safe_currency_code)
             if balances:

@@ -5,7 +5,7 @@ Nothing ccxt-shaped leaves the gateway: these functions are the only place that 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..domain import (ZERO, AssetMargin, Balance, Fill, MarginSummary, Order, OrderState, Position, PositionRisk,
                       PositionSide, Side, dec)
@@ -219,6 +219,29 @@ def fill_from_ccxt(trade: Mapping[str, Any]) -> Fill:
         fee_asset=str(fee.get("currency") or info.get("commissionAsset") or ""),
         time_ms=_int(trade.get("timestamp")) or _int(info.get("time")),
     )
+def fill_from_execution(payload: Mapping[str, Any], symbol: str,
+                        currency_code: Callable[[str], str] = str) -> Fill | None:
+    """The trade an execution event carries, or None when it carries none. Spot ``executionReport``
+    (user-data-stream.md "Order Update") and USD-M ``ORDER_TRADE_UPDATE``'s ``o`` (usdm-facts.md F4) name it
+    alike: execution type ``x`` TRADE, trade id ``t``, order id ``i``, last executed price ``L`` and quantity
+    ``l``, commission ``n`` in asset ``N`` (USD-M: may be absent when there is no commission), trade time
+    ``T``. The same trade read later from trade history has the same id: recorded once."""
+    if payload.get("x") != "TRADE":
+        return None
+    trade_id, order_id = payload.get("t"), payload.get("i")
+    if trade_id in (None, "", -1, 0, "-1", "0") or order_id in (None, ""):
+        raise Malformed("trade event without a trade id or an order id")
+    asset = payload.get("N")
+    return Fill(
+        trade_id=str(trade_id), exchange_order_id=str(order_id), symbol=symbol,
+        price=_strict(payload.get("L"), "trade price", required=True),
+        amount=_strict(payload.get("l"), "trade quantity", required=True),
+        fee=_strict(payload.get("n"), "trade fee"),
+        fee_asset=currency_code(str(asset)) if asset else "",
+        time_ms=_int(payload.get("T")),
+    )
+
+
 def order_from_binance_rest(row: Mapping[str, Any], symbol_of, *, algo: bool = False) -> Order:
     """One row of Binance's own open-order answers, untouched by ccxt (the emergency stop lists the whole
     account: 1,000 orders cost ~0.2 s in ccxt's parser, a few ms here). Spot ``GET /api/v3/openOrders``

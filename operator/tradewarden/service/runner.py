@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Callable, Awaitable, Iterable, Sequence
 
 from tradewarden.domain import (AuthenticationFailed, BalanceEvent, ConnectionEvent, ConnectionState, Gateway, Order,
-                                OrderEvent, OrderState, PositionEvent, StreamEvent, is_owned)
+                                OrderEvent, OrderState, PositionEvent, Snapshot, StreamEvent, is_owned)
 
 from ..core.config import AccountConfig, RunReport, Trigger
 from ..core import history
@@ -55,7 +55,12 @@ class AccountRunner:
         self._clock = clock
         self._sleep = sleep
         self._concurrency = max(1, concurrency)
-        self.lock = asyncio.Lock()
+        # One run (reconciliation, stale cleanup, the stop's confirmation) at a time. Nothing holds the ledger
+        # across a network call: every change to it is made in a synchronous stretch (atomic on the event
+        # loop), and whatever a run asked the venue is resolved against the ledger as it is when the answer
+        # comes (``supersedes``: newest wins). So stream events keep applying while a run waits for the
+        # venue or the weight window, and the run judges against a ledger as new as the stream allows.
+        self.run_lock = asyncio.Lock()
         self.monitor = monitor if monitor is not None else MonitoringState(since_ms=self.now_ms())
         self.last_report: RunReport | None = None
         self.last_margin = None            # USD-M: the last snapshot's MarginSummary (reported, never compared)
@@ -65,10 +70,22 @@ class AccountRunner:
             # a ledger from before (a restart): events since it was saved may have been missed
             self.ledger.note_gap(max(self.ledger.synced_ms, self.ledger.orders_ms))
         self.last_event_ms = 0          # local time of the last stream event applied (a gap's start)
-        self.stream_live = False        # a user-data stream is connected (its events may be in flight)
+        self._stream_live = False       # a user-data stream is connected (its events may be in flight)
+        self.live_since_ms = 0          # local time the current connection came up (events after it can be late)
+        self._gaps_noted = 0            # stream gaps noted so far (one may open while a run reads history)
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    @property
+    def stream_live(self) -> bool:
+        return self._stream_live
+
+    @stream_live.setter
+    def stream_live(self, live: bool) -> None:
+        if live and not self._stream_live:
+            self.live_since_ms = self.now_ms()
+        self._stream_live = live
 
     # ---- reconciliation ----------------------------------------------------------------------
 
@@ -79,7 +96,7 @@ class AccountRunner:
         return await self.reconcile(trigger=Trigger.INITIAL)
 
     async def reconcile(self, trigger: str = Trigger.TIMER) -> RunReport:
-        async with self.lock:
+        async with self.run_lock:
             return await self._reconcile_locked(trigger)
 
     async def _reconcile_recorded(self, report: RunReport, body: Callable[[RunReport], Awaitable[RunReport]]
@@ -129,13 +146,18 @@ class AccountRunner:
             report.stale_sections = list(config.sections)
             self._finish_run(report)
             raise auth
+        return await self._judge(report, snapshot, config, expected)
+
+    async def _judge(self, report: RunReport, snapshot: Snapshot, config: AccountConfig,
+                     expected: frozenset[OrderState]) -> RunReport:
         now = self.now_ms()
         previous_sync = self.ledger.synced_ms
         # a human's annotation and the emergency stop ask for the exchange's word now: no deferral
         judge_later = self.stream_live and report.trigger not in (Trigger.ANNOTATION, Trigger.EMERGENCY_STOP)
         if snapshot.margin is not None:
             self.last_margin = snapshot.margin
-        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later)
+        plan = reconcile(self.ledger, snapshot, config, now, stream_live=judge_later,
+                         own_cancels=OrderState.CANCELED in expected)
         report.recent += plan.recent
         apply_corrections(self.ledger, plan.corrections, now)
         report.discrepancies.extend(plan.discrepancies)
@@ -146,9 +168,10 @@ class AccountRunner:
             results = await self._query(plan.fetches)
             report.requests += len(plan.fetches)
             recent = snapshot.taken_ms - int(config.missing_grace_s * 1000) if judge_later else None
-            self._apply(resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms(),
-                                        recent_after_ms=recent),
-                        report)
+            resolved = resolve_fetches(self.ledger, results, config, expected=expected, now_ms=self.now_ms(),
+                                       recent_after_ms=recent)
+            report.recent += resolved.recent
+            self._apply(resolved, report)
         if plan.unscoped:
             results = await self._query(plan.unscoped)
             report.requests += len(plan.unscoped)
@@ -161,7 +184,7 @@ class AccountRunner:
         if any(d.kind == "balance" for d in plan.discrepancies) and previous_sync and self.ledger.knows_orders:
             self.ledger.note_gap(previous_sync)      # a balance moved with no event to explain it
         if self.ledger.gap_since_ms and "orders" not in plan.stale_sections and self.ledger.knows_orders:
-            await self._close_gap(config, report)
+            await self._close_gap(config, report, self.live_since_ms if judge_later else None)
         report.deferred = len(plan.deferred)
         report.adopted.extend(plan.adopted)
         if "orders" not in plan.stale_sections:
@@ -172,13 +195,14 @@ class AccountRunner:
         report.purged = purge(self.ledger, config, self.now_ms())
         return self._finish_run(report)
 
-    async def _close_gap(self, config: AccountConfig, report: RunReport) -> None:
+    async def _close_gap(self, config: AccountConfig, report: RunReport, live_since_ms: int | None) -> None:
         """Read order (and, when executions are unexplained, trade) history from the gap's start on every
         configured symbol (core/history.py has the venue's rules); the gap is closed only when every symbol
         was read."""
         grace_ms = int(config.missing_grace_s * 1000)
         since = max(0, self.ledger.gap_since_ms - grace_ms)
         until = self.now_ms()
+        gaps_before = self._gaps_noted
         closed = True
         reopen_at = 0                       # deferred (too recent) orders: the gap stays open from them
         for symbol in config.symbols:
@@ -223,14 +247,17 @@ class AccountRunner:
                 closed = False
                 log.info("history of %s not read (%s): the gap stays open", symbol, describe(exc))
                 continue
-            plan = history.resolve_history(self.ledger, symbol, orders, fills, config, horizon_ms=until - grace_ms)
+            plan = history.resolve_history(self.ledger, symbol, orders, fills, config, horizon_ms=until - grace_ms,
+                                           live_since_ms=live_since_ms)
             self._apply(plan, report)
             report.recent += len(plan.deferred)
             for o in plan.deferred:
                 start = o.created_ms or o.updated_ms
                 reopen_at = min(reopen_at, start) if reopen_at else start
         if closed:
-            self.ledger.gap_since_ms = reopen_at
+            # a gap the stream opened while history was read is not closed by it: unread from ``until`` on
+            after = until if self._gaps_noted != gaps_before else 0
+            self.ledger.gap_since_ms = min(t for t in (reopen_at, after) if t) if reopen_at or after else 0
 
     def _finish_run(self, report: RunReport) -> RunReport:
         report.finished_ms = self.now_ms()
@@ -279,7 +306,7 @@ class AccountRunner:
     async def stale_cleanup(self) -> RunReport:
         """Cancel owned active orders older than the stale timeout (Correct) or report them
         (ObserveOnly); re-check cancels whose outcome was unknown; purge finished orders."""
-        async with self.lock:
+        async with self.run_lock:
             report = RunReport(trigger=Trigger.STALE_CLEANUP, started_ms=self.now_ms())
             plan = plan_stale(self.ledger, self.config, self.now_ms())
             report.deferred = plan.deferred
@@ -324,7 +351,7 @@ class AccountRunner:
         """After the emergency stop verified the whole account empty (core/estop.py): the ledger learns each
         formerly open order's final state. Asked for, not assumed (a "cancelled" order may have filled
         first); orders found cancelled are what was asked for: applied, not reported as discrepancies."""
-        async with self.lock:
+        async with self.run_lock:
             return await self._reconcile_locked(Trigger.EMERGENCY_STOP, max_requests=EMERGENCY_FOLLOWUP_REQUESTS,
                                                 expected=frozenset({OrderState.CANCELED}), raise_auth=False,
                                                 grace_s=0.0)   # ask about every order now
@@ -337,29 +364,33 @@ class AccountRunner:
         so events may have been lost); ConnectionEvents never touch the ledger."""
         if isinstance(event, ConnectionEvent):
             self.stream_live = event.state is not ConnectionState.DISCONNECTED
+            if event.state is ConnectionState.RECONNECTED:
+                self.live_since_ms = self.now_ms()   # what the gap lost is not on its way: history tells it
             if event.state is not ConnectionState.CONNECTED:
                 self.ledger.note_gap(self.last_event_ms or self.ledger.synced_ms)
+                self._gaps_noted += 1
             return event.state is ConnectionState.RECONNECTED
-        async with self.lock:
-            now = self.now_ms()
-            self.last_event_ms = now
-            if isinstance(event, OrderEvent):
-                order = event.order
-                if order.algo and order.child_id:
-                    self._link_existing_child(order, now)
-                self.ledger.upsert_order(self.ledger.link_child(order), SOURCE_STREAM, now)
-            elif isinstance(event, BalanceEvent):
-                for asset, balance in event.balances.items():
-                    if not balance.updated_ms:
-                        balance = replace(balance, updated_ms=event.event_ms)
-                    if balance.asset != asset:
-                        balance = replace(balance, asset=asset)
-                    self.ledger.upsert_balance(balance, SOURCE_STREAM, now)
-            elif isinstance(event, PositionEvent):
-                for position in event.positions:
-                    if not position.updated_ms:
-                        position = replace(position, updated_ms=event.event_ms)
-                    self.ledger.upsert_position(position, SOURCE_STREAM, now)
+        now = self.now_ms()                  # no await below: applied at once, even while a run is in flight
+        self.last_event_ms = now
+        if isinstance(event, OrderEvent):
+            order = event.order
+            if order.algo and order.child_id:
+                self._link_existing_child(order, now)
+            self.ledger.upsert_order(self.ledger.link_child(order), SOURCE_STREAM, now)
+            if event.fill is not None:
+                self.ledger.add_fill(event.fill)     # a gap's history then needs no trade read for it
+        elif isinstance(event, BalanceEvent):
+            for asset, balance in event.balances.items():
+                if not balance.updated_ms:
+                    balance = replace(balance, updated_ms=event.event_ms)
+                if balance.asset != asset:
+                    balance = replace(balance, asset=asset)
+                self.ledger.upsert_balance(balance, SOURCE_STREAM, now)
+        elif isinstance(event, PositionEvent):
+            for position in event.positions:
+                if not position.updated_ms:
+                    position = replace(position, updated_ms=event.event_ms)
+                self.ledger.upsert_position(position, SOURCE_STREAM, now)
         return False
 
     async def handle_event(self, event: StreamEvent) -> RunReport | None:
