@@ -112,6 +112,29 @@ def apply_secret(kc: str, ns: str, name: str, key: str, secret: str) -> None:
                                                   "stringData": {"apiKey": key, "secret": secret}}))
 
 
+def drop_namespace(kc: str, ns: str) -> None:
+    """The operators are stopped: strip the finalizers they would have removed, then delete the namespace.
+    Without this the namespace stays Terminating with its accounts in it, and every later run's API server
+    carries them (found: 720 such accounts from earlier runs loading the control plane)."""
+    import concurrent.futures as cf
+
+    custom, _ = api(kc)
+    try:
+        items = custom.list_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts")["items"]
+    except Exception:  # noqa: BLE001 - nothing to strip
+        items = []
+
+    def strip(o: dict) -> None:
+        try:
+            custom.patch_namespaced_custom_object("tradewarden.io", "v1alpha1", ns, "tradingaccounts",
+                                                  o["metadata"]["name"], {"metadata": {"finalizers": None}})
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+    with cf.ThreadPoolExecutor(8) as ex:
+        list(ex.map(strip, [o for o in items if o["metadata"].get("finalizers")]))
+    sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+
+
 def proc_cpu_mem(pid: int) -> tuple[float, float]:
     """(CPU seconds user+system, RSS MiB) of a process, from /proc."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -345,7 +368,7 @@ def bench_emergency_stop(kc: str, tsim: ThreadSim, tmp: pathlib.Path, reps: int 
     finally:
         if op is not None:
             op.stop()
-        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+        drop_namespace(kc, ns)
 
 
 def bench_stream_latency(kc: str, tsim: ThreadSim, tmp: pathlib.Path, samples: int = 10) -> None:
@@ -388,7 +411,7 @@ def bench_stream_latency(kc: str, tsim: ThreadSim, tmp: pathlib.Path, samples: i
               f"max {max(annot_lat) * 1000:.0f} ms; ratio stream/annotation {med(stream_lat) / med(annot_lat):.2f}")
     finally:
         op.stop()
-        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+        drop_namespace(kc, ns)
 
 
 BASELINE_ENV = {"TRADEWARDEN_CCXT_IMPORT": "full", "TRADEWARDEN_CCXT_SHARING": "off"}
@@ -456,7 +479,7 @@ def bench_scale(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, wind
         return {"idle": m1, "rss": rss, "per_account": (rss - m1) / accounts, "ready_s": t_ready}
     finally:
         op.stop()
-        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+        drop_namespace(kc, ns)
 
 
 ANATOMY_CHILD = r"""
@@ -657,7 +680,7 @@ def bench_shards(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, rep
     finally:
         for op in ops:
             op.stop()
-        sh(kc, "delete", "namespace", ns, "--wait=false", check=False)
+        drop_namespace(kc, ns)
 
 
 def main() -> int:

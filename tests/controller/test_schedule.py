@@ -55,3 +55,25 @@ def test_budget_metrics_are_labelled_with_the_exchange_that_spends_them():
     publisher.publish(tele, budgets, "binanceusdm", "fapi")
     assert tele.weights == {("binance", "127.0.0.1:9/api"): 20.0, ("binanceusdm", "127.0.0.1:9/fapi"): 5.0}
     assert all(limit and limit > 0 for limit in tele.limits.values()), tele.limits     # the budget's window limit
+
+
+@pytest.mark.parametrize("recent, deferred, newest_active_ms, want", [
+    (0, 0, 0, False),                    # nothing open, nothing left: straight to the account's slot
+    (0, 0, 94_000, False),               # an open order last changed 6 s before the sync (grace 5 s)
+    (0, 0, 96_000, True),                # ... 4 s before: its events may still be on their way
+    (1, 0, 0, True),                     # a change too recent to judge was left for the next run
+    (0, 2, 0, True),                     # queries over the per-run bound were left for the next run
+])
+def test_settle_run_only_when_the_initial_sync_left_something(recent, deferred, newest_active_ms, want):
+    from tradewarden.controller.schedule import settle_needed
+    assert settle_needed(recent, deferred, newest_active_ms, synced_ms=100_000, grace_ms=5_000) is want
+
+
+def test_first_runs_settle_early_or_go_to_the_accounts_slot():
+    import random
+    from tradewarden.controller.schedule import SETTLE_RUN_S, first_runs, timer_slot
+    now, rng = 1_700_000_000.0, random.Random(1)
+    early, stale = first_runs(now, 600, 300, rng, settle=True, account="ns/a")
+    assert now + SETTLE_RUN_S * 0.8 <= early <= now + SETTLE_RUN_S * 1.2 and now + 270 <= stale <= now + 330
+    slot, _ = first_runs(now, 600, 300, rng, settle=False, account="ns/a")
+    assert slot == timer_slot("ns/a", now, 600) and slot >= now + 300

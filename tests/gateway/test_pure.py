@@ -334,3 +334,62 @@ def test_execution_reports_only_ccxt_reads_right_fall_back(spot_pro, static_case
     assert order_from_execution_report({**_REPORT, "s": "NOPEBTC"}, _known(spot_pro)) is None
     assert order_from_execution_report({**_REPORT, "X": "SOMETHING_NEW"}, _known(spot_pro)) is None
     assert order_from_execution_report({**_REPORT, "ps": "BOTH"}, _known(spot_pro)) is None
+
+@pytest.mark.parametrize("waited, url, body, want", [
+    (0.0, "http://x/api/v3/account?timestamp=1&signature=ab", None, False),       # no wait: as signed
+    (3.0, "http://x/api/v3/account?timestamp=1&signature=ab", None, True),        # waited, signed in the URL
+    (3.0, "http://x/api/v3/order", "symbol=BTCUSDT&timestamp=1&signature=ab", True),   # signed in the body
+    (3.0, "http://x/api/v3/exchangeInfo", None, False),                           # public: nothing to renew
+])
+def test_resign_after_wait(waited, url, body, want):
+    from tradewarden.gateway.exchanges import resign_after_wait
+    assert resign_after_wait(waited, url, body) is want
+
+
+@pytest.mark.parametrize("instance, agent, back", [
+    ("replica-0-3fa2c1", "tradewarden (replica-0-3fa2c1)", "replica-0-3fa2c1"),
+    (None, "tradewarden", None),                                   # unnamed: the product alone
+    ("", "tradewarden", None),
+    ("pod 1/(x)\r\nX-Evil: y", "tradewarden (pod1xX-Evily)", "pod1xX-Evily"),   # nothing a header may not carry
+])
+def test_user_agent_names_the_instance(instance, agent, back):
+    from tradewarden.gateway.identity import instance_of, user_agent
+    assert user_agent(instance) == agent
+    assert instance_of(agent) == back
+
+
+def test_instance_of_ignores_other_clients():
+    from tradewarden.gateway.identity import instance_of
+    assert instance_of("Python/3.11 aiohttp/3.9.5") is None and instance_of(None) is None
+
+
+async def test_within_does_not_count_the_wait_for_the_budget():
+    """A start that queued 50 s for the IP's weight (credited by the budget, slept here for 0.3 s) is no
+    hang; a coroutine that hangs still times out, and wait_for would have timed the first one out too."""
+    import asyncio
+    from tradewarden.gateway.budget import within
+
+    budget = RateBudget(key="h/api", limit=100, safety=1.0, max_wait_s=120.0, clock=lambda: 30.0)
+
+    async def nap(_delay: float) -> None:
+        budget._window, budget._used, budget._own = budget.window(), 0, 0   # the window rolled
+        await asyncio.sleep(0.3)
+    budget.sleep = nap
+
+    async def start() -> str:
+        budget._roll()
+        budget._used = budget._own = 100       # the window is spent: the next request waits (30 s)
+        await budget.acquire(20)
+        return "started"
+
+    assert await within(start(), 0.1) == "started"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(start(), 0.1)
+    with pytest.raises(asyncio.TimeoutError):
+        await within(asyncio.sleep(10), 0.1)
+    with pytest.raises(ValueError):
+        await within(_raise(), 1.0)
+
+
+async def _raise() -> None:
+    raise ValueError("the work's own error passes through")

@@ -136,6 +136,47 @@ async def test_budget_waits_rather_than_exceed(sim, account, gateways):
     assert any(not r.balances.ok or not r.open_orders.ok for r in results)   # refused, not sent
 
 
+async def test_a_request_that_waited_for_the_budget_is_signed_after_the_wait(sim, account, gateways):
+    """ccxt signs before ``fetch`` spends the budget: a request that waited for the next weight window
+    (up to a minute) must carry a timestamp taken after the wait, or Binance refuses it (-1021, outside
+    recvWindow; binance-spot-api-docs/rest-api.md, "Timing security")."""
+    key, secret = account
+    gw = gateways("binance", key, secret)
+    await gw.start(["BTC/USDT"])
+    budget = gw.budgets.for_url(sim.url + "/api/v3/account")
+    budget._roll()
+    budget._used = budget.usable            # another client spent the IP's window
+    waits: list[float] = []
+
+    async def next_window(delay: float) -> None:
+        waits.append(delay)
+        await asyncio.sleep(1.5)            # the window rolls (the budget forgets what was spent)
+        budget._window, budget._used, budget._own = budget.window(), 0, 0
+    budget.sleep = next_window
+    sim.request_log.clear()
+    t_before = sim.now_ms()
+    snap = await gw.snapshot(["BTC/USDT"])
+    assert waits and snap.balances.ok and snap.open_orders.ok
+    signed = [r for r in sim.requests() if r["key"] == key and "timestamp" in r["params"]]
+    assert signed and all(r["status"] == 200 for r in signed)
+    assert min(int(r["params"]["timestamp"]) for r in signed) >= t_before + 1400   # signed after the wait
+
+
+async def test_requests_name_their_replica_in_the_user_agent(sim, account, gateways):
+    """The simulator's request log tells replicas apart (bench_controller's no-double-serving check)."""
+    from tradewarden.gateway import identity
+    key, secret = account
+    identity.set_instance("replica-7-a1b2c3")
+    try:
+        gw = gateways("binance", key, secret)
+        await gw.start(["BTC/USDT"])
+        await gw.snapshot(["BTC/USDT"])
+    finally:
+        identity.set_instance(None)
+    mine = [r for r in sim.requests() if r["key"] == key]
+    assert mine and {identity.instance_of(r["agent"]) for r in mine} == {"replica-7-a1b2c3"}
+
+
 # ---- the user-data stream ------------------------------------------------------------------------
 
 async def next_event(it, kind=None, state=None, timeout=15.0):

@@ -35,6 +35,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         memo.controller = Controller.create(metrics_port=getattr(memo, "metrics_port", None),
                                             metrics_host=getattr(memo, "metrics_host", "0.0.0.0"))
         shard_settings = getattr(memo, "shard_settings", None)
+        from ..gateway.identity import set_instance
+        set_instance(shard_settings.identity if shard_settings is not None else tw_settings.reporting_instance())
         if shard_settings is not None:
             from .sharding import LeaseApi, Sharder
             memo.controller.sharder = Sharder(shard_settings, LeaseApi(shard_settings.namespace))

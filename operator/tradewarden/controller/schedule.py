@@ -42,12 +42,21 @@ def backoff_s(failures: int, rng: random.Random | None = None) -> float:
 
 
 def first_runs(now: float, interval_s: float, check_interval_s: float,
-               rng: random.Random | None = None) -> tuple[float, float]:
-    """(next reconciliation, next stale check) after an initial sync. The first timer run comes
-    early: orders the sync saw inside the core's grace window (placed or changed seconds ago) get
-    their final state without waiting a whole interval."""
-    first = min(interval_s, SETTLE_RUN_S)
-    return now + jittered(first, 0.2, rng), now + jittered(check_interval_s, 0.1, rng)
+               rng: random.Random | None = None, *, settle: bool = True, account: str = "") -> tuple[float, float]:
+    """(next reconciliation, next stale check) after an initial sync. When the sync left something to
+    settle (``settle_needed``) the first timer run comes early: orders the sync saw inside the core's
+    grace window (placed or changed seconds ago) get their final state without waiting a whole
+    interval. Otherwise the account goes straight to its slot on its phase grid (``timer_slot``): a
+    thousand accounts starting together do not each spend a second full run twenty seconds later."""
+    first = now + jittered(min(interval_s, SETTLE_RUN_S), 0.2, rng) if settle else timer_slot(account, now, interval_s)
+    return first, now + jittered(check_interval_s, 0.1, rng)
+
+
+def settle_needed(recent: int, deferred: int, newest_active_ms: int, synced_ms: int, grace_ms: int) -> bool:
+    """Whether an initial sync needs the early run: it left changes too recent to judge (``recent``) or
+    queries for later (``deferred``), or an open order was placed or changed within the grace window
+    before the sync (its listing or its events may still be on their way)."""
+    return recent > 0 or deferred > 0 or newest_active_ms > synced_ms - grace_ms
 
 
 def after(now: float, interval_s: float, rng: random.Random | None = None) -> float:

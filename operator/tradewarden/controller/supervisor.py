@@ -39,6 +39,7 @@ from .lifecycle import (AcceptSpec, Action, Build, Configure, Idle, OpenBreaker,
                         StartStream, State, Stop)
 from .streaming import StreamConsumer
 from .throttle import StatusWriter
+from ..gateway.budget import within
 from .vocabulary import Problem, ProblemReason, RunKind, StreamState, gateway_problem
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,7 @@ class AccountSupervisor:
         try:
             gw = self.deps.gateway_factory(spec.exchange, creds.api_key, creds.secret, spec.endpoint,
                                            budgets=self.deps.budgets)
-            await asyncio.wait_for(gw.start(list(spec.symbols)), timeout=GATEWAY_START_TIMEOUT_S)
+            await within(gw.start(list(spec.symbols)), GATEWAY_START_TIMEOUT_S)   # budget waits excluded
         except asyncio.CancelledError:
             if gw is not None:
                 await _close_quietly(gw)
@@ -437,8 +438,14 @@ class AccountSupervisor:
             self._schedule_retry()
             return
         s.synced, s.failures, s.retry_at = True, 0, 0.0
+        runner = self._runner
+        settle = runner is None or schedule.settle_needed(
+            report.recent, report.deferred,
+            max((max(x.created_ms, x.updated_ms) for x in runner.ledger.active_orders()), default=0),
+            report.started_ms, int(runner.config.missing_grace_s * 1000))
         s.next_reconcile, s.next_stale = schedule.first_runs(
-            self._now(), o.config.interval_s if o.config else 300, o.check_interval_s, self.deps.rng)
+            self._now(), o.config.interval_s if o.config else 300, o.check_interval_s, self.deps.rng,
+            settle=settle, account=self.key)
         s.last_handled = o.reconcile_requested or s.last_handled or ""
         s.reconnect_pending = False
         await self._drain_early_events()

@@ -4,7 +4,10 @@ One mixin is put in front of any ccxt ``async_support`` / ``pro`` exchange class
 
 - ``fetch``: every REST request first spends its documented weight from the shared egress budget
   (waiting, or refusing with RateLimited while a Retry-After is running), and its exception text is
-  scrubbed of the signed query string at the source;
+  scrubbed of the signed query string at the source; a signed request that had to wait for the
+  budget is signed again (``sign`` keeps its arguments): ccxt signs before ``fetch``, and a wait for
+  the next weight window (up to a minute) would otherwise send a timestamp outside ``recvWindow``
+  (Binance answers -1021; at 100 accounts on one egress this failed a third of the requests);
 - ``on_rest_response``: feeds ``X-MBX-USED-WEIGHT-1M`` and 429/418 ``Retry-After`` into the budget
   (ccxt's REST layer itself ignores Retry-After);
 - ``get_exceptions_by_url``: Binance's spot / futures error table chosen from the URL *path*, so a
@@ -39,10 +42,20 @@ from ..domain import Invalid, Unsupported
 from ..endpoints import point_at
 from .budget import RateBudgets, _strip_prefix, family_of, request_weight
 from .errors import ScrubFilter, scrub
+from .identity import current_user_agent
 
 log = logging.getLogger("tradewarden.gateway")
 
 _SENT = contextvars.ContextVar("tw_sent", default=None)
+_SIGNED = contextvars.ContextVar("tw_signed", default=None)      # (url, sign's arguments) of this task's last sign
+
+
+def resign_after_wait(waited_s: float, url: str, body: Any) -> bool:
+    """A request must be signed again when it waited for the budget and carries a signature (its
+    timestamp was taken before the wait; the venue checks it against ``recvWindow``)."""
+    if waited_s <= 0:
+        return False
+    return "signature=" in url or (isinstance(body, str) and "signature=" in body)
 
 # path family -> Binance market type of ccxt's error tables
 _ERROR_TABLE_BY_FAMILY = {"api": "spot", "sapi": "spot", "fapi": "linear", "dapi": "inverse",
@@ -87,9 +100,20 @@ class TradewardenExchangeMixin:
     tw_sink: Callable[[Any, Any], bool | None] | None = None   # True: consumed, ccxt's handler skipped
 
     # -- REST: rate budget and scrubbing --
+    def sign(self, path, api=["public"], method="GET", params={}):  # noqa: B006 - ccxt's signature
+        def copy():
+            return (path, api, method, dict(params) if isinstance(params, dict) else params)
+        request = super().sign(*copy())
+        _SIGNED.set((request["url"], copy()))
+        return request
+
     async def fetch(self, url, method="GET", headers=None, body=None):
         budget = self.tw_budgets.for_url(url)
-        await budget.acquire(request_weight(method, url, body if isinstance(body, str) else None))
+        waited = await budget.acquire(request_weight(method, url, body if isinstance(body, str) else None))
+        signed = _SIGNED.get()
+        if resign_after_wait(waited, url, body) and signed is not None and signed[0] == url:
+            request = super().sign(*signed[1])          # a fresh timestamp and signature, same request
+            url, method, headers, body = request["url"], request["method"], request["headers"], request["body"]
         token = _SENT.set((budget, budget.window()))
         try:
             result = await super().fetch(url, method, headers, body)
@@ -275,6 +299,7 @@ def new_exchange(exchange_id: str, api_key: str, secret: str, endpoint: str | No
         "options": options,
         "logger": logger,
         "timeout": 10000,
+        "userAgent": current_user_agent(),      # which replica sent a request (gateway/identity.py)
     }
     ex = cls(config)
     if CCXT_SHARING and getattr(ex, "verify", False) is True and getattr(ex, "ssl_context", None) is None and \

@@ -33,7 +33,7 @@ import time
 from typing import Any, Sequence
 
 from ..domain import (BalanceEvent, ConnectionEvent, ConnectionState, OrderEvent, PositionEvent, StreamEvent)
-from .budget import backoff_delay
+from .budget import backoff_delay, within
 from .errors import scrub
 from .translate import (Malformed, balances_from_account_position, balances_from_ccxt,
                         balances_from_futures_account_update, fill_from_execution, order_from_ccxt,
@@ -161,7 +161,7 @@ class UserDataStream:
             reason = "closed"
             watchers: list[asyncio.Task] = []
             try:
-                watchers = await asyncio.wait_for(self._connect(conn), self.connect_timeout_s)
+                watchers = await within(self._connect(conn), self.connect_timeout_s)    # budget waits excluded
                 self._announce(conn)
                 reported_down = False
                 attempt = 0

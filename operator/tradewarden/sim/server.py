@@ -358,7 +358,8 @@ class Simulator:
         venue = self._venue_of(path)
         route = self.routes.get((method, path))
         entry: dict[str, Any] = {"time": t0, "wall": int(time.time() * 1000), "method": method, "path": path,
-                                 "ip": ip, "key": None, "weight": 0, "status": 0, "venue": venue, "params": {}}
+                                 "ip": ip, "key": None, "weight": 0, "status": 0, "venue": venue, "params": {},
+                                 "agent": request.headers.get("User-Agent", "")}
         try:
             if route is None:
                 known = any(p == path for (_, p) in self.routes)
