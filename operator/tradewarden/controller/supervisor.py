@@ -25,7 +25,7 @@ from .. import domain, models
 from ..core import estop as es
 from ..core.config import AccountConfig, Trigger
 from ..core.margin import margin_health
-from . import checkpoint as ckpt
+from .checkpointer import Checkpointer
 from . import emergency, lifecycle
 from .breaker import StopExecutor
 from . import events as ev
@@ -34,7 +34,6 @@ from . import workloads as wl
 from . import status as st
 from .deps import Deps
 from .credentials import CredentialsError, read_credentials
-from .kube import Forbidden
 from .lifecycle import (AcceptSpec, Action, Build, Configure, Idle, OpenBreaker, Reject, ReleaseBreaker, Run,
                         StartStream, State, Stop)
 from .streaming import StreamConsumer
@@ -87,17 +86,12 @@ class AccountSupervisor:
         self._last_run_ok: bool | None = None
         self._last_run_error = ""
         self._restored_success_ms = st.parse_rfc3339((previous.get("metrics") or {}).get("lastSuccessTime"))
-        # the restart checkpoint (controller/checkpoint.py): read once, written on its own cadence
-        self._legacy_ledger = previous.get("ledger")    # where versions before it kept the ledger (status)
-        self._saved: dict[str, Any] | None = None       # the dump to resume from (dropped once loaded)
-        self._resume = False                            # a checkpoint was found: the initial sync resumes it
-        self._ckpt_loaded = False
-        self._ckpt_changed = False                      # the ledger changed since the last checkpoint
-        self._ckpt_at = 0.0                             # when the last one was written (or tried)
-        self._ckpt_digest = ""
-        self._ckpt_status: dict[str, Any] | None = None  # status.checkpoint (None: keep the previous)
-        self._ckpt_forbidden_posted = False
-        self._ckpt_task: asyncio.Future | None = None   # the write in flight
+        # the restart checkpoint (controller/checkpointer.py): read once, written on its own cadence; the
+        # ledger versions before it kept in status is resumed from if no checkpoint exists
+        self.ckpt = Checkpointer(namespace, name, deps.kube, interval_s=deps.checkpoint_interval_s,
+                                 clock=self._now, log=self.log, post=self._post, changed_status=self._mark,
+                                 written=self._wake.set, previous=lambda: self.writer.last_written.get("checkpoint"),
+                                 legacy=previous.get("ledger"))
         self._adoption: dict[str, Any] | None = None     # status.adoption (None: keep the previous)
         self._early: list[domain.StreamEvent] = []      # stream events before the initial sync (subscribe first)
         self._early_overflow = False
@@ -161,8 +155,8 @@ class AccountSupervisor:
         finally:
             if not self._forget:        # a graceful stop leaves an exact checkpoint (a deleted account none)
                 await self._final_checkpoint()
-            elif self._ckpt_task is not None:
-                self._ckpt_task.cancel()
+            else:
+                self.ckpt.cancel()
             await self._teardown()
             if self._forget:
                 self._left_at_zero()
@@ -183,7 +177,7 @@ class AccountSupervisor:
         gw = self._gw
         return lifecycle.observe(self._body, known_exchanges=self.deps.exchanges(),
                                  futures=gw.futures if gw is not None else None,
-                                 saved_ledger=self._resume)
+                                 saved_ledger=self.ckpt.resume)
 
     async def step(self) -> float | None:
         """One decision, executed. Returns when to come back (None: when poked), or now when more is due."""
@@ -222,7 +216,7 @@ class AccountSupervisor:
                 if action.forget:
                     self._kept_ledger = self._kept_monitor = None
                     self._discard_saved_ledger = True
-                    self._resume = False
+                    self.ckpt.resume = False
                 if action.retry_now:
                     s.failures, s.retry_at = 0, 0.0
                 s.seen_generation, s.identity = action.generation, action.identity
@@ -253,8 +247,9 @@ class AccountSupervisor:
     async def _sleep(self, wake: float | None) -> None:
         now = self._now()
         deadline = self.writer.deadline(now) if wake is None else min(wake, self.writer.deadline(now))
-        if self._ckpt_changed and self._runner is not None and self.state.synced:
-            deadline = min(deadline, max(now, self._ckpt_at + self.deps.checkpoint_interval_s))
+        due = self.ckpt.due_at(now) if self._runner is not None and self.state.synced else None
+        if due is not None:
+            deadline = min(deadline, due)
         delay = deadline - now
         if delay <= 0 or self._wake.is_set():
             return
@@ -315,7 +310,7 @@ class AccountSupervisor:
     async def _build(self, o: lifecycle.Observed) -> bool:
         spec = o.spec
         assert spec is not None
-        if not self._ckpt_loaded and not await self._load_checkpoint():
+        if not self.ckpt.loaded and not await self.ckpt.load(self._uid()):
             self._schedule_retry()
             return False
         try:
@@ -372,14 +367,14 @@ class AccountSupervisor:
             self.log.info("spec changed: runner reconfigured (ledger kept)")
         else:
             ledger, monitor = self._kept_ledger, self._kept_monitor
-            saved, self._saved = (None if self._discard_saved_ledger else self._saved), None
+            saved = self.ckpt.take_saved()
+            saved = None if self._discard_saved_ledger else saved
             if ledger is None and saved:
                 try:
                     ledger = Ledger.load(saved, owned_prefix=config.owned_prefix)
                 except ValueError as exc:
                     self.log.warning("checkpoint not restored (%s): starting from a fresh sync", exc)
-                    self._resume = False
-                    self._ckpt_status = self._ckpt_summary(error=st.clip(f"not restored: {exc}", 512))
+                    self.ckpt.not_restored(str(exc))
             self._kept_ledger = self._kept_monitor = None
         self._runner = AccountRunner(self._traced_gateway(), config, ledger=ledger, clock=self.deps.clock,
                                      monitor=monitor)
@@ -511,7 +506,7 @@ class AccountSupervisor:
             self._current_run = None
         self._last_run_ok = bool(report.ok)
         self._last_run_error = st.clip(report.error or "", 512)
-        self._ckpt_changed = True
+        self.ckpt.changed = True
         if kind is not RunKind.STALE:       # lastReconciliation shows reconciliations, not stale checks
             self._report = report
         self._mark()
@@ -594,7 +589,7 @@ class AccountSupervisor:
             await runner.apply_event(event)
             self._stream.last_event_ms = self._now_ms()
             self.writer.event_dirty = True     # coalesced: see StatusWriter.flush
-            self._ckpt_changed = True
+            self.ckpt.changed = True
         self._wake.set()
 
     def wake(self) -> None:
@@ -615,7 +610,7 @@ class AccountSupervisor:
             await runner.apply_event(event)
         if early:
             self.writer.event_dirty = True
-            self._ckpt_changed = True
+            self.ckpt.changed = True
 
     # ---- emergency stop (issue 14: the machine is core/estop.py, its executor controller/breaker.py) ----
 
@@ -692,7 +687,7 @@ class AccountSupervisor:
             raise
         except Exception as exc:  # noqa: BLE001 - the ledger catches up at the next run
             self.log.warning("settling the ledger after the stop failed: %s: %s", type(exc).__name__, exc)
-        self._ckpt_changed = True
+        self.ckpt.changed = True
         self._mark()
 
     async def _release_breaker(self) -> None:
@@ -721,147 +716,20 @@ class AccountSupervisor:
             return replace(event, positions=kept) if kept else None
         return event
 
-    # ---- the restart checkpoint (controller/checkpoint.py) --------------------------------------------------
+    # ---- the restart checkpoint (controller/checkpointer.py) ------------------------------------------------
 
-    def _ckpt_name(self) -> str:
-        return ckpt.name_for(self.name)
-
-    def _ckpt_summary(self, enc: ckpt.Encoded | None = None, when_ms: int | None = None,
-                      error: str = "") -> dict[str, Any]:
-        prev = self.writer.last_written.get("checkpoint") or {}
-        if enc is None and when_ms is None and prev:      # an error: what was last written stays shown
-            return {**prev, "configMap": self._ckpt_name(), "error": error}
-        return ckpt.summary(self._ckpt_name(), enc, st.rfc3339(when_ms) if when_ms else None, error)
-
-    async def _load_checkpoint(self) -> bool:
-        """Read the checkpoint once, before the first runner exists. False: try again later (the API server
-        did not answer); a checkpoint RBAC forbids or that cannot be read is said, and the account starts
-        from a fresh sync (its orders adopted, nothing reported)."""
-        uid = str((self._body.get("metadata") or {}).get("uid") or "")
-        try:
-            cm = await self.deps.kube.get_configmap(self.namespace, self._ckpt_name())
-        except asyncio.CancelledError:
-            raise
-        except Forbidden as exc:
-            self._ckpt_loaded = True
-            self._checkpoint_forbidden(str(exc))
-            return True
-        except Exception as exc:  # noqa: BLE001 - retried with the build's backoff
-            self.log.warning("reading the checkpoint failed: %s: %s", type(exc).__name__, exc)
-            self._ckpt_status = self._ckpt_summary(error=st.clip(f"read failed: {type(exc).__name__}", 512))
-            self._mark()
-            return False
-        self._ckpt_loaded = True
-        if cm is not None and uid and not ckpt.owned_by(cm, uid):
-            self.log.info("checkpoint %s belongs to an earlier account of this name: not restored", self._ckpt_name())
-            cm = None
-        try:
-            payload = ckpt.payload_of(cm)
-            self._saved = ckpt.decode(payload) if payload is not None else None
-        except ckpt.CheckpointError as exc:
-            self.log.warning("checkpoint not restored (%s): starting from a fresh sync", exc)
-            self._ckpt_status = self._ckpt_summary(error=st.clip(f"not restored: {exc}", 512))
-            self._mark()
-        if self._saved is None and isinstance(self._legacy_ledger, dict) and self._legacy_ledger:
-            self._saved = dict(self._legacy_ledger)      # written by a version that kept it in status
-        if self._saved is not None:
-            self._resume = True
-            self.log.info("resuming from the checkpoint (%s orders)", len(self._saved.get("o") or ()))
-        return True
-
-    def _checkpoint_forbidden(self, message: str) -> None:
-        self.log.warning("checkpoint: %s (grant configmaps get/create/update in this namespace)", message)
-        if not self._ckpt_forbidden_posted:
-            self._post("Warning", "CheckpointForbidden",
-                       f"{message}: a restart cannot resume from a checkpoint (orders are adopted, changes made "
-                       "while the operator was down are not reported); grant configmaps get/create/update")
-            self._ckpt_forbidden_posted = True
-        self._ckpt_status = self._ckpt_summary(error=st.clip(message, 512))
-        self._mark()
+    def _uid(self) -> str:
+        return str((self._body.get("metadata") or {}).get("uid") or "")
 
     async def _write_checkpoint(self, final: bool = False) -> None:
-        """Write the checkpoint when due: after a change, at most every ``deps.checkpoint_interval_s`` (on a
-        graceful stop, whatever the interval). Only a ledger that knows the account's orders is written (a
-        fresh one would replace a good checkpoint with nothing). The write runs beside the loop (one at a
-        time): a slow API server never holds up a run; the final one is awaited."""
-        if self._ckpt_task is not None and not self._ckpt_task.done():
-            if not final:
-                return
-            await asyncio.wait([self._ckpt_task])
-        runner, s = self._runner, self.state
-        if runner is None or not s.synced or not runner.ledger.knows_orders:
-            return
-        now = self._now()
-        if not (self._ckpt_changed if final else
-                ckpt.due(now, self._ckpt_at, self._ckpt_changed, self.deps.checkpoint_interval_s)):
-            return
-        uid = str((self._body.get("metadata") or {}).get("uid") or "")
-        if not uid:
-            return
-        self._ckpt_changed, self._ckpt_at = False, now
-        write = self._checkpoint_write(runner.ledger, uid)
-        if final:
-            await write
-        else:
-            self._ckpt_task = asyncio.ensure_future(write)
+        """Only a ledger that knows the account's orders is written (a fresh one would replace a good
+        checkpoint with nothing)."""
+        runner = self._runner
+        known = runner is not None and self.state.synced and runner.ledger.knows_orders
+        await self.ckpt.write(runner.ledger if known else None, self._uid(), self._now(), final=final)
 
     async def checkpoint_settled(self) -> None:
-        """Until the checkpoint write in flight (if any) is done (tests, and the final checkpoint)."""
-        if self._ckpt_task is not None:
-            await asyncio.wait([self._ckpt_task])
-
-    async def _checkpoint_write(self, ledger: Any, uid: str) -> None:
-        try:
-            await self._checkpoint_write_once(ledger, uid)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - a bug here must not go unseen, nor stop the account's supervision
-            self.log.exception("checkpoint write failed")
-            self._ckpt_changed = True
-
-    async def _checkpoint_write_once(self, ledger: Any, uid: str) -> None:
-        try:
-            enc = await self._encode_checkpoint(ledger)
-        except ckpt.CheckpointError as exc:      # over the bound without a single order: said, never fatal
-            self.log.warning("checkpoint not written: %s", exc)
-            self._ckpt_status = self._ckpt_summary(error=st.clip(str(exc), 512))
-            self._mark()
-            return
-        if enc.digest == self._ckpt_digest:
-            return
-        when_ms = self._now_ms()
-        try:
-            await self.deps.kube.put_configmap(ckpt.body(self.namespace, self.name, uid, enc, st.rfc3339(when_ms)))
-        except asyncio.CancelledError:
-            raise
-        except Forbidden as exc:
-            self._checkpoint_forbidden(str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - tried again after the interval; the ledger is in memory
-            self.log.warning("writing the checkpoint failed: %s: %s", type(exc).__name__, exc)
-            self._ckpt_changed = True
-            self._ckpt_status = self._ckpt_summary(error=st.clip(f"write failed: {type(exc).__name__}", 512))
-            self._mark()
-            return
-        if enc.left_out and not self._ckpt_digest:
-            self.log.warning("checkpoint holds %s orders, %s left out (over %s bytes compressed): a restart reads "
-                             "history for them", enc.orders, enc.left_out, ckpt.MAX_PAYLOAD_BYTES)
-        self._ckpt_digest = enc.digest
-        self._ckpt_status = self._ckpt_summary(enc, when_ms)
-        self._mark()
-        self._wake.set()                # status says so at the next flush
-
-    @staticmethod
-    async def _encode_checkpoint(ledger: Any) -> ckpt.Encoded:
-        """The ledger dumped here (the event loop is its one writer), compressed in a worker thread (10,000
-        orders: ~0.15 s of JSON and zlib); a dump over the bound is asked again for fewer orders."""
-        loop = asyncio.get_running_loop()
-        total, limit = len(ledger.orders), None
-        while True:
-            result = await loop.run_in_executor(None, ckpt.compress, ledger.dump(limit), total)
-            if isinstance(result, ckpt.Encoded):
-                return result
-            limit = result
+        await self.ckpt.settled()
 
     async def _final_checkpoint(self) -> None:
         try:
@@ -902,7 +770,7 @@ class AccountSupervisor:
             stream_enabled=spec.stream.enabled if spec else True,
             stream_state=self._stream.state, stream_since_ms=self._stream.since_ms,
             stream_reconnects=self._stream.reconnects, stream_last_event_ms=self._stream.last_event_ms,
-            estop=s.stop, last_handled_reconcile_at=s.last_handled, checkpoint=self._ckpt_status,
+            estop=s.stop, last_handled_reconcile_at=s.last_handled, checkpoint=self.ckpt.status,
             adoption=self._adoption, delay=self._delay,
             **margin_inputs(runner, positions, orders))
 
