@@ -595,6 +595,23 @@ def serving_intervals(log: str, ns: str, end: float) -> dict[str, list[tuple[flo
     return out
 
 
+def serving_now(op: "Operator", ns: str) -> set[str]:
+    """The accounts one replica's log says it supervises now."""
+    return {n for n, iv in serving_intervals(op.log(), ns, math.inf).items() if iv[-1][1] == math.inf}
+
+
+def kill_first_replica(ops: list, ns: str, names: set[str], timeout: float, interval: float
+                       ) -> tuple[set[str], float, float, float]:
+    """Kill ``ops[0]`` and wait until the others serve every account: (the accounts it served, seconds until
+    they moved, perf_counter and wall time of the kill)."""
+    victim, survivors = ops[0], ops[1:]
+    moving = serving_now(victim, ns)
+    victim.kill()
+    t_kill, w_kill = time.perf_counter(), time.time()
+    poll(lambda: set().union(*[serving_now(op, ns) for op in survivors]) == names, timeout, interval)
+    return moving, time.perf_counter() - t_kill, t_kill, w_kill
+
+
 def bench_shards(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, replicas: int,
                  lease_s: int, shards: int = 32) -> None:
     """R replicas split N accounts; one is killed; time until the others serve its accounts; no
@@ -626,7 +643,7 @@ def bench_shards(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, rep
         from tradewarden.controller.sharding import preferred, shard_of
 
         def current(op: Operator) -> set[str]:
-            return {n for n, iv in serving_intervals(op.log(), ns, math.inf).items() if iv[-1][1] == math.inf}
+            return serving_now(op, ns)
 
         def members() -> set[str]:
             items = json.loads(sh(kc, "-n", ns, "get", "leases", "-o", "json").stdout)["items"]
@@ -653,19 +670,14 @@ def bench_shards(kc: str, tsim: ThreadSim, tmp: pathlib.Path, accounts: int, rep
         rss = [proc_cpu_mem(op.proc.pid)[1] for op in ops]
         print(f"[shards] {accounts} accounts, {replicas} replicas, {shards} shards, lease {lease_s}s: split and all Ready "
               f"in {t_ready:.1f}s; accounts per replica {shares}; RSS per replica {[round(r) for r in rss]} MiB")
-        victim = ops[0]
-        moving = current(victim)
-        victim.kill()
-        t_kill, w_kill = time.perf_counter(), time.time()
+        moving, t_moved, t_kill, w_kill = kill_first_replica(ops, ns, names, 300, 0.5)
         survivors = ops[1:]
-        poll(lambda: set().union(*[current(op) for op in survivors]) == names, 300, 0.5)
-        t_moved = time.perf_counter() - t_kill
         print(f"[shards] replica killed: its {len(moving)} accounts served by the others {t_moved:.1f}s later "
               f"(bound: lease {lease_s}s + renewal {lease_s / 5:.0f}s + supervisor start); shares now "
               f"{[len(current(op)) for op in survivors]}")
         time.sleep(3)
         # no account served by two replicas at once: per account, the replicas' intervals never overlap
-        per_replica = [serving_intervals(victim.log(), ns, w_kill)] + \
+        per_replica = [serving_intervals(ops[0].log(), ns, w_kill)] + \
                       [serving_intervals(op.log(), ns, time.time()) for op in survivors]
         overlaps = 0
         for n in names:

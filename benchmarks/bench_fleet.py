@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 
 from benchmarks.bench_controller import (Operator, api, cond, drop_namespace, kubeconfig, poll,  # noqa: E402
-                                         proc_cpu_mem, serving_intervals, sh)
+                                         kill_first_replica, proc_cpu_mem, serving_intervals, serving_now, sh)
 from tradewarden.gateway.budget import WEIGHTS  # noqa: E402
 from tradewarden.gateway.identity import instance_of  # noqa: E402
 
@@ -353,7 +353,7 @@ def main() -> int:
         print(f"[fleet] CPU during the startup ({t_ready:.0f}s): {fmt_cpu(cpu_start, t_ready)}")
         if R > 1:
             def current(op: Operator) -> set[str]:
-                return {a for a, iv in serving_intervals(op.log(), ns, math.inf).items() if iv[-1][1] == math.inf}
+                return serving_now(op, ns)
             poll(lambda: sum(len(current(op)) for op in ops) == n, 300, 2.0)
             shares = [len(current(op)) for op in ops]
         else:
@@ -390,13 +390,8 @@ def main() -> int:
             members_seen = {i["spec"].get("holderIdentity") for i in json.loads(sh(kc, "-n", ns, "get", "leases", "-o",
                             "json").stdout)["items"] if "-member-" in i["metadata"]["name"]} - {None}
         if R > 1 and not args.no_kill:
-            victim = ops[0]
-            moving = current(victim)
-            victim.kill()
-            t_kill, w_kill = time.perf_counter(), time.time()
+            moving, t_moved, t_kill, w_kill = kill_first_replica(ops, ns, names, 900, 1.0)
             survivors = ops[1:]
-            poll(lambda: set().union(*[current(op) for op in survivors]) == names, 900, 1.0)
-            t_moved = time.perf_counter() - t_kill
             print(f"[fleet] replica-0 killed: its {len(moving)} accounts served by the others {t_moved:.1f}s later "
                   f"(lease {args.lease}s + renewal {args.lease / 5:.0f}s + supervisors); shares now "
                   f"{[len(current(op)) for op in survivors]}", flush=True)
